@@ -1,0 +1,81 @@
+//! The one load generator every gRPC scenario uses: N concurrent loops over
+//! one HTTP/2 channel for a fixed time, latencies in an HDR histogram.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use prism::pb;
+use prism::pb::key_value_client::KeyValueClient;
+use tonic::transport::Channel;
+
+pub const BENCH_KEY: &str = "bench:key";
+
+#[derive(Clone, Copy)]
+pub enum Op {
+    Get,
+    Set,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Get => "kv_get",
+            Op::Set => "kv_set",
+        }
+    }
+}
+
+pub struct LoadResult {
+    pub throughput: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?)
+}
+
+pub async fn run_load(channel: Channel, op: Op, concurrency: usize, measure: Duration, payload: &[u8]) -> anyhow::Result<LoadResult> {
+    // Warm up connections, instance pools and caches first.
+    let warmup = Duration::from_millis(300);
+    drive(channel.clone(), op, concurrency, warmup, payload).await?;
+    let started = Instant::now();
+    let histogram = drive(channel, op, concurrency, measure, payload).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(LoadResult {
+        throughput: histogram.len() as f64 / elapsed,
+        p50_us: histogram.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_us: histogram.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+async fn drive(channel: Channel, op: Op, concurrency: usize, duration: Duration, payload: &[u8]) -> anyhow::Result<Histogram<u64>> {
+    let until = Instant::now() + duration;
+    let mut workers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let mut client = KeyValueClient::new(channel.clone());
+        let payload = payload.to_vec();
+        workers.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+            while Instant::now() < until {
+                let t = Instant::now();
+                match op {
+                    Op::Get => {
+                        client.get(pb::GetRequest { key: BENCH_KEY.into() }).await?;
+                    }
+                    Op::Set => {
+                        client.set(pb::SetRequest { key: BENCH_KEY.into(), value: payload.clone(), ttl_ms: None }).await?;
+                    }
+                }
+                h.record(t.elapsed().as_nanos() as u64)?;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for w in workers {
+        total.add(w.await??)?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,59 @@
+"""PrismClient: one gRPC channel to a Prism server, scoped to a namespace."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import grpc
+
+from ._pb.keyvalue_pb2_grpc import KeyValueStub
+from .keyvalue import KeyValue
+
+NAMESPACE_METADATA = "x-prism-namespace"
+
+# Large values (MiBs) must fit; the server enforces its own limits.
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class PrismClient:
+    """An asyncio client. Use as `async with PrismClient(...) as client:` or
+    call `await client.close()` when done.
+
+    `timeout` (seconds) bounds every call; None waits as long as the server takes.
+    """
+
+    def __init__(
+        self,
+        address: str = "localhost:8980",
+        *,
+        namespace: str = "default",
+        token: str | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        self.address = address
+        self.namespace = namespace
+        options = [
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ]
+        self._channel = grpc.aio.insecure_channel(address, options=options)
+        metadata: list[tuple[str, str]] = [(NAMESPACE_METADATA, namespace)]
+        if token is not None:
+            metadata.append(("authorization", f"Bearer {token}"))
+        self._metadata = tuple(metadata)
+        self.keyvalue = KeyValue(KeyValueStub(self._channel), self._metadata, timeout)
+
+    async def close(self) -> None:
+        """Releases the channel; calls after this fail."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> PrismClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

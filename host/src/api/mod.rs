@@ -1,0 +1,4 @@
+//! gRPC services, one file each; `status` is the one error → Status map.
+
+pub mod keyvalue;
+pub mod status;

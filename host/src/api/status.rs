@@ -1,0 +1,56 @@
+//! The one place errors become gRPC statuses.
+
+use tonic::Status;
+
+use crate::namespace::NamespaceError;
+use crate::runtime::RuntimeError;
+use crate::runtime::bindings::PatternError;
+use crate::runtime::keyvalue::KvCallError;
+
+impl From<PatternError> for Status {
+    fn from(err: PatternError) -> Status {
+        match err {
+            PatternError::NotFound(m) => Status::not_found(m),
+            PatternError::InvalidArgument(m) => Status::invalid_argument(m),
+            PatternError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            PatternError::Unavailable(m) => Status::unavailable(m),
+            PatternError::FailedPrecondition(m) => Status::failed_precondition(m),
+            PatternError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+impl From<RuntimeError> for Status {
+    fn from(err: RuntimeError) -> Status {
+        let message = err.to_string();
+        match err {
+            RuntimeError::Busy { .. } | RuntimeError::PoolExhausted => Status::resource_exhausted(message),
+            RuntimeError::Trap { .. }
+            | RuntimeError::Engine(_)
+            | RuntimeError::InvalidComponent { .. }
+            | RuntimeError::WrongWorld { .. }
+            | RuntimeError::Configure { .. }
+            | RuntimeError::Instantiate { .. } => Status::internal(message),
+        }
+    }
+}
+
+impl From<NamespaceError> for Status {
+    fn from(err: NamespaceError) -> Status {
+        let message = err.to_string();
+        match err {
+            NamespaceError::Unknown(_) => Status::not_found(message),
+            NamespaceError::BadMetadata => Status::invalid_argument(message),
+            NamespaceError::WrongPattern { .. } => Status::failed_precondition(message),
+        }
+    }
+}
+
+impl From<KvCallError> for Status {
+    fn from(err: KvCallError) -> Status {
+        match err {
+            KvCallError::Pattern(e) => e.into(),
+            KvCallError::Runtime(e) => e.into(),
+        }
+    }
+}

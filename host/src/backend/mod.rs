@@ -1,0 +1,97 @@
+//! Backends: one trait per capability over plain types, so capability code
+//! never depends on a backend crate. Built from config in [`build`].
+
+pub mod memstore;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::config::BackendConfig;
+
+pub use memstore::MemStore;
+
+/// What a backend can fail with. Messages here may reach clients, so they
+/// name the backend by its summary and never carry credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("{backend} is unavailable: {reason}")]
+    Unavailable { backend: String, reason: String },
+    #[error("{0}")]
+    CapacityExceeded(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// One page of a prefix scan. Keys are the backend's (already scoped) keys.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanPage {
+    pub keys: Vec<String>,
+    /// Opaque; present when more keys may follow.
+    pub cursor: Option<String>,
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Bytes,
+    pub ttl: Option<Duration>,
+}
+
+/// A key-value store. Keys arrive scoped by the capability layer; the backend
+/// treats them as opaque strings.
+#[async_trait]
+pub trait KvBackend: Send + Sync {
+    /// One line for logs and errors, e.g. "MemStore (12 keys)"; never secrets.
+    fn summary(&self) -> String;
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError>;
+    /// Overwrites value and TTL.
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), BackendError>;
+    /// Whether the key existed.
+    async fn delete(&self, key: &str) -> Result<bool, BackendError>;
+    async fn exists(&self, key: &str) -> Result<bool, BackendError>;
+    /// Live keys starting with `prefix` (literal), at most `limit`, after `cursor`.
+    async fn scan(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<ScanPage, BackendError>;
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError>;
+    /// All entries or none (as far as the backend can promise).
+    async fn set_many(&self, entries: Vec<KvEntry>) -> Result<(), BackendError>;
+    /// How many of the keys existed.
+    async fn delete_many(&self, keys: &[String]) -> Result<u64, BackendError>;
+}
+
+/// The backends named in config, shared by every namespace bound to them.
+#[derive(Default, Clone)]
+pub struct Backends {
+    kv: BTreeMap<String, Arc<dyn KvBackend>>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.kv.iter().map(|(k, v)| (k, v.summary()))).finish()
+    }
+}
+
+impl Backends {
+    /// Builds every configured backend. Needs a tokio runtime (sweepers, connections).
+    pub fn build(configs: &BTreeMap<String, BackendConfig>) -> Backends {
+        let mut kv: BTreeMap<String, Arc<dyn KvBackend>> = BTreeMap::new();
+        for (name, config) in configs {
+            match config {
+                BackendConfig::Memstore(c) => {
+                    kv.insert(name.clone(), MemStore::new(name, c));
+                }
+            }
+        }
+        Backends { kv }
+    }
+
+    pub fn kv(&self, name: &str) -> Option<Arc<dyn KvBackend>> {
+        self.kv.get(name).cloned()
+    }
+}

@@ -1,0 +1,390 @@
+//! The TOML configuration: parsed into typed structs, then checked as a whole;
+//! every error names the file and the field that is wrong.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The namespace used when a request carries no `x-prism-namespace`.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// The listen address of `prism dev` and of a config without `[server] listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8980";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid { path: PathBuf, field: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Where relative pattern paths are resolved from: the config file's directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest gRPC message accepted; patterns enforce their own, smaller value limits.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// How long in-flight requests may run after SIGINT/SIGTERM.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            max_message_bytes: default_max_message_bytes(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+        }
+    }
+}
+
+/// Sandbox limits; each namespace may override the per-instance ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Defaults for every namespace's instances.
+    #[serde(default)]
+    pub limits: InstanceLimitsConfig,
+    /// Instances across all namespaces; sizes the pooling allocator.
+    #[serde(default = "default_total_instances")]
+    pub total_instances: u32,
+    /// Where compiled components are cached; default `$XDG_CACHE_HOME/prism` or `~/.cache/prism`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            limits: InstanceLimitsConfig::default(),
+            total_instances: default_total_instances(),
+            cache_dir: None,
+        }
+    }
+}
+
+/// Limits of one pattern instance (all optional so namespaces can inherit).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceLimitsConfig {
+    /// Linear memory one instance may grow to, in MiB.
+    pub memory_limit_mib: Option<u32>,
+    /// Wall-clock budget of one call into the pattern, in milliseconds.
+    pub call_deadline_ms: Option<u64>,
+    /// Instances of one namespace's pattern that may run at once.
+    pub max_instances: Option<u32>,
+}
+
+/// Resolved limits of one namespace's instances.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InstanceLimits {
+    pub memory_bytes: usize,
+    pub call_deadline: Duration,
+    pub max_instances: u32,
+}
+
+impl InstanceLimitsConfig {
+    /// These limits, falling back to `fallback` and then to built-in defaults.
+    pub fn resolve(&self, fallback: &InstanceLimitsConfig) -> InstanceLimits {
+        let mib = self.memory_limit_mib.or(fallback.memory_limit_mib).unwrap_or(64);
+        InstanceLimits {
+            memory_bytes: mib as usize * 1024 * 1024,
+            call_deadline: Duration::from_millis(self.call_deadline_ms.or(fallback.call_deadline_ms).unwrap_or(2000)),
+            max_instances: self.max_instances.or(fallback.max_instances).unwrap_or(32),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum BackendConfig {
+    Memstore(MemStoreConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemStoreConfig {
+    /// Bytes of keys plus values the store may hold.
+    #[serde(default = "default_memstore_max_bytes")]
+    pub max_bytes: u64,
+    /// Number of keys the store may hold.
+    #[serde(default = "default_memstore_max_keys")]
+    pub max_keys: u64,
+    /// How often expired keys are swept (reads never see them regardless).
+    #[serde(default = "default_sweep_interval_ms")]
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for MemStoreConfig {
+    fn default() -> Self {
+        MemStoreConfig {
+            max_bytes: default_memstore_max_bytes(),
+            max_keys: default_memstore_max_keys(),
+            sweep_interval_ms: default_sweep_interval_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// A built-in pattern name (`keyvalue`) or a path to a `.wasm` component.
+    pub pattern: String,
+    /// Capability slot name → backend name.
+    #[serde(default)]
+    pub slots: BTreeMap<String, String>,
+    /// Handed to the pattern's `configure` export as strings.
+    #[serde(default)]
+    pub settings: BTreeMap<String, toml::Value>,
+    /// Overrides `[runtime.limits]` for this namespace.
+    #[serde(default)]
+    pub limits: InstanceLimitsConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8980))
+}
+fn default_max_message_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+fn default_total_instances() -> u32 {
+    256
+}
+fn default_memstore_max_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+fn default_memstore_max_keys() -> u64 {
+    10_000_000
+}
+fn default_sweep_interval_ms() -> u64 {
+    1000
+}
+
+impl Config {
+    /// The configuration of `prism dev`: MemStore and a KeyValue `default` namespace.
+    pub fn dev(listen: SocketAddr) -> Config {
+        let mut backends = BTreeMap::new();
+        backends.insert("mem".to_string(), BackendConfig::Memstore(MemStoreConfig::default()));
+        let mut namespaces = BTreeMap::new();
+        namespaces.insert(
+            DEFAULT_NAMESPACE.to_string(),
+            NamespaceConfig {
+                pattern: "keyvalue".into(),
+                slots: BTreeMap::from([("kv".to_string(), "mem".to_string())]),
+                settings: BTreeMap::new(),
+                limits: InstanceLimitsConfig::default(),
+            },
+        );
+        Config {
+            server: ServerConfig { listen, ..ServerConfig::default() },
+            runtime: RuntimeConfig::default(),
+            backends,
+            namespaces,
+            base_dir: PathBuf::from("."),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, path, base_dir)
+    }
+
+    /// Parses and checks `text`; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        config.base_dir = base_dir;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), field, message };
+        if self.namespaces.is_empty() {
+            return Err(invalid("namespaces".into(), "no namespace is configured; add a [namespaces.NAME] table".into()));
+        }
+        for name in self.backends.keys() {
+            check_name(name).map_err(|m| invalid(format!("backends.{name}"), m))?;
+        }
+        for (name, ns) in &self.namespaces {
+            check_name(name).map_err(|m| invalid(format!("namespaces.{name}"), m))?;
+            if ns.pattern.trim().is_empty() {
+                return Err(invalid(format!("namespaces.{name}.pattern"), "must name a built-in pattern or a .wasm file".into()));
+            }
+            if ns.slots.is_empty() {
+                return Err(invalid(
+                    format!("namespaces.{name}.slots"),
+                    "no capability slot is bound; for example slots = { kv = \"mem\" }".into(),
+                ));
+            }
+            for (slot, backend) in &ns.slots {
+                if !self.backends.contains_key(backend) {
+                    let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
+                    return Err(invalid(
+                        format!("namespaces.{name}.slots.{slot}"),
+                        format!("backend '{backend}' is not defined under [backends] (defined: {})", list_or_none(&known)),
+                    ));
+                }
+            }
+            for (key, value) in &ns.settings {
+                if setting_string(value).is_none() {
+                    return Err(invalid(
+                        format!("namespaces.{name}.settings.{key}"),
+                        "must be a string, number or boolean".into(),
+                    ));
+                }
+            }
+            let limits = ns.limits.resolve(&self.runtime.limits);
+            if limits.memory_bytes == 0 || limits.call_deadline.is_zero() || limits.max_instances == 0 {
+                return Err(invalid(
+                    format!("namespaces.{name}.limits"),
+                    "memory_limit_mib, call_deadline_ms and max_instances must be positive".into(),
+                ));
+            }
+            if limits.max_instances > self.runtime.total_instances {
+                return Err(invalid(
+                    format!("namespaces.{name}.limits.max_instances"),
+                    format!("{} is more than runtime.total_instances ({})", limits.max_instances, self.runtime.total_instances),
+                ));
+            }
+        }
+        for (name, backend) in &self.backends {
+            let BackendConfig::Memstore(m) = backend;
+            if m.sweep_interval_ms == 0 || m.max_bytes == 0 || m.max_keys == 0 {
+                return Err(invalid(format!("backends.{name}"), "max_bytes, max_keys and sweep_interval_ms must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a namespace's `.wasm` pattern path points, relative to the config file.
+    pub fn resolve_path(&self, pattern: &str) -> PathBuf {
+        let p = Path::new(pattern);
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+}
+
+/// A settings value as the string the pattern receives.
+pub fn setting_string(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Namespace and backend names appear in metadata, logs and key prefixes.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("name '{name}' must be 1-64 characters of ASCII letters, digits, '-', '_' or '.'"))
+    }
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() { "none".into() } else { items.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("prism.toml"), PathBuf::from("."))
+    }
+
+    #[test]
+    fn design_example_parses() -> Result<(), ConfigError> {
+        let config = parse(
+            r#"
+            [server]
+            listen = "127.0.0.1:8980"
+            [backends.mem]
+            type = "memstore"
+            [namespaces.default]
+            pattern = "keyvalue"
+            slots = { kv = "mem" }
+            [namespaces.default.settings]
+            max_value_bytes = 1024
+            "#,
+        )?;
+        assert_eq!(config.namespaces["default"].slots["kv"], "mem");
+        assert_eq!(setting_string(&config.namespaces["default"].settings["max_value_bytes"]).as_deref(), Some("1024"));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_backend_names_the_field() {
+        let err = parse(
+            r#"
+            [backends.mem]
+            type = "memstore"
+            [namespaces.orders]
+            pattern = "keyvalue"
+            slots = { kv = "cache" }
+            "#,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("prism.toml: namespaces.orders.slots.kv"), "{err}");
+        assert!(err.contains("'cache' is not defined"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_and_type_are_rejected() {
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("lisen"), "{err}");
+        let err = parse("[backends.x]\ntype = \"mysql\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("mysql"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_and_limits_are_rejected() {
+        let err = parse("[backends.mem]\ntype = \"memstore\"\n[namespaces.\"a/b\"]\npattern = \"keyvalue\"\nslots = { kv = \"mem\" }\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("namespaces.a/b"), "{err}");
+        let err = parse("[backends.mem]\ntype = \"memstore\"\n[namespaces.a]\npattern = \"keyvalue\"\nslots = { kv = \"mem\" }\nlimits = { call_deadline_ms = 0 }\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("namespaces.a"), "{err}");
+    }
+}

@@ -1,0 +1,16 @@
+//! Prism: a data access gateway. gRPC requests are served per namespace by a
+//! sandboxed WebAssembly pattern that reaches data only through capability
+//! imports the host binds to a backend.
+//!
+//! The request path, top to bottom: [`api`] (gRPC) → [`namespace`] lookup →
+//! [`runtime`] (a pooled wasm instance of the namespace's pattern) →
+//! [`capability`] (namespace scoping) → [`backend`].
+
+pub mod api;
+pub mod backend;
+pub mod capability;
+pub mod config;
+pub mod namespace;
+pub mod pb;
+pub mod runtime;
+pub mod server;

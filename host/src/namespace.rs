@@ -1,0 +1,157 @@
+//! Namespaces: each one's pattern instances and capability bindings, and the
+//! registry requests are routed through.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::metadata::MetadataMap;
+
+use crate::backend::Backends;
+use crate::capability::kv::KvSlot;
+use crate::config::{Config, DEFAULT_NAMESPACE, NamespaceConfig, setting_string};
+use crate::runtime::{KeyValueRuntime, PatternPool, Runtime, RuntimeError, builtin};
+
+/// The request metadata that names the namespace.
+pub const NAMESPACE_METADATA: &str = "x-prism-namespace";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("namespace '{0}' is not configured on this server")]
+    Unknown(String),
+    #[error("the x-prism-namespace metadata must be printable ASCII")]
+    BadMetadata,
+    #[error("namespace '{namespace}' is served by a {actual} pattern and does not answer {expected} requests")]
+    WrongPattern { namespace: String, actual: &'static str, expected: &'static str },
+}
+
+/// A namespace could not start; `field` is the config field to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct StartupError {
+    pub field: String,
+    pub message: String,
+}
+
+impl StartupError {
+    fn new(field: impl Into<String>, message: impl ToString) -> StartupError {
+        StartupError { field: field.into(), message: message.to_string() }
+    }
+}
+
+/// What a namespace's pattern serves.
+#[derive(Clone)]
+pub enum PatternKind {
+    KeyValue(KeyValueRuntime),
+}
+
+pub struct Namespace {
+    pub name: String,
+    /// The built-in name or path of the pattern, for logs.
+    pub pattern: String,
+    pub kind: PatternKind,
+}
+
+impl Namespace {
+    /// Loads the pattern, binds its slots and starts (and configures) one
+    /// instance, so a bad component or bad settings fail at start-up.
+    pub async fn start(
+        name: &str,
+        ns: &NamespaceConfig,
+        config: &Config,
+        runtime: &Runtime,
+        backends: &Backends,
+    ) -> Result<Namespace, StartupError> {
+        let started = Instant::now();
+        let field = |f: &str| format!("namespaces.{name}.{f}");
+        let (bytes, label) = pattern_bytes(&ns.pattern, config).map_err(|m| StartupError::new(field("pattern"), m))?;
+        let component = runtime.load(&bytes, &label).map_err(|e| StartupError::new(field("pattern"), e))?;
+        let pre = runtime.keyvalue_pre(&component, &label).map_err(|e| StartupError::new(field("pattern"), e))?;
+
+        if let Some(slot) = ns.slots.keys().find(|s| s.as_str() != "kv") {
+            return Err(StartupError::new(field(&format!("slots.{slot}")), "the keyvalue pattern has no such slot (it uses: kv)"));
+        }
+        let backend_name = ns
+            .slots
+            .get("kv")
+            .ok_or_else(|| StartupError::new(field("slots"), "the keyvalue pattern needs a kv slot, e.g. slots = { kv = \"mem\" }"))?;
+        let backend = backends
+            .kv(backend_name)
+            .ok_or_else(|| StartupError::new(field("slots.kv"), format!("backend '{backend_name}' does not provide kv")))?;
+        let settings = ns
+            .settings
+            .iter()
+            .filter_map(|(k, v)| setting_string(v).map(|v| (k.clone(), v)))
+            .collect();
+        let limits = ns.limits.resolve(&config.runtime.limits);
+        let pool = Arc::new(PatternPool::new(name, pre, limits, settings, KvSlot::new(name, backend.clone())));
+        let first = pool.instantiate().await.map_err(|e| match e {
+            RuntimeError::Configure { reason, .. } => StartupError::new(field("settings"), reason),
+            other => StartupError::new(field("pattern"), other),
+        })?;
+        pool.add_idle(first);
+        tracing::info!(
+            namespace = name,
+            pattern = %label,
+            kv = %backend.summary(),
+            ready_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "namespace ready"
+        );
+        Ok(Namespace { name: name.to_string(), pattern: label, kind: PatternKind::KeyValue(KeyValueRuntime::new(pool)) })
+    }
+
+    pub fn keyvalue(&self) -> Result<&KeyValueRuntime, NamespaceError> {
+        match &self.kind {
+            PatternKind::KeyValue(kv) => Ok(kv),
+        }
+    }
+}
+
+/// A built-in pattern's bytes, or a `.wasm` file's; and a label for errors.
+fn pattern_bytes(pattern: &str, config: &Config) -> Result<(Vec<u8>, String), String> {
+    if let Some(bytes) = builtin::builtin(pattern) {
+        return Ok((bytes.to_vec(), format!("built-in pattern '{pattern}'")));
+    }
+    if !pattern.ends_with(".wasm") {
+        return Err(format!(
+            "'{pattern}' is neither a built-in pattern ({}) nor a path to a .wasm component",
+            builtin::NAMES.join(", ")
+        ));
+    }
+    let path = config.resolve_path(pattern);
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok((bytes, path.display().to_string()))
+}
+
+/// Every namespace of the server, looked up per request.
+#[derive(Default)]
+pub struct Namespaces {
+    map: HashMap<String, Arc<Namespace>>,
+}
+
+impl Namespaces {
+    pub async fn start_all(config: &Config, runtime: &Runtime, backends: &Backends) -> Result<Namespaces, StartupError> {
+        let mut map = HashMap::new();
+        for (name, ns) in &config.namespaces {
+            let namespace = Namespace::start(name, ns, config, runtime, backends).await?;
+            map.insert(name.clone(), Arc::new(namespace));
+        }
+        Ok(Namespaces { map })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Arc<Namespace>, NamespaceError> {
+        self.map.get(name).ok_or_else(|| NamespaceError::Unknown(name.to_string()))
+    }
+
+    /// The namespace a request names in its metadata (`default` when absent).
+    pub fn for_request(&self, metadata: &MetadataMap) -> Result<&Arc<Namespace>, NamespaceError> {
+        match metadata.get(NAMESPACE_METADATA) {
+            None => self.get(DEFAULT_NAMESPACE),
+            Some(value) => self.get(value.to_str().map_err(|_| NamespaceError::BadMetadata)?),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Namespace>> {
+        self.map.values()
+    }
+}

@@ -1,0 +1,21 @@
+//! Patterns compiled by `build.rs` and embedded in the binary.
+
+use std::path::Path;
+
+const KEYVALUE: &[u8] = include_bytes!(concat!(env!("PRISM_GUEST_ARTIFACTS"), "/keyvalue.wasm"));
+
+/// The names `pattern = "..."` accepts besides a `.wasm` path.
+pub const NAMES: &[&str] = &["keyvalue"];
+
+/// A built-in pattern's component bytes.
+pub fn builtin(name: &str) -> Option<&'static [u8]> {
+    match name {
+        "keyvalue" => Some(KEYVALUE),
+        _ => None,
+    }
+}
+
+/// Where `build.rs` left every guest component, the test fixtures included.
+pub fn artifact_dir() -> &'static Path {
+    Path::new(env!("PRISM_GUEST_ARTIFACTS"))
+}

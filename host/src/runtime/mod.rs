@@ -1,0 +1,123 @@
+//! The wasm runtime: one engine, components compiled once, and a pool of
+//! sandboxed instances per namespace.
+
+pub mod bindings;
+pub mod builtin;
+mod component_cache;
+mod engine;
+pub mod keyvalue;
+pub mod pool;
+pub mod state;
+
+use std::fmt;
+use std::time::Duration;
+
+use wasmtime::Engine;
+use wasmtime::component::{Component, HasData, Linker};
+
+pub use component_cache::ComponentCache;
+pub use engine::EPOCH_TICK;
+pub use keyvalue::KeyValueRuntime;
+pub use pool::PatternPool;
+use state::InstanceState;
+
+use crate::capability::kv::KvSlot;
+use crate::config::RuntimeConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot start the wasm engine: {0}")]
+    Engine(String),
+    #[error("{label} is not a usable WebAssembly component: {reason}")]
+    InvalidComponent { label: String, reason: String },
+    #[error("{label} does not fit the {world} world: {reason}")]
+    WrongWorld { label: String, world: &'static str, reason: String },
+    #[error("namespace '{namespace}': pattern rejected its settings: {reason}")]
+    Configure { namespace: String, reason: String },
+    #[error("namespace '{namespace}': cannot start a pattern instance: {reason}")]
+    Instantiate { namespace: String, reason: String },
+    #[error(
+        "namespace '{namespace}' has all {max} pattern instances busy; retry, or raise namespaces.{namespace}.limits.max_instances"
+    )]
+    Busy { namespace: String, max: u32 },
+    #[error("the server is at its limit of wasm instances across namespaces; retry, or raise runtime.total_instances")]
+    PoolExhausted,
+    #[error("the pattern of namespace '{namespace}' {kind}; the request was not completed and the instance was replaced")]
+    Trap { namespace: String, kind: TrapKind },
+}
+
+/// Why a call into a pattern was cut short.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrapKind {
+    Deadline(Duration),
+    MemoryLimit(usize),
+    /// A guest panic (Rust patterns abort through `unreachable`), with its message if any.
+    Panic(String),
+    StackOverflow,
+    Other(String),
+}
+
+impl fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrapKind::Deadline(d) => write!(f, "exceeded its call deadline of {} ms", d.as_millis()),
+            TrapKind::MemoryLimit(bytes) => write!(f, "exceeded its memory limit of {} MiB", bytes / (1024 * 1024)),
+            TrapKind::Panic(msg) if msg.is_empty() => write!(f, "panicked"),
+            TrapKind::Panic(msg) => write!(f, "panicked: {msg}"),
+            TrapKind::StackOverflow => write!(f, "overflowed its stack"),
+            TrapKind::Other(msg) => write!(f, "trapped: {msg}"),
+        }
+    }
+}
+
+/// Projects a store's state onto its `kv` slot for the generated linker code.
+struct HasKv;
+
+impl HasData for HasKv {
+    type Data<'a> = &'a mut KvSlot;
+}
+
+/// The engine, its epoch ticker, the component cache and the linker every
+/// pattern instance is created with.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    cache: ComponentCache,
+    _ticker: engine::EpochTicker,
+}
+
+impl Runtime {
+    /// `max_memory_bytes`: the largest memory limit of any namespace.
+    pub fn new(config: &RuntimeConfig, max_memory_bytes: usize) -> Result<Runtime, RuntimeError> {
+        let engine = engine::build_engine(config.total_instances, max_memory_bytes)?;
+        let mut linker = Linker::new(&engine);
+        // WASI p2 is linked so ordinary Rust guests instantiate; the context
+        // each store gets (state.rs) grants no files, sockets or environment.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        bindings::Keyvalue::add_to_linker::<_, HasKv>(&mut linker, |s: &mut InstanceState| &mut s.kv)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let ticker = engine::EpochTicker::start(&engine)?;
+        Ok(Runtime { engine, linker, cache: ComponentCache::new(config.cache_dir.clone()), _ticker: ticker })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles (or fetches from cache) a component; `label` names it in errors.
+    pub fn load(&self, bytes: &[u8], label: &str) -> Result<Component, RuntimeError> {
+        self.cache.load(&self.engine, bytes, label)
+    }
+
+    /// Checks that `component` is a KeyValue pattern and prepares it for
+    /// fast instantiation (imports resolved once).
+    pub fn keyvalue_pre(&self, component: &Component, label: &str) -> Result<bindings::KeyvaluePre<InstanceState>, RuntimeError> {
+        let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld {
+            label: label.to_string(),
+            world: "prism:pattern/keyvalue",
+            reason: format!("{e:#}"),
+        };
+        let pre = self.linker.instantiate_pre(component).map_err(wrong)?;
+        bindings::KeyvaluePre::new(pre).map_err(wrong)
+    }
+}

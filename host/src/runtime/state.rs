@@ -1,0 +1,79 @@
+//! What each pattern instance's store holds: a WASI context with no ambient
+//! authority, its memory limiter, and its capability slots.
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::capability::kv::KvSlot;
+
+/// How much of a guest's stderr (panic messages) is kept for the logs.
+const STDERR_CAPTURE_BYTES: usize = 4096;
+
+pub struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) kv: KvSlot,
+    stderr: MemoryOutputPipe,
+}
+
+impl InstanceState {
+    pub fn new(memory_bytes: usize, kv: KvSlot) -> InstanceState {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        // No preopens, env, args, network or stdin: the builder denies all by
+        // default and we grant nothing; stdout is discarded.
+        let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        InstanceState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit: memory_bytes, exceeded: false },
+            kv,
+            stderr,
+        }
+    }
+
+    /// What the guest wrote to stderr (a panic message, typically), lossy UTF-8.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory per instance and remembers that the cap was hit, so a
+/// trap can be reported as "memory limit" rather than a bare abort.
+pub struct MemoryLimiter {
+    limit: usize,
+    pub(crate) exceeded: bool,
+}
+
+impl MemoryLimiter {
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Err(wasmtime::format_err!("memory limit of {} bytes exceeded", self.limit));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}

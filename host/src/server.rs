@@ -1,0 +1,127 @@
+//! Builds the backends, runtime, namespaces and gRPC services, listens, and
+//! drains in-flight requests on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::keyvalue::KeyValueService;
+use crate::backend::Backends;
+use crate::config::Config;
+use crate::namespace::{Namespaces, StartupError};
+use crate::pb;
+use crate::pb::key_value_server::KeyValueServer;
+use crate::runtime::Runtime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("server task ended abnormally: {0}")]
+    Join(String),
+}
+
+/// A server that is listening. Dropping it does not stop it; call `shutdown`.
+pub struct RunningServer {
+    addr: SocketAddr,
+    namespaces: Arc<Namespaces>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    grace: Duration,
+    // Kept alive for as long as the server runs.
+    _runtime: Arc<Runtime>,
+}
+
+impl RunningServer {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn namespaces(&self) -> &Arc<Namespaces> {
+        &self.namespaces
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.shutdown.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(self.grace, &mut task).await {
+            Ok(joined) => joined.map_err(|e| ServerError::Join(e.to_string()))?.map_err(ServerError::from),
+            Err(_) => {
+                tracing::warn!(grace_ms = self.grace.as_millis() as u64, "requests still running after the grace period; stopping anyway");
+                task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Starts everything the config describes and begins serving.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let max_memory = config
+        .namespaces
+        .values()
+        .map(|ns| ns.limits.resolve(&config.runtime.limits).memory_bytes)
+        .max()
+        .unwrap_or(64 << 20);
+    let runtime = Arc::new(Runtime::new(&config.runtime, max_memory)?);
+    let backends = Backends::build(&config.backends);
+    let namespaces = Arc::new(Namespaces::start_all(&config, &runtime, &backends).await?);
+
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| ServerError::Bind { addr: config.server.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.server.listen, source })?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<KeyValueServer<KeyValueService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let max_message = config.server.max_message_bytes;
+    let keyvalue = KeyValueServer::new(KeyValueService::new(namespaces.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+
+    // Nagle's algorithm would add tens of milliseconds to small responses.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(keyvalue);
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stop.await;
+    }));
+    tracing::info!(%addr, namespaces = namespaces.iter().count(), "prism serving");
+    Ok(RunningServer {
+        addr,
+        namespaces,
+        shutdown,
+        task,
+        grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        _runtime: runtime,
+    })
+}

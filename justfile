@@ -1,0 +1,53 @@
+# Prism task runner. Every recipe installs what it needs first.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := justfile_directory() / ".venv"
+
+# List the recipes.
+default:
+    @just --list
+
+# Start Prism: embedded MemStore, KeyValue namespace `default`, 127.0.0.1:8980.
+dev *args: setup-rust
+    cargo run --release -p prism -- dev {{ args }}
+
+# Build target/release/prism (built-in patterns embedded).
+build: setup-rust
+    cargo build --release -p prism
+
+# Every test: Rust unit + integration + sandbox suites, then the Python client suite.
+test: setup-rust setup-python
+    cargo build --release -p prism
+    cargo test --release --workspace
+    PRISM_BIN={{ justfile_directory() }}/target/release/prism {{ venv }}/bin/python -m pytest clients/python/tests -q
+
+# Benchmarks with same-run baselines; writes bench/results.json.
+bench *args: setup-rust
+    cargo run --release -p prism-bench -- {{ args }}
+
+# Format Rust (host and guests).
+fmt:
+    cargo fmt --all
+    cd guest-patterns && cargo fmt --all
+
+# Formatting and clippy (-D warnings) over host, tests, bench and guests.
+lint: setup-rust
+    cargo fmt --all --check
+    cd guest-patterns && cargo fmt --all --check
+    cargo clippy --release --workspace --all-targets -- -D warnings
+    cd guest-patterns && cargo clippy --release --target wasm32-wasip2 --target-dir ../target/guest-patterns --workspace -- -D warnings
+
+# Regenerate the Python client's gRPC stubs from proto/.
+proto-python: setup-python
+    {{ venv }}/bin/pip install -q 'grpcio-tools>=1.85.1'
+    {{ venv }}/bin/python clients/python/generate_stubs.py
+
+# The wasm32-wasip2 target (rustup does not fetch it from rust-toolchain.toml here).
+setup-rust:
+    @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# A virtualenv with the Python client (editable) and its test tools.
+setup-python:
+    @test -x {{ venv }}/bin/python || python3 -m venv {{ venv }} || (apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv {{ venv }})
+    @{{ venv }}/bin/pip install -q --disable-pip-version-check -e 'clients/python[test]'

@@ -1,0 +1,102 @@
+//! Shared helpers for the suites: start Prism in-process on port 0 and talk
+//! to it over real gRPC on loopback.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use prism::config::Config;
+use prism::namespace::NAMESPACE_METADATA;
+use prism::pb::key_value_client::KeyValueClient;
+use prism::server::RunningServer;
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub use prism::pb;
+
+/// A Prism server running in this process.
+pub struct TestServer {
+    pub server: RunningServer,
+    channel: Channel,
+}
+
+/// Starts Prism from a TOML config; `[server] listen` is forced to 127.0.0.1:0.
+pub async fn start(config_toml: &str) -> anyhow::Result<TestServer> {
+    let mut config = Config::parse(config_toml, "test.toml".as_ref(), PathBuf::from("."))?;
+    config.server.listen = "127.0.0.1:0".parse()?;
+    let server = prism::server::start(config).await?;
+    let channel = Channel::from_shared(format!("http://{}", server.local_addr()))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .context("connecting to the test server")?;
+    Ok(TestServer { server, channel })
+}
+
+impl TestServer {
+    /// A KeyValue client whose requests name `namespace`.
+    pub fn kv(&self, namespace: &str) -> KvClient {
+        KeyValueClient::with_interceptor(self.channel.clone(), Namespace(namespace.to_string()))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.server.shutdown().await?;
+        Ok(())
+    }
+}
+
+pub type KvClient = KeyValueClient<InterceptedService<Channel, Namespace>>;
+
+/// Adds `x-prism-namespace` to every request.
+#[derive(Clone)]
+pub struct Namespace(String);
+
+impl Interceptor for Namespace {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
+        let value: MetadataValue<_> =
+            self.0.parse().map_err(|_| tonic::Status::invalid_argument("namespace is not valid metadata"))?;
+        request.metadata_mut().insert(NAMESPACE_METADATA, value);
+        Ok(request)
+    }
+}
+
+/// A guest component built by host/build.rs (the test fixtures live there too).
+pub fn guest_component(name: &str) -> PathBuf {
+    prism::runtime::builtin::artifact_dir().join(format!("{name}.wasm"))
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A MemStore-backed config with the given namespaces (`name = pattern`).
+pub fn memstore_config(namespaces: &[(&str, &str)]) -> String {
+    let mut toml = String::from("[backends.mem]\ntype = \"memstore\"\n");
+    for (name, pattern) in namespaces {
+        toml.push_str(&format!("\n[namespaces.{name}]\npattern = {pattern:?}\nslots = {{ kv = \"mem\" }}\n"));
+    }
+    toml
+}
