@@ -9,7 +9,9 @@ type BuildResult = Result<(), Box<dyn std::error::Error>>;
 
 fn main() -> BuildResult {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest_dir.parent().ok_or("host/ has no parent directory")?;
+    let root = manifest_dir
+        .parent()
+        .ok_or("host/ has no parent directory")?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     compile_protos(root, &out_dir)?;
     build_guest_patterns(root)?;
@@ -43,7 +45,14 @@ fn build_guest_patterns(root: &Path) -> BuildResult {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&guests)
-        .args(["build", "--release", "--workspace", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--workspace",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // Settings meant for the host build must not leak into the guest build.
     for var in [
@@ -72,6 +81,9 @@ fn build_guest_patterns(root: &Path) -> BuildResult {
         .into());
     }
     let artifacts = target_dir.join("wasm32-wasip2").join("release");
-    println!("cargo:rustc-env=PRISM_GUEST_ARTIFACTS={}", artifacts.display());
+    println!(
+        "cargo:rustc-env=PRISM_GUEST_ARTIFACTS={}",
+        artifacts.display()
+    );
     Ok(())
 }

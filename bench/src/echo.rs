@@ -17,27 +17,47 @@ struct Echo {
 #[tonic::async_trait]
 impl KeyValue for Echo {
     async fn get(&self, _: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        Ok(Response::new(pb::GetResponse { value: self.value.clone() }))
+        Ok(Response::new(pb::GetResponse {
+            value: self.value.clone(),
+        }))
     }
     async fn set(&self, _: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         Ok(Response::new(pb::SetResponse {}))
     }
-    async fn delete(&self, _: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        _: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         Ok(Response::new(pb::DeleteResponse { existed: true }))
     }
-    async fn exists(&self, _: Request<pb::ExistsRequest>) -> Result<Response<pb::ExistsResponse>, Status> {
+    async fn exists(
+        &self,
+        _: Request<pb::ExistsRequest>,
+    ) -> Result<Response<pb::ExistsResponse>, Status> {
         Ok(Response::new(pb::ExistsResponse { exists: true }))
     }
-    async fn scan(&self, _: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(
+        &self,
+        _: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
         Ok(Response::new(pb::ScanResponse::default()))
     }
-    async fn batch_get(&self, _: Request<pb::BatchGetRequest>) -> Result<Response<pb::BatchGetResponse>, Status> {
+    async fn batch_get(
+        &self,
+        _: Request<pb::BatchGetRequest>,
+    ) -> Result<Response<pb::BatchGetResponse>, Status> {
         Ok(Response::new(pb::BatchGetResponse::default()))
     }
-    async fn batch_set(&self, _: Request<pb::BatchSetRequest>) -> Result<Response<pb::BatchSetResponse>, Status> {
+    async fn batch_set(
+        &self,
+        _: Request<pb::BatchSetRequest>,
+    ) -> Result<Response<pb::BatchSetResponse>, Status> {
         Ok(Response::new(pb::BatchSetResponse {}))
     }
-    async fn batch_delete(&self, _: Request<pb::BatchDeleteRequest>) -> Result<Response<pb::BatchDeleteResponse>, Status> {
+    async fn batch_delete(
+        &self,
+        _: Request<pb::BatchDeleteRequest>,
+    ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
         Ok(Response::new(pb::BatchDeleteResponse::default()))
     }
 }

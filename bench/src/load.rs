@@ -33,10 +33,19 @@ pub struct LoadResult {
 }
 
 pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?)
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
 }
 
-pub async fn run_load(channel: Channel, op: Op, concurrency: usize, measure: Duration, payload: &[u8]) -> anyhow::Result<LoadResult> {
+pub async fn run_load(
+    channel: Channel,
+    op: Op,
+    concurrency: usize,
+    measure: Duration,
+    payload: &[u8],
+) -> anyhow::Result<LoadResult> {
     // Warm up connections, instance pools and caches first.
     let warmup = Duration::from_millis(300);
     drive(channel.clone(), op, concurrency, warmup, payload).await?;
@@ -50,7 +59,13 @@ pub async fn run_load(channel: Channel, op: Op, concurrency: usize, measure: Dur
     })
 }
 
-async fn drive(channel: Channel, op: Op, concurrency: usize, duration: Duration, payload: &[u8]) -> anyhow::Result<Histogram<u64>> {
+async fn drive(
+    channel: Channel,
+    op: Op,
+    concurrency: usize,
+    duration: Duration,
+    payload: &[u8],
+) -> anyhow::Result<Histogram<u64>> {
     let until = Instant::now() + duration;
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
@@ -62,10 +77,20 @@ async fn drive(channel: Channel, op: Op, concurrency: usize, duration: Duration,
                 let t = Instant::now();
                 match op {
                     Op::Get => {
-                        client.get(pb::GetRequest { key: BENCH_KEY.into() }).await?;
+                        client
+                            .get(pb::GetRequest {
+                                key: BENCH_KEY.into(),
+                            })
+                            .await?;
                     }
                     Op::Set => {
-                        client.set(pb::SetRequest { key: BENCH_KEY.into(), value: payload.clone(), ttl_ms: None }).await?;
+                        client
+                            .set(pb::SetRequest {
+                                key: BENCH_KEY.into(),
+                                value: payload.clone(),
+                                ttl_ms: None,
+                            })
+                            .await?;
                     }
                 }
                 h.record(t.elapsed().as_nanos() as u64)?;

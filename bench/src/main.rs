@@ -41,7 +41,9 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let report = rt.block_on(run(&args))?;
     report.write(&args.out)?;
     report.print();
@@ -59,7 +61,11 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let prism_channel = load::connect(prism.local_addr()).await?;
     let echo_channel = load::connect(echo).await?;
     pb::key_value_client::KeyValueClient::new(prism_channel.clone())
-        .set(pb::SetRequest { key: load::BENCH_KEY.into(), value: payload.clone(), ttl_ms: None })
+        .set(pb::SetRequest {
+            key: load::BENCH_KEY.into(),
+            value: payload.clone(),
+            ttl_ms: None,
+        })
         .await?;
 
     for op in [Op::Get, Op::Set] {
@@ -67,9 +73,27 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             let base = run_load(echo_channel.clone(), op, concurrency, measure, &payload).await?;
             let ours = run_load(prism_channel.clone(), op, concurrency, measure, &payload).await?;
             let tag = format!("{}_c{concurrency}", op.name());
-            report.push(Row::new(format!("prism_{tag}_throughput"), ours.throughput, "req/s", format!("tonic_echo_{tag}_throughput"), base.throughput));
-            report.push(Row::new(format!("prism_{tag}_p50"), ours.p50_us, "us", format!("tonic_echo_{tag}_p50"), base.p50_us));
-            report.push(Row::new(format!("prism_{tag}_p99"), ours.p99_us, "us", format!("tonic_echo_{tag}_p99"), base.p99_us));
+            report.push(Row::new(
+                format!("prism_{tag}_throughput"),
+                ours.throughput,
+                "req/s",
+                format!("tonic_echo_{tag}_throughput"),
+                base.throughput,
+            ));
+            report.push(Row::new(
+                format!("prism_{tag}_p50"),
+                ours.p50_us,
+                "us",
+                format!("tonic_echo_{tag}_p50"),
+                base.p50_us,
+            ));
+            report.push(Row::new(
+                format!("prism_{tag}_p99"),
+                ours.p99_us,
+                "us",
+                format!("tonic_echo_{tag}_p99"),
+                base.p99_us,
+            ));
         }
     }
 
@@ -77,45 +101,98 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let namespace = prism.namespaces().get(DEFAULT_NAMESPACE)?.clone();
     let kv = namespace.keyvalue()?.clone();
     let slot = kv.pool().kv_slot().clone();
-    let scoped = slot.scoped(load::BENCH_KEY).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let scoped = slot
+        .scoped(load::BENCH_KEY)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let iterations = 100_000;
     let with_guest = time_per_op(iterations, || {
         let kv = kv.clone();
-        async move { kv.get(load::BENCH_KEY.to_string()).await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}")) }
+        async move {
+            kv.get(load::BENCH_KEY.to_string())
+                .await
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
     })
     .await?;
     let direct = time_per_op(iterations, || {
         let backend = slot.backend().clone();
         let key = scoped.clone();
-        async move { backend.get(&key).await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}")) }
+        async move {
+            backend
+                .get(&key)
+                .await
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
     })
     .await?;
-    report.push(Row::new("kv_get_in_process_through_pattern", with_guest, "us", "kv_get_in_process_backend_only", direct));
-    report.push(Row::new("wasm_hop_per_request", with_guest - direct, "us", "target_wasm_hop", 5.0));
+    report.push(Row::new(
+        "kv_get_in_process_through_pattern",
+        with_guest,
+        "us",
+        "kv_get_in_process_backend_only",
+        direct,
+    ));
+    report.push(Row::new(
+        "wasm_hop_per_request",
+        with_guest - direct,
+        "us",
+        "target_wasm_hop",
+        5.0,
+    ));
 
     // Instantiation: one more instance of the running namespace's pattern.
     let pool = kv.pool().clone();
     let instantiate = time_per_op(200, || {
         let pool = pool.clone();
-        async move { pool.instantiate().await.map(drop).map_err(|e| anyhow::anyhow!("{e}")) }
+        async move {
+            pool.instantiate()
+                .await
+                .map(drop)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        }
     })
     .await?;
-    report.push(Row::new("pattern_instantiate", instantiate, "us", "pooled_kv_get_in_process", with_guest));
+    report.push(Row::new(
+        "pattern_instantiate",
+        instantiate,
+        "us",
+        "pooled_kv_get_in_process",
+        with_guest,
+    ));
 
     // A whole new namespace (component cached, pool built, first instance configured).
     let config = Config::dev("127.0.0.1:0".parse()?);
     let runtime = Runtime::new(&config.runtime, 64 << 20)?;
     let backends = Backends::build(&config.backends);
-    let ns_config = config.namespaces.get(DEFAULT_NAMESPACE).context("dev config has no default namespace")?.clone();
+    let ns_config = config
+        .namespaces
+        .get(DEFAULT_NAMESPACE)
+        .context("dev config has no default namespace")?
+        .clone();
     Namespace::start("warmup", &ns_config, &config, &runtime, &backends).await?;
     let rounds = 20;
     let started = Instant::now();
     for i in 0..rounds {
-        let ns = Namespace::start(&format!("bench-{i}"), &ns_config, &config, &runtime, &backends).await?;
+        let ns = Namespace::start(
+            &format!("bench-{i}"),
+            &ns_config,
+            &config,
+            &runtime,
+            &backends,
+        )
+        .await?;
         drop(Arc::new(ns));
     }
     let ready_ms = started.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds);
-    report.push(Row::new("new_namespace_ready", ready_ms, "ms", "target_new_namespace_ready", 10.0));
+    report.push(Row::new(
+        "new_namespace_ready",
+        ready_ms,
+        "ms",
+        "target_new_namespace_ready",
+        10.0,
+    ));
 
     prism.shutdown().await?;
     Ok(report)

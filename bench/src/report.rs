@@ -17,9 +17,26 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(name: impl Into<String>, value: f64, unit: &'static str, baseline: impl Into<String>, baseline_value: f64) -> Row {
-        let ratio = if baseline_value == 0.0 { f64::NAN } else { value / baseline_value };
-        Row { name: name.into(), value, unit, baseline: baseline.into(), baseline_value, ratio }
+    pub fn new(
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        baseline: impl Into<String>,
+        baseline_value: f64,
+    ) -> Row {
+        let ratio = if baseline_value == 0.0 {
+            f64::NAN
+        } else {
+            value / baseline_value
+        };
+        Row {
+            name: name.into(),
+            value,
+            unit,
+            baseline: baseline.into(),
+            baseline_value,
+            ratio,
+        }
     }
 }
 
@@ -39,7 +56,10 @@ impl Report {
     }
 
     pub fn print(&self) {
-        println!("{:<36} {:>12} {:<6} {:<38} {:>12} {:>7}", "name", "value", "unit", "baseline", "baseline", "ratio");
+        println!(
+            "{:<36} {:>12} {:<6} {:<38} {:>12} {:>7}",
+            "name", "value", "unit", "baseline", "baseline", "ratio"
+        );
         for r in &self.rows {
             println!(
                 "{:<36} {:>12.2} {:<6} {:<38} {:>12.2} {:>7.3}",

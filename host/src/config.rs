@@ -16,11 +16,18 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8980";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {field}: {message}")]
-    Invalid { path: PathBuf, field: String, message: String },
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,10 +117,17 @@ pub struct InstanceLimits {
 impl InstanceLimitsConfig {
     /// These limits, falling back to `fallback` and then to built-in defaults.
     pub fn resolve(&self, fallback: &InstanceLimitsConfig) -> InstanceLimits {
-        let mib = self.memory_limit_mib.or(fallback.memory_limit_mib).unwrap_or(64);
+        let mib = self
+            .memory_limit_mib
+            .or(fallback.memory_limit_mib)
+            .unwrap_or(64);
         InstanceLimits {
             memory_bytes: mib as usize * 1024 * 1024,
-            call_deadline: Duration::from_millis(self.call_deadline_ms.or(fallback.call_deadline_ms).unwrap_or(2000)),
+            call_deadline: Duration::from_millis(
+                self.call_deadline_ms
+                    .or(fallback.call_deadline_ms)
+                    .unwrap_or(2000),
+            ),
             max_instances: self.max_instances.or(fallback.max_instances).unwrap_or(32),
         }
     }
@@ -191,7 +205,10 @@ impl Config {
     /// The configuration of `prism dev`: MemStore and a KeyValue `default` namespace.
     pub fn dev(listen: SocketAddr) -> Config {
         let mut backends = BTreeMap::new();
-        backends.insert("mem".to_string(), BackendConfig::Memstore(MemStoreConfig::default()));
+        backends.insert(
+            "mem".to_string(),
+            BackendConfig::Memstore(MemStoreConfig::default()),
+        );
         let mut namespaces = BTreeMap::new();
         namespaces.insert(
             DEFAULT_NAMESPACE.to_string(),
@@ -203,7 +220,10 @@ impl Config {
             },
         );
         Config {
-            server: ServerConfig { listen, ..ServerConfig::default() },
+            server: ServerConfig {
+                listen,
+                ..ServerConfig::default()
+            },
             runtime: RuntimeConfig::default(),
             backends,
             namespaces,
@@ -212,25 +232,36 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Config::parse(&text, path, base_dir)
     }
 
     /// Parses and checks `text`; `path` only labels errors.
     pub fn parse(text: &str, path: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         config.base_dir = base_dir;
         config.validate(path)?;
         Ok(config)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), field, message };
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
         if self.namespaces.is_empty() {
-            return Err(invalid("namespaces".into(), "no namespace is configured; add a [namespaces.NAME] table".into()));
+            return Err(invalid(
+                "namespaces".into(),
+                "no namespace is configured; add a [namespaces.NAME] table".into(),
+            ));
         }
         for name in self.backends.keys() {
             check_name(name).map_err(|m| invalid(format!("backends.{name}"), m))?;
@@ -238,7 +269,10 @@ impl Config {
         for (name, ns) in &self.namespaces {
             check_name(name).map_err(|m| invalid(format!("namespaces.{name}"), m))?;
             if ns.pattern.trim().is_empty() {
-                return Err(invalid(format!("namespaces.{name}.pattern"), "must name a built-in pattern or a .wasm file".into()));
+                return Err(invalid(
+                    format!("namespaces.{name}.pattern"),
+                    "must name a built-in pattern or a .wasm file".into(),
+                ));
             }
             if ns.slots.is_empty() {
                 return Err(invalid(
@@ -251,7 +285,10 @@ impl Config {
                     let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
                     return Err(invalid(
                         format!("namespaces.{name}.slots.{slot}"),
-                        format!("backend '{backend}' is not defined under [backends] (defined: {})", list_or_none(&known)),
+                        format!(
+                            "backend '{backend}' is not defined under [backends] (defined: {})",
+                            list_or_none(&known)
+                        ),
                     ));
                 }
             }
@@ -264,7 +301,10 @@ impl Config {
                 }
             }
             let limits = ns.limits.resolve(&self.runtime.limits);
-            if limits.memory_bytes == 0 || limits.call_deadline.is_zero() || limits.max_instances == 0 {
+            if limits.memory_bytes == 0
+                || limits.call_deadline.is_zero()
+                || limits.max_instances == 0
+            {
                 return Err(invalid(
                     format!("namespaces.{name}.limits"),
                     "memory_limit_mib, call_deadline_ms and max_instances must be positive".into(),
@@ -273,14 +313,20 @@ impl Config {
             if limits.max_instances > self.runtime.total_instances {
                 return Err(invalid(
                     format!("namespaces.{name}.limits.max_instances"),
-                    format!("{} is more than runtime.total_instances ({})", limits.max_instances, self.runtime.total_instances),
+                    format!(
+                        "{} is more than runtime.total_instances ({})",
+                        limits.max_instances, self.runtime.total_instances
+                    ),
                 ));
             }
         }
         for (name, backend) in &self.backends {
             let BackendConfig::Memstore(m) = backend;
             if m.sweep_interval_ms == 0 || m.max_bytes == 0 || m.max_keys == 0 {
-                return Err(invalid(format!("backends.{name}"), "max_bytes, max_keys and sweep_interval_ms must be positive".into()));
+                return Err(invalid(
+                    format!("backends.{name}"),
+                    "max_bytes, max_keys and sweep_interval_ms must be positive".into(),
+                ));
             }
         }
         Ok(())
@@ -289,7 +335,11 @@ impl Config {
     /// Where a namespace's `.wasm` pattern path points, relative to the config file.
     pub fn resolve_path(&self, pattern: &str) -> PathBuf {
         let p = Path::new(pattern);
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 }
 
@@ -308,16 +358,24 @@ pub fn setting_string(value: &toml::Value) -> Option<String> {
 fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if ok {
         Ok(())
     } else {
-        Err(format!("name '{name}' must be 1-64 characters of ASCII letters, digits, '-', '_' or '.'"))
+        Err(format!(
+            "name '{name}' must be 1-64 characters of ASCII letters, digits, '-', '_' or '.'"
+        ))
     }
 }
 
 fn list_or_none(items: &[&str]) -> String {
-    if items.is_empty() { "none".into() } else { items.join(", ") }
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 #[cfg(test)]
@@ -344,7 +402,10 @@ mod tests {
             "#,
         )?;
         assert_eq!(config.namespaces["default"].slots["kv"], "mem");
-        assert_eq!(setting_string(&config.namespaces["default"].settings["max_value_bytes"]).as_deref(), Some("1024"));
+        assert_eq!(
+            setting_string(&config.namespaces["default"].settings["max_value_bytes"]).as_deref(),
+            Some("1024")
+        );
         Ok(())
     }
 
@@ -362,15 +423,24 @@ mod tests {
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-        assert!(err.contains("prism.toml: namespaces.orders.slots.kv"), "{err}");
+        assert!(
+            err.contains("prism.toml: namespaces.orders.slots.kv"),
+            "{err}"
+        );
         assert!(err.contains("'cache' is not defined"), "{err}");
     }
 
     #[test]
     fn unknown_field_and_type_are_rejected() {
-        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("lisen"), "{err}");
-        let err = parse("[backends.x]\ntype = \"mysql\"\n").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse("[backends.x]\ntype = \"mysql\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("mysql"), "{err}");
     }
 

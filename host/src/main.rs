@@ -9,7 +9,11 @@ use prism::config::{Config, DEFAULT_LISTEN};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "prism", version, about = "Prism data access gateway: gRPC in front, sandboxed wasm patterns, pluggable backends")]
+#[command(
+    name = "prism",
+    version,
+    about = "Prism data access gateway: gRPC in front, sandboxed wasm patterns, pluggable backends"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,7 +41,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let config = match cli.command {
@@ -55,7 +61,10 @@ fn main() -> ExitCode {
             }
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("prism: cannot start the async runtime: {e}");
@@ -85,7 +94,9 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");

@@ -21,8 +21,14 @@ pub enum NamespaceError {
     Unknown(String),
     #[error("the x-prism-namespace metadata must be printable ASCII")]
     BadMetadata,
-    #[error("namespace '{namespace}' is served by a {actual} pattern and does not answer {expected} requests")]
-    WrongPattern { namespace: String, actual: &'static str, expected: &'static str },
+    #[error(
+        "namespace '{namespace}' is served by a {actual} pattern and does not answer {expected} requests"
+    )]
+    WrongPattern {
+        namespace: String,
+        actual: &'static str,
+        expected: &'static str,
+    },
 }
 
 /// A namespace could not start; `field` is the config field to fix.
@@ -35,7 +41,10 @@ pub struct StartupError {
 
 impl StartupError {
     fn new(field: impl Into<String>, message: impl ToString) -> StartupError {
-        StartupError { field: field.into(), message: message.to_string() }
+        StartupError {
+            field: field.into(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -64,27 +73,46 @@ impl Namespace {
     ) -> Result<Namespace, StartupError> {
         let started = Instant::now();
         let field = |f: &str| format!("namespaces.{name}.{f}");
-        let (bytes, label) = pattern_bytes(&ns.pattern, config).map_err(|m| StartupError::new(field("pattern"), m))?;
-        let component = runtime.load(&bytes, &label).map_err(|e| StartupError::new(field("pattern"), e))?;
-        let pre = runtime.keyvalue_pre(&component, &label).map_err(|e| StartupError::new(field("pattern"), e))?;
+        let (bytes, label) = pattern_bytes(&ns.pattern, config)
+            .map_err(|m| StartupError::new(field("pattern"), m))?;
+        let component = runtime
+            .load(&bytes, &label)
+            .map_err(|e| StartupError::new(field("pattern"), e))?;
+        let pre = runtime
+            .keyvalue_pre(&component, &label)
+            .map_err(|e| StartupError::new(field("pattern"), e))?;
 
         if let Some(slot) = ns.slots.keys().find(|s| s.as_str() != "kv") {
-            return Err(StartupError::new(field(&format!("slots.{slot}")), "the keyvalue pattern has no such slot (it uses: kv)"));
+            return Err(StartupError::new(
+                field(&format!("slots.{slot}")),
+                "the keyvalue pattern has no such slot (it uses: kv)",
+            ));
         }
-        let backend_name = ns
-            .slots
-            .get("kv")
-            .ok_or_else(|| StartupError::new(field("slots"), "the keyvalue pattern needs a kv slot, e.g. slots = { kv = \"mem\" }"))?;
-        let backend = backends
-            .kv(backend_name)
-            .ok_or_else(|| StartupError::new(field("slots.kv"), format!("backend '{backend_name}' does not provide kv")))?;
+        let backend_name = ns.slots.get("kv").ok_or_else(|| {
+            StartupError::new(
+                field("slots"),
+                "the keyvalue pattern needs a kv slot, e.g. slots = { kv = \"mem\" }",
+            )
+        })?;
+        let backend = backends.kv(backend_name).ok_or_else(|| {
+            StartupError::new(
+                field("slots.kv"),
+                format!("backend '{backend_name}' does not provide kv"),
+            )
+        })?;
         let settings = ns
             .settings
             .iter()
             .filter_map(|(k, v)| setting_string(v).map(|v| (k.clone(), v)))
             .collect();
         let limits = ns.limits.resolve(&config.runtime.limits);
-        let pool = Arc::new(PatternPool::new(name, pre, limits, settings, KvSlot::new(name, backend.clone())));
+        let pool = Arc::new(PatternPool::new(
+            name,
+            pre,
+            limits,
+            settings,
+            KvSlot::new(name, backend.clone()),
+        ));
         let first = pool.instantiate().await.map_err(|e| match e {
             RuntimeError::Configure { reason, .. } => StartupError::new(field("settings"), reason),
             other => StartupError::new(field("pattern"), other),
@@ -97,7 +125,11 @@ impl Namespace {
             ready_ms = started.elapsed().as_secs_f64() * 1000.0,
             "namespace ready"
         );
-        Ok(Namespace { name: name.to_string(), pattern: label, kind: PatternKind::KeyValue(KeyValueRuntime::new(pool)) })
+        Ok(Namespace {
+            name: name.to_string(),
+            pattern: label,
+            kind: PatternKind::KeyValue(KeyValueRuntime::new(pool)),
+        })
     }
 
     pub fn keyvalue(&self) -> Result<&KeyValueRuntime, NamespaceError> {
@@ -130,7 +162,11 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
-    pub async fn start_all(config: &Config, runtime: &Runtime, backends: &Backends) -> Result<Namespaces, StartupError> {
+    pub async fn start_all(
+        config: &Config,
+        runtime: &Runtime,
+        backends: &Backends,
+    ) -> Result<Namespaces, StartupError> {
         let mut map = HashMap::new();
         for (name, ns) in &config.namespaces {
             let namespace = Namespace::start(name, ns, config, runtime, backends).await?;
@@ -140,7 +176,9 @@ impl Namespaces {
     }
 
     pub fn get(&self, name: &str) -> Result<&Arc<Namespace>, NamespaceError> {
-        self.map.get(name).ok_or_else(|| NamespaceError::Unknown(name.to_string()))
+        self.map
+            .get(name)
+            .ok_or_else(|| NamespaceError::Unknown(name.to_string()))
     }
 
     /// The namespace a request names in its metadata (`default` when absent).

@@ -26,7 +26,10 @@ pub enum ServerError {
     #[error("runtime: {0}")]
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("reflection service: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -61,9 +64,14 @@ impl RunningServer {
         let _ = self.shutdown.send(());
         let mut task = self.task;
         match tokio::time::timeout(self.grace, &mut task).await {
-            Ok(joined) => joined.map_err(|e| ServerError::Join(e.to_string()))?.map_err(ServerError::from),
+            Ok(joined) => joined
+                .map_err(|e| ServerError::Join(e.to_string()))?
+                .map_err(ServerError::from),
             Err(_) => {
-                tracing::warn!(grace_ms = self.grace.as_millis() as u64, "requests still running after the grace period; stopping anyway");
+                tracing::warn!(
+                    grace_ms = self.grace.as_millis() as u64,
+                    "requests still running after the grace period; stopping anyway"
+                );
                 task.abort();
                 Ok(())
             }
@@ -85,11 +93,19 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
 
     let listener = TcpListener::bind(config.server.listen)
         .await
-        .map_err(|source| ServerError::Bind { addr: config.server.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.server.listen, source })?;
+        .map_err(|source| ServerError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<KeyValueServer<KeyValueService>>().await;
+    health_reporter
+        .set_serving::<KeyValueServer<KeyValueService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

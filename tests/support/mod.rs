@@ -62,8 +62,10 @@ pub struct Namespace(String);
 
 impl Interceptor for Namespace {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
-        let value: MetadataValue<_> =
-            self.0.parse().map_err(|_| tonic::Status::invalid_argument("namespace is not valid metadata"))?;
+        let value: MetadataValue<_> = self
+            .0
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("namespace is not valid metadata"))?;
         request.metadata_mut().insert(NAMESPACE_METADATA, value);
         Ok(request)
     }
@@ -96,7 +98,9 @@ where
 pub fn memstore_config(namespaces: &[(&str, &str)]) -> String {
     let mut toml = String::from("[backends.mem]\ntype = \"memstore\"\n");
     for (name, pattern) in namespaces {
-        toml.push_str(&format!("\n[namespaces.{name}]\npattern = {pattern:?}\nslots = {{ kv = \"mem\" }}\n"));
+        toml.push_str(&format!(
+            "\n[namespaces.{name}]\npattern = {pattern:?}\nslots = {{ kv = \"mem\" }}\n"
+        ));
     }
     toml
 }

@@ -39,7 +39,10 @@ impl Guest for KeyValuePattern {
         limits().check_key(&key)?;
         match kv::get(&key).map_err(capability)? {
             Some(value) => Ok(value),
-            None => Err(PatternError::NotFound(format!("key '{}' not found", shorten(&key)))),
+            None => Err(PatternError::NotFound(format!(
+                "key '{}' not found",
+                shorten(&key)
+            ))),
         }
     }
 
@@ -74,7 +77,10 @@ impl Guest for KeyValuePattern {
         let page = limits.page_size(request.limit);
         let cursor = request.cursor.filter(|c| !c.is_empty());
         let result = kv::scan(prefix, cursor.as_deref(), page).map_err(capability)?;
-        Ok(ScanResult { keys: result.keys, cursor: result.cursor })
+        Ok(ScanResult {
+            keys: result.keys,
+            cursor: result.cursor,
+        })
     }
 
     fn get_many(keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, PatternError> {

@@ -61,14 +61,19 @@ impl Limits {
         if let Some(ttl) = limits.default_ttl_ms
             && ttl > limits.max_ttl_ms
         {
-            return Err(format!("default_ttl_ms ({ttl}) is larger than max_ttl_ms ({})", limits.max_ttl_ms));
+            return Err(format!(
+                "default_ttl_ms ({ttl}) is larger than max_ttl_ms ({})",
+                limits.max_ttl_ms
+            ));
         }
         Ok(limits)
     }
 
     pub fn check_key(&self, key: &str) -> Result<(), PatternError> {
         if key.is_empty() {
-            return Err(PatternError::InvalidArgument("key must not be empty".into()));
+            return Err(PatternError::InvalidArgument(
+                "key must not be empty".into(),
+            ));
         }
         if key.len() > self.max_key_bytes {
             return Err(PatternError::InvalidArgument(format!(
@@ -126,9 +131,14 @@ impl Limits {
     }
 }
 
-fn positive<T: std::str::FromStr + PartialOrd + Default>(name: &str, value: &str) -> Result<T, String> {
+fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    name: &str,
+    value: &str,
+) -> Result<T, String> {
     match value.trim().parse::<T>() {
         Ok(v) if v > T::default() => Ok(v),
-        _ => Err(format!("setting '{name}' must be a positive integer, got '{value}'")),
+        _ => Err(format!(
+            "setting '{name}' must be a positive integer, got '{value}'"
+        )),
     }
 }

@@ -70,9 +70,16 @@ impl Guest for FaultyPattern {
     }
 
     fn scan(request: ScanRequest) -> Result<ScanResult, PatternError> {
-        let page = kv::scan(&request.prefix, request.cursor.as_deref(), request.limit.max(1))
-            .map_err(capability)?;
-        Ok(ScanResult { keys: page.keys, cursor: page.cursor })
+        let page = kv::scan(
+            &request.prefix,
+            request.cursor.as_deref(),
+            request.limit.max(1),
+        )
+        .map_err(capability)?;
+        Ok(ScanResult {
+            keys: page.keys,
+            cursor: page.cursor,
+        })
     }
 
     fn get_many(keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, PatternError> {

@@ -20,64 +20,106 @@ impl KeyValueService {
     }
 
     fn runtime<T>(&self, request: &Request<T>) -> Result<KeyValueRuntime, Status> {
-        Ok(self.namespaces.for_request(request.metadata())?.keyvalue()?.clone())
+        Ok(self
+            .namespaces
+            .for_request(request.metadata())?
+            .keyvalue()?
+            .clone())
     }
 }
 
 #[tonic::async_trait]
 impl KeyValue for KeyValueService {
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let kv = self.runtime(&request)?;
         let value = kv.get(request.into_inner().key).await?;
         Ok(Response::new(pb::GetResponse { value }))
     }
 
-    async fn set(&self, request: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+    async fn set(
+        &self,
+        request: Request<pb::SetRequest>,
+    ) -> Result<Response<pb::SetResponse>, Status> {
         let kv = self.runtime(&request)?;
         let r = request.into_inner();
         kv.set(r.key, r.value, r.ttl_ms).await?;
         Ok(Response::new(pb::SetResponse {}))
     }
 
-    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let kv = self.runtime(&request)?;
         let existed = kv.delete(request.into_inner().key).await?;
         Ok(Response::new(pb::DeleteResponse { existed }))
     }
 
-    async fn exists(&self, request: Request<pb::ExistsRequest>) -> Result<Response<pb::ExistsResponse>, Status> {
+    async fn exists(
+        &self,
+        request: Request<pb::ExistsRequest>,
+    ) -> Result<Response<pb::ExistsResponse>, Status> {
         let kv = self.runtime(&request)?;
         let exists = kv.exists(request.into_inner().key).await?;
         Ok(Response::new(pb::ExistsResponse { exists }))
     }
 
-    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
         let kv = self.runtime(&request)?;
         let r = request.into_inner();
         let cursor = Some(r.cursor).filter(|c| !c.is_empty());
-        let page = kv.scan(ScanRequest { prefix: r.prefix, cursor, limit: r.limit }).await?;
-        Ok(Response::new(pb::ScanResponse { keys: page.keys, next_cursor: page.cursor.unwrap_or_default() }))
+        let page = kv
+            .scan(ScanRequest {
+                prefix: r.prefix,
+                cursor,
+                limit: r.limit,
+            })
+            .await?;
+        Ok(Response::new(pb::ScanResponse {
+            keys: page.keys,
+            next_cursor: page.cursor.unwrap_or_default(),
+        }))
     }
 
-    async fn batch_get(&self, request: Request<pb::BatchGetRequest>) -> Result<Response<pb::BatchGetResponse>, Status> {
+    async fn batch_get(
+        &self,
+        request: Request<pb::BatchGetRequest>,
+    ) -> Result<Response<pb::BatchGetResponse>, Status> {
         let kv = self.runtime(&request)?;
         let keys = request.into_inner().keys;
         let values = kv.get_many(keys.clone()).await?;
         let items = keys
             .into_iter()
             .zip(values)
-            .map(|(key, value)| pb::BatchGetItem { key, found: value.is_some(), value: value.unwrap_or_default() })
+            .map(|(key, value)| pb::BatchGetItem {
+                key,
+                found: value.is_some(),
+                value: value.unwrap_or_default(),
+            })
             .collect();
         Ok(Response::new(pb::BatchGetResponse { items }))
     }
 
-    async fn batch_set(&self, request: Request<pb::BatchSetRequest>) -> Result<Response<pb::BatchSetResponse>, Status> {
+    async fn batch_set(
+        &self,
+        request: Request<pb::BatchSetRequest>,
+    ) -> Result<Response<pb::BatchSetResponse>, Status> {
         let kv = self.runtime(&request)?;
         let entries = request
             .into_inner()
             .entries
             .into_iter()
-            .map(|e| Entry { key: e.key, value: e.value, ttl_ms: e.ttl_ms })
+            .map(|e| Entry {
+                key: e.key,
+                value: e.value,
+                ttl_ms: e.ttl_ms,
+            })
             .collect();
         kv.set_many(entries).await?;
         Ok(Response::new(pb::BatchSetResponse {}))

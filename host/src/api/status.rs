@@ -24,7 +24,9 @@ impl From<RuntimeError> for Status {
     fn from(err: RuntimeError) -> Status {
         let message = err.to_string();
         match err {
-            RuntimeError::Busy { .. } | RuntimeError::PoolExhausted => Status::resource_exhausted(message),
+            RuntimeError::Busy { .. } | RuntimeError::PoolExhausted => {
+                Status::resource_exhausted(message)
+            }
             RuntimeError::Trap { .. }
             | RuntimeError::Engine(_)
             | RuntimeError::InvalidComponent { .. }

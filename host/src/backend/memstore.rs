@@ -163,10 +163,19 @@ impl Inner {
 
     /// Stores one entry in a shard the caller holds, reserving only the growth
     /// over what the replaced entry held; fails with nothing changed.
-    fn insert(&self, shard: &mut Shard, key: String, value: Bytes, expires_at: Option<Instant>) -> Result<(), BackendError> {
+    fn insert(
+        &self,
+        shard: &mut Shard,
+        key: String,
+        value: Bytes,
+        expires_at: Option<Instant>,
+    ) -> Result<(), BackendError> {
         let old = shard.map.get(&key).map(|e| entry_bytes(&key, &e.value));
         let new = entry_bytes(&key, &value);
-        self.reserve(new.saturating_sub(old.unwrap_or(0)), u64::from(old.is_none()))?;
+        self.reserve(
+            new.saturating_sub(old.unwrap_or(0)),
+            u64::from(old.is_none()),
+        )?;
         if let Some(old) = old
             && old > new
         {
@@ -178,7 +187,9 @@ impl Inner {
 
     fn remove(&self, key: &str, now: Instant) -> bool {
         let mut shard = self.shard(key).write();
-        let Some(old) = shard.map.remove(key) else { return false };
+        let Some(old) = shard.map.remove(key) else {
+            return false;
+        };
         if let Some(at) = old.expires_at {
             shard.expiries.remove(&(at, key.to_string()));
         }
@@ -188,7 +199,11 @@ impl Inner {
 
     fn get(&self, key: &str, now: Instant) -> Option<Bytes> {
         let shard = self.shard(key).read();
-        shard.map.get(key).filter(|e| e.live(now)).map(|e| e.value.clone())
+        shard
+            .map
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| e.value.clone())
     }
 
     fn sweep(&self, now: Instant) -> usize {
@@ -196,13 +211,20 @@ impl Inner {
         for shard in self.shards.iter() {
             let mut shard = shard.write();
             for _ in 0..SWEEP_BATCH {
-                let Some((at, _)) = shard.expiries.first() else { break };
+                let Some((at, _)) = shard.expiries.first() else {
+                    break;
+                };
                 if *at > now {
                     break;
                 }
-                let Some((at, key)) = shard.expiries.pop_first() else { break };
+                let Some((at, key)) = shard.expiries.pop_first() else {
+                    break;
+                };
                 // The index only holds current expiries, but check to be safe.
-                if shard.map.get(&key).is_some_and(|e| e.expires_at == Some(at))
+                if shard
+                    .map
+                    .get(&key)
+                    .is_some_and(|e| e.expires_at == Some(at))
                     && let Some(old) = shard.map.remove(&key)
                 {
                     self.release(entry_bytes(&key, &old.value), 1);
@@ -219,7 +241,11 @@ fn decode_cursor(cursor: &str) -> Result<String, BackendError> {
         .decode(cursor)
         .ok()
         .and_then(|raw| String::from_utf8(raw).ok())
-        .ok_or_else(|| BackendError::InvalidArgument("scan cursor is malformed; pass back the cursor a scan returned".into()))
+        .ok_or_else(|| {
+            BackendError::InvalidArgument(
+                "scan cursor is malformed; pass back the cursor a scan returned".into(),
+            )
+        })
 }
 
 #[async_trait]
@@ -232,10 +258,16 @@ impl KvBackend for MemStore {
         Ok(self.inner.get(key, Instant::now()))
     }
 
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), BackendError> {
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<(), BackendError> {
         let expires_at = ttl.map(|t| Instant::now() + t);
         let mut shard = self.inner.shard(key).write();
-        self.inner.insert(&mut shard, key.to_string(), value, expires_at)
+        self.inner
+            .insert(&mut shard, key.to_string(), value, expires_at)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
@@ -248,7 +280,12 @@ impl KvBackend for MemStore {
         Ok(shard.map.get(key).is_some_and(|e| e.live(now)))
     }
 
-    async fn scan(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<ScanPage, BackendError> {
+    async fn scan(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, BackendError> {
         let limit = limit.max(1);
         let after = cursor.map(decode_cursor).transpose()?;
         let start = match &after {
@@ -295,9 +332,15 @@ impl KvBackend for MemStore {
         // the capacity check and the writes see the same state: all or nothing.
         let mut by_shard: BTreeMap<usize, Vec<KvEntry>> = BTreeMap::new();
         for (_, entry) in latest {
-            by_shard.entry(inner.shard_index(&entry.key)).or_default().push(entry);
+            by_shard
+                .entry(inner.shard_index(&entry.key))
+                .or_default()
+                .push(entry);
         }
-        let mut guards: Vec<_> = by_shard.keys().map(|&i| (i, inner.shards[i].write())).collect();
+        let mut guards: Vec<_> = by_shard
+            .keys()
+            .map(|&i| (i, inner.shards[i].write()))
+            .collect();
         let (mut grow, mut shrink, mut new_keys) = (0u64, 0u64, 0u64);
         for (index, guard) in &guards {
             for entry in by_shard.get(index).into_iter().flatten() {
@@ -337,7 +380,14 @@ mod tests {
     use super::*;
 
     fn store(max_bytes: u64, max_keys: u64) -> Arc<MemStore> {
-        MemStore::new("test", &MemStoreConfig { max_bytes, max_keys, sweep_interval_ms: 1000 })
+        MemStore::new(
+            "test",
+            &MemStoreConfig {
+                max_bytes,
+                max_keys,
+                sweep_interval_ms: 1000,
+            },
+        )
     }
 
     #[tokio::test]
@@ -361,7 +411,12 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let put = |key: &str, value: &'static [u8], expires: Option<Instant>| {
             let mut shard = s.inner.shard(key).write();
-            s.inner.insert(&mut shard, key.to_string(), Bytes::from_static(value), expires)
+            s.inner.insert(
+                &mut shard,
+                key.to_string(),
+                Bytes::from_static(value),
+                expires,
+            )
         };
         put("t", b"v", Some(at(2000)))?;
         assert!(s.inner.get("t", at(1500)).is_some());
@@ -382,7 +437,12 @@ mod tests {
     #[tokio::test]
     async fn expired_keys_are_hidden_from_every_read() -> Result<(), BackendError> {
         let s = store(1 << 20, 100);
-        s.set("gone", Bytes::from_static(b"v"), Some(Duration::from_millis(1))).await?;
+        s.set(
+            "gone",
+            Bytes::from_static(b"v"),
+            Some(Duration::from_millis(1)),
+        )
+        .await?;
         s.set("kept", Bytes::from_static(b"v"), None).await?;
         let later = Instant::now() + Duration::from_millis(5);
         while Instant::now() < later {
@@ -392,7 +452,10 @@ mod tests {
         assert!(!s.exists("gone").await?);
         assert_eq!(s.get_many(&["gone".into()]).await?, vec![None]);
         assert_eq!(s.scan("", None, 10).await?.keys, vec!["kept".to_string()]);
-        assert!(!s.delete("gone").await?, "deleting an expired key reports it absent");
+        assert!(
+            !s.delete("gone").await?,
+            "deleting an expired key reports it absent"
+        );
         Ok(())
     }
 
@@ -400,7 +463,8 @@ mod tests {
     async fn scan_pages_return_each_key_once() -> Result<(), BackendError> {
         let s = store(1 << 24, 100_000);
         for i in 0..2500 {
-            s.set(&format!("ns/k{i:05}"), Bytes::from_static(b"x"), None).await?;
+            s.set(&format!("ns/k{i:05}"), Bytes::from_static(b"x"), None)
+                .await?;
         }
         s.set("other/k1", Bytes::from_static(b"x"), None).await?;
         let mut seen = Vec::new();
@@ -427,14 +491,35 @@ mod tests {
         let s = store(20, 3);
         s.set("a", Bytes::from_static(b"0123456789"), None).await?;
         let err = s.set("b", Bytes::from_static(b"0123456789"), None).await;
-        assert!(matches!(err, Err(BackendError::CapacityExceeded(_))), "{err:?}");
+        assert!(
+            matches!(err, Err(BackendError::CapacityExceeded(_))),
+            "{err:?}"
+        );
         let batch = vec![
-            KvEntry { key: "c".into(), value: Bytes::from_static(b"1"), ttl: None },
-            KvEntry { key: "d".into(), value: Bytes::from_static(b"1"), ttl: None },
-            KvEntry { key: "e".into(), value: Bytes::from_static(b"1"), ttl: None },
+            KvEntry {
+                key: "c".into(),
+                value: Bytes::from_static(b"1"),
+                ttl: None,
+            },
+            KvEntry {
+                key: "d".into(),
+                value: Bytes::from_static(b"1"),
+                ttl: None,
+            },
+            KvEntry {
+                key: "e".into(),
+                value: Bytes::from_static(b"1"),
+                ttl: None,
+            },
         ];
-        assert!(matches!(s.set_many(batch).await, Err(BackendError::CapacityExceeded(_))));
-        assert_eq!(s.get_many(&["c".into(), "d".into()]).await?, vec![None, None]);
+        assert!(matches!(
+            s.set_many(batch).await,
+            Err(BackendError::CapacityExceeded(_))
+        ));
+        assert_eq!(
+            s.get_many(&["c".into(), "d".into()]).await?,
+            vec![None, None]
+        );
         // Overwriting a key in a full store needs no more room than it frees.
         s.set("a", Bytes::from_static(b"9876543210"), None).await?;
         s.set("a", Bytes::from_static(b"0"), None).await?;
@@ -445,6 +530,9 @@ mod tests {
     #[tokio::test]
     async fn malformed_cursor_is_invalid_argument() {
         let s = store(100, 10);
-        assert!(matches!(s.scan("", Some("%%%"), 10).await, Err(BackendError::InvalidArgument(_))));
+        assert!(matches!(
+            s.scan("", Some("%%%"), 10).await,
+            Err(BackendError::InvalidArgument(_))
+        ));
     }
 }

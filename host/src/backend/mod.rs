@@ -52,12 +52,18 @@ pub trait KvBackend: Send + Sync {
     fn summary(&self) -> String;
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError>;
     /// Overwrites value and TTL.
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), BackendError>;
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>)
+    -> Result<(), BackendError>;
     /// Whether the key existed.
     async fn delete(&self, key: &str) -> Result<bool, BackendError>;
     async fn exists(&self, key: &str) -> Result<bool, BackendError>;
     /// Live keys starting with `prefix` (literal), at most `limit`, after `cursor`.
-    async fn scan(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<ScanPage, BackendError>;
+    async fn scan(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, BackendError>;
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError>;
     /// All entries or none (as far as the backend can promise).
     async fn set_many(&self, entries: Vec<KvEntry>) -> Result<(), BackendError>;
@@ -73,7 +79,9 @@ pub struct Backends {
 
 impl std::fmt::Debug for Backends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.kv.iter().map(|(k, v)| (k, v.summary()))).finish()
+        f.debug_map()
+            .entries(self.kv.iter().map(|(k, v)| (k, v.summary())))
+            .finish()
     }
 }
 

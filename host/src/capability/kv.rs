@@ -28,7 +28,10 @@ pub struct KvSlot {
 
 impl KvSlot {
     pub fn new(namespace: &str, backend: Arc<dyn KvBackend>) -> KvSlot {
-        KvSlot { backend, scope: format!("{namespace}/").into() }
+        KvSlot {
+            backend,
+            scope: format!("{namespace}/").into(),
+        }
     }
 
     pub fn backend(&self) -> &Arc<dyn KvBackend> {
@@ -71,9 +74,17 @@ impl kv::Host for KvSlot {
         Ok(value.map(|v| v.to_vec()))
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), CapabilityError> {
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), CapabilityError> {
         let key = self.scoped(&key)?;
-        self.backend.set(&key, Bytes::from(value), ttl(ttl_ms)).await.map_err(guest_error)
+        self.backend
+            .set(&key, Bytes::from(value), ttl(ttl_ms))
+            .await
+            .map_err(guest_error)
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, CapabilityError> {
@@ -86,16 +97,35 @@ impl kv::Host for KvSlot {
         self.backend.exists(&key).await.map_err(guest_error)
     }
 
-    async fn scan(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> Result<kv::ScanPage, CapabilityError> {
+    async fn scan(
+        &mut self,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Result<kv::ScanPage, CapabilityError> {
         let prefix = self.scoped(&prefix)?;
         let limit = limit.clamp(1, MAX_SCAN_PAGE) as usize;
-        let page = self.backend.scan(&prefix, cursor.as_deref(), limit).await.map_err(guest_error)?;
+        let page = self
+            .backend
+            .scan(&prefix, cursor.as_deref(), limit)
+            .await
+            .map_err(guest_error)?;
         // Every key the backend returns carries the scope; drop any that do not (defence in depth).
-        let keys = page.keys.into_iter().filter_map(|k| self.unscoped(k)).collect();
-        Ok(kv::ScanPage { keys, cursor: page.cursor })
+        let keys = page
+            .keys
+            .into_iter()
+            .filter_map(|k| self.unscoped(k))
+            .collect();
+        Ok(kv::ScanPage {
+            keys,
+            cursor: page.cursor,
+        })
     }
 
-    async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, CapabilityError> {
+    async fn get_many(
+        &mut self,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Vec<u8>>>, CapabilityError> {
         let keys = self.scoped_all(&keys)?;
         let values = self.backend.get_many(&keys).await.map_err(guest_error)?;
         Ok(values.into_iter().map(|v| v.map(|b| b.to_vec())).collect())
@@ -104,7 +134,13 @@ impl kv::Host for KvSlot {
     async fn set_many(&mut self, entries: Vec<Entry>) -> Result<(), CapabilityError> {
         let entries = entries
             .into_iter()
-            .map(|e| Ok(KvEntry { key: self.scoped(&e.key)?, value: Bytes::from(e.value), ttl: ttl(e.ttl_ms) }))
+            .map(|e| {
+                Ok(KvEntry {
+                    key: self.scoped(&e.key)?,
+                    value: Bytes::from(e.value),
+                    ttl: ttl(e.ttl_ms),
+                })
+            })
             .collect::<Result<Vec<_>, CapabilityError>>()?;
         self.backend.set_many(entries).await.map_err(guest_error)
     }
@@ -133,7 +169,10 @@ mod tests {
         b.set("k2".into(), b"only-b".to_vec(), None).await?;
         assert_eq!(a.get("k".into()).await?, Some(b"from-a".to_vec()));
         assert_eq!(a.get("k2".into()).await?, None);
-        assert_eq!(a.scan(String::new(), None, 100).await?.keys, vec!["k".to_string()]);
+        assert_eq!(
+            a.scan(String::new(), None, 100).await?.keys,
+            vec!["k".to_string()]
+        );
         // A prefix cannot climb out of the scope.
         assert!(a.scan("../b/".into(), None, 100).await?.keys.is_empty());
         assert!(a.delete("k2".into()).await.is_ok_and(|existed| !existed));

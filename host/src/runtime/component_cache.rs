@@ -28,25 +28,41 @@ impl ComponentCache {
                 false
             }
         });
-        ComponentCache { dir, loaded: Mutex::new(HashMap::new()) }
+        ComponentCache {
+            dir,
+            loaded: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The component in `bytes`; `label` names it in errors (a path or built-in name).
-    pub fn load(&self, engine: &Engine, bytes: &[u8], label: &str) -> Result<Component, RuntimeError> {
+    pub fn load(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        label: &str,
+    ) -> Result<Component, RuntimeError> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(c) = self.loaded.lock().get(&digest) {
             return Ok(c.clone());
         }
-        let artifact = self.dir.as_ref().map(|d| d.join(artifact_name(engine, &digest)));
+        let artifact = self
+            .dir
+            .as_ref()
+            .map(|d| d.join(artifact_name(engine, &digest)));
         let component = match artifact.as_deref().and_then(|p| deserialize(engine, p)) {
             Some(c) => c,
             None => {
                 let started = std::time::Instant::now();
-                let c = Component::new(engine, bytes).map_err(|e| RuntimeError::InvalidComponent {
-                    label: label.to_string(),
-                    reason: format!("{e:#}"),
-                })?;
-                tracing::info!(pattern = label, ms = started.elapsed().as_millis() as u64, "compiled pattern component");
+                let c =
+                    Component::new(engine, bytes).map_err(|e| RuntimeError::InvalidComponent {
+                        label: label.to_string(),
+                        reason: format!("{e:#}"),
+                    })?;
+                tracing::info!(
+                    pattern = label,
+                    ms = started.elapsed().as_millis() as u64,
+                    "compiled pattern component"
+                );
                 if let Some(path) = &artifact {
                     store(&c, path);
                 }
@@ -92,10 +108,15 @@ fn deserialize(engine: &Engine, path: &Path) -> Option<Component> {
 }
 
 fn store(component: &Component, path: &Path) {
-    let result = component.serialize().map_err(|e| e.to_string()).and_then(|bytes| {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())
-    });
+    let result = component
+        .serialize()
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| e.to_string())
+        });
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e, "could not cache compiled component");
     }

@@ -58,7 +58,9 @@ impl EpochTicker {
                     }
                 }
             })
-            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker thread: {e}")))?;
+            .map_err(|e| {
+                RuntimeError::Engine(format!("cannot start the epoch ticker thread: {e}"))
+            })?;
         Ok(EpochTicker { stop })
     }
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
+use super::RuntimeError;
 use super::bindings::exports::prism::pattern::keyvalue_pattern::Guest as KeyValueExports;
 use super::bindings::{Entry, PatternError, ScanRequest, ScanResult};
 use super::pool::PatternPool;
 use super::state::InstanceState;
-use super::RuntimeError;
 
 /// A call failed in the pattern (its answer) or in the runtime (a trap, no instance).
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,8 @@ pub enum KvCallError {
     Runtime(#[from] RuntimeError),
 }
 
-type GuestFuture<'a, T> = Pin<Box<dyn Future<Output = wasmtime::Result<Result<T, PatternError>>> + Send + 'a>>;
+type GuestFuture<'a, T> =
+    Pin<Box<dyn Future<Output = wasmtime::Result<Result<T, PatternError>>> + Send + 'a>>;
 
 #[derive(Clone)]
 pub struct KeyValueRuntime {
@@ -45,38 +46,53 @@ impl KeyValueRuntime {
         let mut lease = self.pool.lease().await?;
         let (store, bindings) = lease.parts(self.pool.limits());
         let result = f(store, bindings.prism_pattern_keyvalue_pattern()).await;
-        self.pool.settle(lease, result)?.map_err(KvCallError::Pattern)
+        self.pool
+            .settle(lease, result)?
+            .map_err(KvCallError::Pattern)
     }
 
     pub async fn get(&self, key: String) -> Result<Vec<u8>, KvCallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_get(s, &key).await })).await
+        self.call(move |s, g| Box::pin(async move { g.call_get(s, &key).await }))
+            .await
     }
 
-    pub async fn set(&self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), KvCallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_set(s, &key, &value, ttl_ms).await })).await
+    pub async fn set(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), KvCallError> {
+        self.call(move |s, g| Box::pin(async move { g.call_set(s, &key, &value, ttl_ms).await }))
+            .await
     }
 
     pub async fn delete(&self, key: String) -> Result<bool, KvCallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_delete(s, &key).await })).await
+        self.call(move |s, g| Box::pin(async move { g.call_delete(s, &key).await }))
+            .await
     }
 
     pub async fn exists(&self, key: String) -> Result<bool, KvCallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_exists(s, &key).await })).await
+        self.call(move |s, g| Box::pin(async move { g.call_exists(s, &key).await }))
+            .await
     }
 
     pub async fn scan(&self, request: ScanRequest) -> Result<ScanResult, KvCallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_scan(s, &request).await })).await
+        self.call(move |s, g| Box::pin(async move { g.call_scan(s, &request).await }))
+            .await
     }
 
     pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, KvCallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_get_many(s, &keys).await })).await
+        self.call(move |s, g| Box::pin(async move { g.call_get_many(s, &keys).await }))
+            .await
     }
 
     pub async fn set_many(&self, entries: Vec<Entry>) -> Result<(), KvCallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_set_many(s, &entries).await })).await
+        self.call(move |s, g| Box::pin(async move { g.call_set_many(s, &entries).await }))
+            .await
     }
 
     pub async fn delete_many(&self, keys: Vec<String>) -> Result<u32, KvCallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_delete_many(s, &keys).await })).await
+        self.call(move |s, g| Box::pin(async move { g.call_delete_many(s, &keys).await }))
+            .await
     }
 }

@@ -31,7 +31,11 @@ pub enum RuntimeError {
     #[error("{label} is not a usable WebAssembly component: {reason}")]
     InvalidComponent { label: String, reason: String },
     #[error("{label} does not fit the {world} world: {reason}")]
-    WrongWorld { label: String, world: &'static str, reason: String },
+    WrongWorld {
+        label: String,
+        world: &'static str,
+        reason: String,
+    },
     #[error("namespace '{namespace}': pattern rejected its settings: {reason}")]
     Configure { namespace: String, reason: String },
     #[error("namespace '{namespace}': cannot start a pattern instance: {reason}")]
@@ -40,9 +44,13 @@ pub enum RuntimeError {
         "namespace '{namespace}' has all {max} pattern instances busy; retry, or raise namespaces.{namespace}.limits.max_instances"
     )]
     Busy { namespace: String, max: u32 },
-    #[error("the server is at its limit of wasm instances across namespaces; retry, or raise runtime.total_instances")]
+    #[error(
+        "the server is at its limit of wasm instances across namespaces; retry, or raise runtime.total_instances"
+    )]
     PoolExhausted,
-    #[error("the pattern of namespace '{namespace}' {kind}; the request was not completed and the instance was replaced")]
+    #[error(
+        "the pattern of namespace '{namespace}' {kind}; the request was not completed and the instance was replaced"
+    )]
     Trap { namespace: String, kind: TrapKind },
 }
 
@@ -60,8 +68,14 @@ pub enum TrapKind {
 impl fmt::Display for TrapKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TrapKind::Deadline(d) => write!(f, "exceeded its call deadline of {} ms", d.as_millis()),
-            TrapKind::MemoryLimit(bytes) => write!(f, "exceeded its memory limit of {} MiB", bytes / (1024 * 1024)),
+            TrapKind::Deadline(d) => {
+                write!(f, "exceeded its call deadline of {} ms", d.as_millis())
+            }
+            TrapKind::MemoryLimit(bytes) => write!(
+                f,
+                "exceeded its memory limit of {} MiB",
+                bytes / (1024 * 1024)
+            ),
             TrapKind::Panic(msg) if msg.is_empty() => write!(f, "panicked"),
             TrapKind::Panic(msg) => write!(f, "panicked: {msg}"),
             TrapKind::StackOverflow => write!(f, "overflowed its stack"),
@@ -93,11 +107,19 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         // WASI p2 is linked so ordinary Rust guests instantiate; the context
         // each store gets (state.rs) grants no files, sockets or environment.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        bindings::Keyvalue::add_to_linker::<_, HasKv>(&mut linker, |s: &mut InstanceState| &mut s.kv)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        bindings::Keyvalue::add_to_linker::<_, HasKv>(&mut linker, |s: &mut InstanceState| {
+            &mut s.kv
+        })
+        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let ticker = engine::EpochTicker::start(&engine)?;
-        Ok(Runtime { engine, linker, cache: ComponentCache::new(config.cache_dir.clone()), _ticker: ticker })
+        Ok(Runtime {
+            engine,
+            linker,
+            cache: ComponentCache::new(config.cache_dir.clone()),
+            _ticker: ticker,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -111,7 +133,11 @@ impl Runtime {
 
     /// Checks that `component` is a KeyValue pattern and prepares it for
     /// fast instantiation (imports resolved once).
-    pub fn keyvalue_pre(&self, component: &Component, label: &str) -> Result<bindings::KeyvaluePre<InstanceState>, RuntimeError> {
+    pub fn keyvalue_pre(
+        &self,
+        component: &Component,
+        label: &str,
+    ) -> Result<bindings::KeyvaluePre<InstanceState>, RuntimeError> {
         let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld {
             label: label.to_string(),
             world: "prism:pattern/keyvalue",

@@ -32,7 +32,9 @@ pub struct Lease<'a> {
 impl Lease<'_> {
     /// The store, with a fresh deadline armed for one call, and the bindings.
     pub fn parts(&mut self, limits: &InstanceLimits) -> (&mut Store<InstanceState>, &Keyvalue) {
-        self.instance.store.set_epoch_deadline(deadline_ticks(limits.call_deadline));
+        self.instance
+            .store
+            .set_epoch_deadline(deadline_ticks(limits.call_deadline));
         (&mut self.instance.store, &self.instance.bindings)
     }
 }
@@ -98,22 +100,33 @@ impl PatternPool {
     /// An instance for one call: idle if there is one, else a new one. Waits
     /// up to the call deadline when all `max_instances` are busy.
     pub async fn lease(&self) -> Result<Lease<'_>, RuntimeError> {
-        let busy = || RuntimeError::Busy { namespace: self.namespace.clone(), max: self.limits.max_instances };
-        let permit = match tokio::time::timeout(self.limits.call_deadline, self.permits.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) | Err(_) => return Err(busy()),
+        let busy = || RuntimeError::Busy {
+            namespace: self.namespace.clone(),
+            max: self.limits.max_instances,
         };
+        let permit =
+            match tokio::time::timeout(self.limits.call_deadline, self.permits.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) | Err(_) => return Err(busy()),
+            };
         let idle = self.idle.lock().pop();
         let instance = match idle {
             Some(instance) => instance,
             None => self.instantiate().await?,
         };
-        Ok(Lease { instance, _permit: permit })
+        Ok(Lease {
+            instance,
+            _permit: permit,
+        })
     }
 
     /// Returns the instance to the pool if the call completed, or classifies
     /// the trap and drops the instance.
-    pub fn settle<T>(&self, lease: Lease<'_>, result: wasmtime::Result<T>) -> Result<T, RuntimeError> {
+    pub fn settle<T>(
+        &self,
+        lease: Lease<'_>,
+        result: wasmtime::Result<T>,
+    ) -> Result<T, RuntimeError> {
         match result {
             Ok(value) => {
                 self.idle.lock().push(lease.instance);
@@ -124,7 +137,10 @@ impl PatternPool {
                 let kind = classify(&lease.instance.store, &err, &self.limits);
                 let stderr = lease.instance.store.data().stderr_text();
                 tracing::warn!(namespace = %self.namespace, %kind, guest_stderr = %stderr, error = %format!("{err:#}"), "pattern trapped; instance discarded");
-                Err(RuntimeError::Trap { namespace: self.namespace.clone(), kind })
+                Err(RuntimeError::Trap {
+                    namespace: self.namespace.clone(),
+                    kind,
+                })
             }
         }
     }
@@ -139,7 +155,10 @@ impl PatternPool {
         store.epoch_deadline_trap();
         let bindings = match self.pre.instantiate_async(&mut store).await {
             Ok(b) => b,
-            Err(e) if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+            Err(e)
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some() =>
+            {
                 return Err(RuntimeError::PoolExhausted);
             }
             Err(e) => {
@@ -149,10 +168,18 @@ impl PatternPool {
                 });
             }
         };
-        let configured = bindings.prism_pattern_keyvalue_pattern().call_configure(&mut store, &self.settings).await;
+        let configured = bindings
+            .prism_pattern_keyvalue_pattern()
+            .call_configure(&mut store, &self.settings)
+            .await;
         match configured {
             Ok(Ok(())) => {}
-            Ok(Err(reason)) => return Err(RuntimeError::Configure { namespace: self.namespace.clone(), reason }),
+            Ok(Err(reason)) => {
+                return Err(RuntimeError::Configure {
+                    namespace: self.namespace.clone(),
+                    reason,
+                });
+            }
             Err(e) => {
                 return Err(RuntimeError::Instantiate {
                     namespace: self.namespace.clone(),
@@ -170,13 +197,19 @@ impl PatternPool {
     }
 }
 
-fn classify(store: &Store<InstanceState>, err: &wasmtime::Error, limits: &InstanceLimits) -> TrapKind {
+fn classify(
+    store: &Store<InstanceState>,
+    err: &wasmtime::Error,
+    limits: &InstanceLimits,
+) -> TrapKind {
     if store.data().limiter.exceeded {
         return TrapKind::MemoryLimit(store.data().limiter.limit());
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => TrapKind::Deadline(limits.call_deadline),
-        Some(Trap::UnreachableCodeReached) => TrapKind::Panic(panic_message(&store.data().stderr_text())),
+        Some(Trap::UnreachableCodeReached) => {
+            TrapKind::Panic(panic_message(&store.data().stderr_text()))
+        }
         Some(Trap::StackOverflow) => TrapKind::StackOverflow,
         Some(trap) => TrapKind::Other(trap.to_string()),
         None => TrapKind::Other(format!("{err:#}")),

@@ -33,7 +33,10 @@ impl InstanceState {
         InstanceState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: memory_bytes, exceeded: false },
+            limiter: MemoryLimiter {
+                limit: memory_bytes,
+                exceeded: false,
+            },
             kv,
             stderr,
         }
@@ -41,13 +44,18 @@ impl InstanceState {
 
     /// What the guest wrote to stderr (a panic message, typically), lossy UTF-8.
     pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_string()
     }
 }
 
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -65,15 +73,28 @@ impl MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.exceeded = true;
-            return Err(wasmtime::format_err!("memory limit of {} bytes exceeded", self.limit));
+            return Err(wasmtime::format_err!(
+                "memory limit of {} bytes exceeded",
+                self.limit
+            ));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
