@@ -1,7 +1,11 @@
-//! The baseline server: `prism.v1.KeyValue` on bare tonic that answers from
-//! memory with no pattern, no namespace and no backend.
+//! Baseline servers: `prism.v1.KeyValue` on bare tonic answering from memory
+//! (the echo), and Prism's host path without the guest (bench-only).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prism::capability::kv::KvSlot;
+use prism::namespace::Namespaces;
 
 use prism::pb;
 use prism::pb::key_value_server::{KeyValue, KeyValueServer};
@@ -12,6 +16,93 @@ use tonic::{Request, Response, Status};
 
 struct Echo {
     value: Vec<u8>,
+}
+
+/// The bench-only path "Prism without the guest": the same namespace lookup,
+/// key scoping and backend as Prism's KeyValue service, minus the pattern.
+struct DirectKv {
+    namespaces: Arc<Namespaces>,
+}
+
+impl DirectKv {
+    fn slot<T>(&self, request: &Request<T>) -> Result<KvSlot, Status> {
+        let ns = self.namespaces.for_request(request.metadata())?;
+        Ok(ns.keyvalue()?.pool().kv_slot().clone())
+    }
+}
+
+fn scoped(slot: &KvSlot, key: &str) -> Result<String, Status> {
+    slot.scoped(key)
+        .map_err(|e| Status::invalid_argument(format!("{e:?}")))
+}
+
+fn backend_status(e: prism::backend::BackendError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+#[tonic::async_trait]
+impl KeyValue for DirectKv {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let slot = self.slot(&request)?;
+        let key = scoped(&slot, &request.into_inner().key)?;
+        let value = slot.backend().get(&key).await.map_err(backend_status)?;
+        let value = value.ok_or_else(|| Status::not_found("key not found"))?;
+        Ok(Response::new(pb::GetResponse {
+            value: value.to_vec(),
+        }))
+    }
+    async fn set(
+        &self,
+        request: Request<pb::SetRequest>,
+    ) -> Result<Response<pb::SetResponse>, Status> {
+        let slot = self.slot(&request)?;
+        let r = request.into_inner();
+        let key = scoped(&slot, &r.key)?;
+        slot.backend()
+            .set(&key, r.value.into(), None)
+            .await
+            .map_err(backend_status)?;
+        Ok(Response::new(pb::SetResponse {}))
+    }
+    async fn delete(
+        &self,
+        _: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Err(Status::unimplemented("bench-only service"))
+    }
+    async fn exists(
+        &self,
+        _: Request<pb::ExistsRequest>,
+    ) -> Result<Response<pb::ExistsResponse>, Status> {
+        Err(Status::unimplemented("bench-only service"))
+    }
+    async fn scan(
+        &self,
+        _: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        Err(Status::unimplemented("bench-only service"))
+    }
+    async fn batch_get(
+        &self,
+        _: Request<pb::BatchGetRequest>,
+    ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        Err(Status::unimplemented("bench-only service"))
+    }
+    async fn batch_set(
+        &self,
+        _: Request<pb::BatchSetRequest>,
+    ) -> Result<Response<pb::BatchSetResponse>, Status> {
+        Err(Status::unimplemented("bench-only service"))
+    }
+    async fn batch_delete(
+        &self,
+        _: Request<pb::BatchDeleteRequest>,
+    ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
+        Err(Status::unimplemented("bench-only service"))
+    }
 }
 
 #[tonic::async_trait]
@@ -64,6 +155,15 @@ impl KeyValue for Echo {
 
 /// Serves the echo on a free loopback port, the way prism's server does (nodelay).
 pub async fn start(value: Vec<u8>) -> anyhow::Result<SocketAddr> {
+    serve(KeyValueServer::new(Echo { value })).await
+}
+
+/// Serves the guest-less path over a running Prism's namespaces.
+pub async fn start_direct(namespaces: Arc<Namespaces>) -> anyhow::Result<SocketAddr> {
+    serve(KeyValueServer::new(DirectKv { namespaces })).await
+}
+
+async fn serve<S: KeyValue>(service: KeyValueServer<S>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -74,7 +174,7 @@ pub async fn start(value: Vec<u8>) -> anyhow::Result<SocketAddr> {
     });
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(KeyValueServer::new(Echo { value }))
+            .add_service(service)
             .serve_with_incoming(incoming),
     );
     Ok(addr)

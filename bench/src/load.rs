@@ -39,24 +39,50 @@ pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
         .await?)
 }
 
-pub async fn run_load(
-    channel: Channel,
+/// Loads each target in turn, in `ROUNDS` interleaved rounds, so drift on a
+/// shared machine (frequency, neighbours) hits baseline and subject alike.
+pub async fn run_interleaved(
+    targets: &[Channel],
     op: Op,
     concurrency: usize,
     measure: Duration,
     payload: &[u8],
-) -> anyhow::Result<LoadResult> {
-    // Warm up connections, instance pools and caches first.
-    let warmup = Duration::from_millis(300);
-    drive(channel.clone(), op, concurrency, warmup, payload).await?;
-    let started = Instant::now();
-    let histogram = drive(channel, op, concurrency, measure, payload).await?;
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(LoadResult {
-        throughput: histogram.len() as f64 / elapsed,
-        p50_us: histogram.value_at_quantile(0.50) as f64 / 1000.0,
-        p99_us: histogram.value_at_quantile(0.99) as f64 / 1000.0,
-    })
+) -> anyhow::Result<Vec<LoadResult>> {
+    const ROUNDS: u32 = 3;
+    let slice = measure / ROUNDS;
+    for target in targets {
+        // Warm up connections, instance pools and caches first.
+        drive(
+            target.clone(),
+            op,
+            concurrency,
+            Duration::from_millis(300),
+            payload,
+        )
+        .await?;
+    }
+    let mut totals: Vec<(Histogram<u64>, f64)> = Vec::new();
+    for _ in targets {
+        totals.push((
+            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?,
+            0.0,
+        ));
+    }
+    for _ in 0..ROUNDS {
+        for (target, (hist, secs)) in targets.iter().zip(totals.iter_mut()) {
+            let started = Instant::now();
+            hist.add(drive(target.clone(), op, concurrency, slice, payload).await?)?;
+            *secs += started.elapsed().as_secs_f64();
+        }
+    }
+    Ok(totals
+        .into_iter()
+        .map(|(h, secs)| LoadResult {
+            throughput: h.len() as f64 / secs,
+            p50_us: h.value_at_quantile(0.50) as f64 / 1000.0,
+            p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
+        })
+        .collect())
 }
 
 async fn drive(

@@ -22,7 +22,7 @@ use prism::namespace::Namespace;
 use prism::pb;
 use prism::runtime::Runtime;
 
-use crate::load::{Op, run_load};
+use crate::load::{Op, run_interleaved};
 use crate::report::{Report, Row};
 
 #[derive(Parser)]
@@ -60,6 +60,8 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     let prism = prism::server::start(Config::dev("127.0.0.1:0".parse()?)).await?;
     let prism_channel = load::connect(prism.local_addr()).await?;
     let echo_channel = load::connect(echo).await?;
+    let direct = echo::start_direct(prism.namespaces().clone()).await?;
+    let direct_channel = load::connect(direct).await?;
     pb::key_value_client::KeyValueClient::new(prism_channel.clone())
         .set(pb::SetRequest {
             key: load::BENCH_KEY.into(),
@@ -70,8 +72,14 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
 
     for op in [Op::Get, Op::Set] {
         for concurrency in [1usize, 64] {
-            let base = run_load(echo_channel.clone(), op, concurrency, measure, &payload).await?;
-            let ours = run_load(prism_channel.clone(), op, concurrency, measure, &payload).await?;
+            let targets = [
+                echo_channel.clone(),
+                prism_channel.clone(),
+                direct_channel.clone(),
+            ];
+            let results = run_interleaved(&targets, op, concurrency, measure, &payload).await?;
+            let [base, ours, no_guest] = <[_; 3]>::try_from(results)
+                .map_err(|_| anyhow::anyhow!("three targets, three results"))?;
             let tag = format!("{}_c{concurrency}", op.name());
             report.push(Row::new(
                 format!("prism_{tag}_throughput"),
@@ -93,6 +101,14 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
                 "us",
                 format!("tonic_echo_{tag}_p99"),
                 base.p99_us,
+            ));
+            // The bench-only path: same host, no guest; the gap is the wasm hop over gRPC.
+            report.push(Row::new(
+                format!("prism_{tag}_p50"),
+                ours.p50_us,
+                "us",
+                format!("prism_without_guest_{tag}_p50"),
+                no_guest.p50_us,
             ));
         }
     }
