@@ -104,11 +104,17 @@ impl PatternPool {
             namespace: self.namespace.clone(),
             max: self.limits.max_instances,
         };
-        let permit =
-            match tokio::time::timeout(self.limits.call_deadline, self.permits.acquire()).await {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_)) | Err(_) => return Err(busy()),
-            };
+        // Fast path without arming a timer; wait (bounded) only when all are busy.
+        let permit = match self.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let wait = self.permits.acquire();
+                match tokio::time::timeout(self.limits.call_deadline, wait).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) | Err(_) => return Err(busy()),
+                }
+            }
+        };
         let idle = self.idle.lock().pop();
         let instance = match idle {
             Some(instance) => instance,
