@@ -181,7 +181,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     // A whole new namespace (component cached, pool built, first instance configured).
     let config = Config::dev("127.0.0.1:0".parse()?);
     let runtime = Runtime::new(&config.runtime, 64 << 20)?;
-    let backends = Backends::build(&config.backends);
+    let backends = Backends::build(&config.backends)?;
     let ns_config = config
         .namespaces
         .get(DEFAULT_NAMESPACE)

@@ -137,6 +137,26 @@ impl InstanceLimitsConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum BackendConfig {
     Memstore(MemStoreConfig),
+    Redis(RedisConfig),
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; the password never reaches logs.
+    pub url: String,
+    /// Longest wait for one Redis command (or reconnect) before UNAVAILABLE.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"<redacted>")
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +218,9 @@ fn default_memstore_max_keys() -> u64 {
     10_000_000
 }
 fn default_sweep_interval_ms() -> u64 {
+    1000
+}
+fn default_redis_timeout_ms() -> u64 {
     1000
 }
 
@@ -321,12 +344,32 @@ impl Config {
             }
         }
         for (name, backend) in &self.backends {
-            let BackendConfig::Memstore(m) = backend;
-            if m.sweep_interval_ms == 0 || m.max_bytes == 0 || m.max_keys == 0 {
-                return Err(invalid(
-                    format!("backends.{name}"),
-                    "max_bytes, max_keys and sweep_interval_ms must be positive".into(),
-                ));
+            match backend {
+                BackendConfig::Memstore(m) => {
+                    if m.sweep_interval_ms == 0 || m.max_bytes == 0 || m.max_keys == 0 {
+                        return Err(invalid(
+                            format!("backends.{name}"),
+                            "max_bytes, max_keys and sweep_interval_ms must be positive".into(),
+                        ));
+                    }
+                }
+                BackendConfig::Redis(r) => {
+                    let scheme_ok = ["redis://", "rediss://", "unix://"]
+                        .iter()
+                        .any(|s| r.url.starts_with(s));
+                    if !scheme_ok {
+                        return Err(invalid(
+                            format!("backends.{name}.url"),
+                            "must be a redis://host:port[/db] URL".into(),
+                        ));
+                    }
+                    if r.timeout_ms == 0 {
+                        return Err(invalid(
+                            format!("backends.{name}.timeout_ms"),
+                            "must be positive".into(),
+                        ));
+                    }
+                }
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ pub mod api;
 pub mod backend;
 pub mod capability;
 pub mod config;
+pub mod health;
 pub mod namespace;
 pub mod pb;
 pub mod runtime;

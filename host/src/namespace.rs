@@ -56,6 +56,8 @@ pub enum PatternKind {
 
 pub struct Namespace {
     pub name: String,
+    /// Capability slot → backend name, as configured.
+    pub slots: std::collections::BTreeMap<String, String>,
     /// The built-in name or path of the pattern, for logs.
     pub pattern: String,
     pub kind: PatternKind,
@@ -127,6 +129,7 @@ impl Namespace {
         );
         Ok(Namespace {
             name: name.to_string(),
+            slots: ns.slots.clone(),
             pattern: label,
             kind: PatternKind::KeyValue(KeyValueRuntime::new(pool)),
         })

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::keyvalue::KeyValueService;
 use crate::backend::Backends;
 use crate::config::Config;
+use crate::health;
 use crate::namespace::{Namespaces, StartupError};
 use crate::pb;
 use crate::pb::key_value_server::KeyValueServer;
@@ -23,6 +24,8 @@ use crate::runtime::Runtime;
 pub enum ServerError {
     #[error(transparent)]
     Startup(#[from] StartupError),
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendBuildError),
     #[error("runtime: {0}")]
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("cannot listen on {addr}: {source}")]
@@ -44,6 +47,7 @@ pub struct RunningServer {
     namespaces: Arc<Namespaces>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    health_task: JoinHandle<()>,
     grace: Duration,
     // Kept alive for as long as the server runs.
     _runtime: Arc<Runtime>,
@@ -62,6 +66,7 @@ impl RunningServer {
     /// Stops accepting, lets in-flight requests finish within the grace period.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(());
+        self.health_task.abort();
         let mut task = self.task;
         match tokio::time::timeout(self.grace, &mut task).await {
             Ok(joined) => joined
@@ -88,7 +93,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .max()
         .unwrap_or(64 << 20);
     let runtime = Arc::new(Runtime::new(&config.runtime, max_memory)?);
-    let backends = Backends::build(&config.backends);
+    let backends = Backends::build(&config.backends)?;
     let namespaces = Arc::new(Namespaces::start_all(&config, &runtime, &backends).await?);
 
     let listener = TcpListener::bind(config.server.listen)
@@ -106,6 +111,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     health_reporter
         .set_serving::<KeyValueServer<KeyValueService>>()
         .await;
+    let health_task = tokio::spawn(health::watch(
+        backends.clone(),
+        namespaces.clone(),
+        health_reporter,
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -137,6 +147,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         namespaces,
         shutdown,
         task,
+        health_task,
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
         _runtime: runtime,
     })

@@ -17,6 +17,9 @@ use tonic::transport::Channel;
 
 pub use prism::pb;
 
+pub mod backends;
+pub mod servers;
+
 /// A Prism server running in this process.
 pub struct TestServer {
     pub server: RunningServer,

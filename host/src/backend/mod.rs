@@ -2,6 +2,7 @@
 //! never depends on a backend crate. Built from config in [`build`].
 
 pub mod memstore;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use crate::config::BackendConfig;
 
 pub use memstore::MemStore;
+pub use redis::RedisKv;
 
 /// What a backend can fail with. Messages here may reach clients, so they
 /// name the backend by its summary and never carry credentials.
@@ -50,6 +52,10 @@ pub struct KvEntry {
 pub trait KvBackend: Send + Sync {
     /// One line for logs and errors, e.g. "MemStore (12 keys)"; never secrets.
     fn summary(&self) -> String;
+    /// Whether the backend answers; drives per-namespace health.
+    async fn ping(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError>;
     /// Overwrites value and TTL.
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>)
@@ -71,6 +77,14 @@ pub trait KvBackend: Send + Sync {
     async fn delete_many(&self, keys: &[String]) -> Result<u64, BackendError>;
 }
 
+/// A backend could not be built; `field` is the config field to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct BackendBuildError {
+    pub field: String,
+    pub message: String,
+}
+
 /// The backends named in config, shared by every namespace bound to them.
 #[derive(Default, Clone)]
 pub struct Backends {
@@ -86,17 +100,28 @@ impl std::fmt::Debug for Backends {
 }
 
 impl Backends {
-    /// Builds every configured backend. Needs a tokio runtime (sweepers, connections).
-    pub fn build(configs: &BTreeMap<String, BackendConfig>) -> Backends {
+    /// Builds every configured backend (connections are made lazily, so an
+    /// unreachable server does not stop start-up). Needs a tokio runtime.
+    pub fn build(configs: &BTreeMap<String, BackendConfig>) -> Result<Backends, BackendBuildError> {
         let mut kv: BTreeMap<String, Arc<dyn KvBackend>> = BTreeMap::new();
         for (name, config) in configs {
-            match config {
-                BackendConfig::Memstore(c) => {
-                    kv.insert(name.clone(), MemStore::new(name, c));
+            let backend: Arc<dyn KvBackend> = match config {
+                BackendConfig::Memstore(c) => MemStore::new(name, c),
+                BackendConfig::Redis(c) => {
+                    RedisKv::new(name, c).map_err(|e| BackendBuildError {
+                        field: format!("backends.{name}.url"),
+                        message: e.to_string(),
+                    })?
                 }
-            }
+            };
+            kv.insert(name.clone(), backend);
         }
-        Backends { kv }
+        Ok(Backends { kv })
+    }
+
+    /// Every backend by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<dyn KvBackend>)> {
+        self.kv.iter()
     }
 
     pub fn kv(&self, name: &str) -> Option<Arc<dyn KvBackend>> {

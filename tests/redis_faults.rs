@@ -1,0 +1,324 @@
+//! Redis faults against a real redis-server: killed under load, down at
+//! start-up, crashed with fsync-always persistence, and malformed URLs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prism_acceptance::servers::{RedisServer, free_port};
+use prism_acceptance::{TestServer, eventually, pb, start};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn config(url: &str) -> String {
+    format!(
+        r#"
+[backends.cache]
+type = "redis"
+url = "{url}"
+timeout_ms = 500
+
+[namespaces.orders]
+pattern = "keyvalue"
+slots = {{ kv = "cache" }}
+"#
+    )
+}
+
+async fn health(t: &TestServer, service: &str) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(t.channel());
+    let reply = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(reply.into_inner().status).ok()
+}
+
+async fn health_becomes(t: &TestServer, status: ServingStatus) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        health(t, "orders").await == Some(status)
+    })
+    .await
+}
+
+/// What each request of the background load saw.
+#[derive(Default)]
+struct Observed {
+    ok: u64,
+    errors: Vec<(Code, String)>,
+    slowest: Duration,
+    ok_after_mark: u64,
+}
+
+fn start_load(
+    t: &TestServer,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Observed>>,
+    mark: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|w| {
+            let mut kv = t.kv("orders");
+            let (stop, seen, mark) = (stop.clone(), seen.clone(), mark.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let started = Instant::now();
+                    let key = format!("load:{w}:{}", i % 100);
+                    let result = kv
+                        .set(pb::SetRequest {
+                            key,
+                            value: i.to_le_bytes().to_vec(),
+                            ttl_ms: None,
+                        })
+                        .await;
+                    let took = started.elapsed();
+                    let failed = {
+                        let mut seen = seen.lock();
+                        seen.slowest = seen.slowest.max(took);
+                        match result {
+                            Ok(_) => {
+                                seen.ok += 1;
+                                if mark.load(Ordering::Relaxed) {
+                                    seen.ok_after_mark += 1;
+                                }
+                                false
+                            }
+                            Err(s) => {
+                                seen.errors.push((s.code(), s.message().to_string()));
+                                true
+                            }
+                        }
+                    };
+                    if failed {
+                        // Back off a little so a dead backend is not spun against.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_under_load_fails_fast_and_recovers_without_restart() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start().await?;
+    let t = start(&config(&redis.url())).await?;
+    anyhow::ensure!(
+        health_becomes(&t, ServingStatus::Serving).await,
+        "namespace never became SERVING"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Observed::default()));
+    let restarted = Arc::new(AtomicBool::new(false));
+    let load = start_load(&t, stop.clone(), seen.clone(), restarted.clone());
+    anyhow::ensure!(
+        eventually(Duration::from_secs(10), || async { seen.lock().ok > 200 }).await,
+        "no load got through"
+    );
+
+    redis.kill();
+    let saw_unavailable = eventually(Duration::from_secs(10), || async {
+        !seen.lock().errors.is_empty()
+    })
+    .await;
+    anyhow::ensure!(
+        saw_unavailable,
+        "requests kept succeeding after redis-server was killed"
+    );
+    anyhow::ensure!(
+        health_becomes(&t, ServingStatus::NotServing).await,
+        "health did not report NOT_SERVING"
+    );
+
+    redis.restart().await?;
+    restarted.store(true, Ordering::Relaxed);
+    let recovered = eventually(Duration::from_secs(15), || async {
+        seen.lock().ok_after_mark > 100
+    })
+    .await;
+    anyhow::ensure!(
+        recovered,
+        "Prism did not recover after redis-server came back"
+    );
+    anyhow::ensure!(
+        health_becomes(&t, ServingStatus::Serving).await,
+        "health did not return to SERVING"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await?;
+    }
+    let seen = seen.lock();
+    let port = redis.port();
+    for (code, message) in &seen.errors {
+        assert_eq!(*code, Code::Unavailable, "{message}");
+        assert!(
+            message.contains(&format!("Redis 'cache' at 127.0.0.1:{port}")),
+            "backend not named: {message}"
+        );
+    }
+    // Generous bound: the point is "no hang", the backend timeout is 500 ms.
+    assert!(
+        seen.slowest < Duration::from_secs(3),
+        "a request hung for {:?}",
+        seen.slowest
+    );
+    drop(seen);
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_a_crash_with_fsync_always() -> anyhow::Result<()> {
+    let mut redis = RedisServer::start_durable().await?;
+    let t = start(&config(&redis.url())).await?;
+    let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let mut kv = t.kv("orders");
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let request = pb::SetRequest {
+                    key: format!("durable:{i}"),
+                    value: i.to_le_bytes().to_vec(),
+                    ttl_ms: None,
+                };
+                if kv.set(request).await.is_ok() {
+                    acked.lock().push(i);
+                }
+            }
+        })
+    };
+    anyhow::ensure!(
+        eventually(Duration::from_secs(20), || async {
+            acked.lock().len() >= 300
+        })
+        .await,
+        "writes too slow"
+    );
+    redis.kill(); // mid-stream, SIGKILL
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await?;
+    redis.restart().await?;
+
+    let acked = acked.lock().clone();
+    let mut kv = t.kv("orders");
+    let reconnected = eventually(Duration::from_secs(10), || {
+        let mut kv = kv.clone();
+        async move {
+            kv.exists(pb::ExistsRequest {
+                key: "durable:1".into(),
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    anyhow::ensure!(reconnected, "Prism did not reconnect after the restart");
+    for i in &acked {
+        let value = kv
+            .get(pb::GetRequest {
+                key: format!("durable:{i}"),
+            })
+            .await?
+            .into_inner()
+            .value;
+        assert_eq!(
+            value,
+            i.to_le_bytes(),
+            "acknowledged write durable:{i} lost or changed"
+        );
+    }
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_at_startup_serves_unavailable_then_recovers() -> anyhow::Result<()> {
+    let port = free_port()?;
+    let t = start(&config(&format!("redis://:s3cret-pw@127.0.0.1:{port}"))).await?;
+    anyhow::ensure!(
+        health_becomes(&t, ServingStatus::NotServing).await,
+        "expected NOT_SERVING while Redis is down"
+    );
+    let mut kv = t.kv("orders");
+    let err = kv.get(pb::GetRequest { key: "k".into() }).await.err();
+    let (code, message) = err
+        .map(|s| (s.code(), s.message().to_string()))
+        .unwrap_or((Code::Ok, String::new()));
+    assert_eq!(code, Code::Unavailable, "{message}");
+    assert!(
+        message.contains(&format!("Redis 'cache' at 127.0.0.1:{port}")),
+        "{message}"
+    );
+    assert!(!message.contains("s3cret"), "password leaked: {message}");
+
+    let _redis = RedisServer::start_on(
+        port,
+        &[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            "s3cret-pw",
+        ],
+    )
+    .await?;
+    let recovered = eventually(Duration::from_secs(15), || {
+        let mut kv = kv.clone();
+        async move {
+            kv.set(pb::SetRequest {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                ttl_ms: None,
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    anyhow::ensure!(recovered, "Prism did not start serving once Redis came up");
+    assert_eq!(
+        kv.get(pb::GetRequest { key: "k".into() })
+            .await?
+            .into_inner()
+            .value,
+        b"v"
+    );
+    anyhow::ensure!(
+        health_becomes(&t, ServingStatus::Serving).await,
+        "health did not become SERVING"
+    );
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_urls_fail_startup_naming_the_field() -> anyhow::Result<()> {
+    for url in [
+        "http://127.0.0.1:6379",
+        "redis://127.0.0.1:notaport",
+        "redis://[::1",
+    ] {
+        let err = match start(&config(url)).await {
+            Ok(t) => {
+                t.stop().await?;
+                anyhow::bail!("{url} was accepted");
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("backends.cache.url"), "{url}: {err}");
+    }
+    Ok(())
+}
