@@ -17,13 +17,14 @@ build: setup-rust
     cargo build --release -p prism
 
 # Every test: Rust unit + integration + sandbox suites, then the Python client suite.
-test: setup-rust setup-python
-    cargo build --release -p prism
+test: setup-rust setup-python setup-services
+    # One feature set for binary and tests (building -p prism alone would compile twice).
+    cargo build --release --workspace --all-targets
     cargo test --release --workspace
     PRISM_BIN={{ justfile_directory() }}/target/release/prism {{ venv }}/bin/python -m pytest clients/python/tests -q
 
 # Benchmarks with same-run baselines; writes bench/results.json.
-bench *args: setup-rust
+bench *args: setup-rust setup-services
     cargo run --release -p prism-bench -- {{ args }}
 
 # Format Rust (host and guests).
@@ -46,6 +47,19 @@ proto-python: setup-python
 # The wasm32-wasip2 target (rustup does not fetch it from rust-toolchain.toml here).
 setup-rust:
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+# Backend servers the tests and bench start on free ports (Debian packages).
+setup-services:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    if [ ${#missing[@]} -gt 0 ]; then
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing ${missing[*]} (apt)"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+    fi
 
 # A virtualenv with the Python client (editable) and its test tools.
 setup-python:

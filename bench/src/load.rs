@@ -1,5 +1,6 @@
-//! The one load generator every gRPC scenario uses: N concurrent loops over
-//! one HTTP/2 channel for a fixed time, latencies in an HDR histogram.
+//! The one load generator every scenario uses: N concurrent loops over one
+//! connection (an HTTP/2 channel, or a multiplexed Redis connection) for a
+//! fixed time, latencies in an HDR histogram.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -42,7 +43,7 @@ pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
 /// Loads each target in turn, in `ROUNDS` interleaved rounds, so drift on a
 /// shared machine (frequency, neighbours) hits baseline and subject alike.
 pub async fn run_interleaved(
-    targets: &[Channel],
+    targets: &[Target],
     op: Op,
     concurrency: usize,
     measure: Duration,
@@ -85,8 +86,51 @@ pub async fn run_interleaved(
         .collect())
 }
 
+/// What a scenario loads: Prism (or the echo) over gRPC, or Redis directly.
+#[derive(Clone)]
+pub enum Target {
+    Grpc(Channel),
+    /// redis-rs on one multiplexed connection, on the key Prism stores for `BENCH_KEY`.
+    Redis(redis::aio::MultiplexedConnection, String),
+}
+
+impl Target {
+    async fn call(&mut self, op: Op, payload: &[u8]) -> anyhow::Result<()> {
+        match (self, op) {
+            (Target::Grpc(channel), Op::Get) => {
+                let mut client = KeyValueClient::new(channel.clone());
+                client
+                    .get(pb::GetRequest {
+                        key: BENCH_KEY.into(),
+                    })
+                    .await?;
+            }
+            (Target::Grpc(channel), Op::Set) => {
+                let mut client = KeyValueClient::new(channel.clone());
+                let request = pb::SetRequest {
+                    key: BENCH_KEY.into(),
+                    value: payload.to_vec(),
+                    ttl_ms: None,
+                };
+                client.set(request).await?;
+            }
+            (Target::Redis(conn, key), Op::Get) => {
+                let _: Option<Vec<u8>> = redis::cmd("GET").arg(&*key).query_async(conn).await?;
+            }
+            (Target::Redis(conn, key), Op::Set) => {
+                let _: () = redis::cmd("SET")
+                    .arg(&*key)
+                    .arg(payload)
+                    .query_async(conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn drive(
-    channel: Channel,
+    target: Target,
     op: Op,
     concurrency: usize,
     duration: Duration,
@@ -95,30 +139,13 @@ async fn drive(
     let until = Instant::now() + duration;
     let mut workers = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        let mut client = KeyValueClient::new(channel.clone());
+        let mut target = target.clone();
         let payload = payload.to_vec();
         workers.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
             while Instant::now() < until {
                 let t = Instant::now();
-                match op {
-                    Op::Get => {
-                        client
-                            .get(pb::GetRequest {
-                                key: BENCH_KEY.into(),
-                            })
-                            .await?;
-                    }
-                    Op::Set => {
-                        client
-                            .set(pb::SetRequest {
-                                key: BENCH_KEY.into(),
-                                value: payload.clone(),
-                                ttl_ms: None,
-                            })
-                            .await?;
-                    }
-                }
+                target.call(op, &payload).await?;
                 h.record(t.elapsed().as_nanos() as u64)?;
             }
             anyhow::Ok(h)

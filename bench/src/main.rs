@@ -21,8 +21,9 @@ use prism::config::{Config, DEFAULT_NAMESPACE};
 use prism::namespace::Namespace;
 use prism::pb;
 use prism::runtime::Runtime;
+use prism_acceptance::servers::RedisServer;
 
-use crate::load::{Op, run_interleaved};
+use crate::load::{Op, Target, run_interleaved};
 use crate::report::{Report, Row};
 
 #[derive(Parser)]
@@ -73,9 +74,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     for op in [Op::Get, Op::Set] {
         for concurrency in [1usize, 64] {
             let targets = [
-                echo_channel.clone(),
-                prism_channel.clone(),
-                direct_channel.clone(),
+                Target::Grpc(echo_channel.clone()),
+                Target::Grpc(prism_channel.clone()),
+                Target::Grpc(direct_channel.clone()),
             ];
             let results = run_interleaved(&targets, op, concurrency, measure, &payload).await?;
             let [base, ours, no_guest] = <[_; 3]>::try_from(results)
@@ -112,6 +113,8 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             ));
         }
     }
+
+    redis_rows(&mut report, &payload, measure).await?;
 
     // The wasm hop, in-process: pattern + capability + MemStore vs MemStore alone.
     let namespace = prism.namespaces().get(DEFAULT_NAMESPACE)?.clone();
@@ -228,4 +231,58 @@ where
         f().await?;
     }
     Ok(started.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+}
+
+/// KV through Prism on Redis vs redis-rs straight to the same redis-server.
+async fn redis_rows(report: &mut Report, payload: &[u8], measure: Duration) -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let toml = format!(
+        "[backends.cache]\ntype = \"redis\"\nurl = \"{}\"\n[namespaces.default]\npattern = \"keyvalue\"\nslots = {{ kv = \"cache\" }}\n",
+        redis.url()
+    );
+    let mut config = Config::parse(&toml, "bench.toml".as_ref(), ".".into())?;
+    config.server.listen = "127.0.0.1:0".parse()?;
+    let prism = prism::server::start(config).await?;
+    let channel = load::connect(prism.local_addr()).await?;
+    pb::key_value_client::KeyValueClient::new(channel.clone())
+        .set(pb::SetRequest {
+            key: load::BENCH_KEY.into(),
+            value: payload.to_vec(),
+            ttl_ms: None,
+        })
+        .await?;
+    let stored_key = format!("{DEFAULT_NAMESPACE}/{}", load::BENCH_KEY);
+    let direct = Target::Redis(redis.connect().await?, stored_key);
+    for op in [Op::Get, Op::Set] {
+        for concurrency in [1usize, 64] {
+            let targets = [direct.clone(), Target::Grpc(channel.clone())];
+            let results = run_interleaved(&targets, op, concurrency, measure, payload).await?;
+            let [base, ours] = <[_; 2]>::try_from(results)
+                .map_err(|_| anyhow::anyhow!("two targets, two results"))?;
+            let tag = format!("{}_c{concurrency}", op.name());
+            report.push(Row::new(
+                format!("prism_redis_{tag}_throughput"),
+                ours.throughput,
+                "req/s",
+                format!("redis_rs_direct_{tag}_throughput"),
+                base.throughput,
+            ));
+            report.push(Row::new(
+                format!("prism_redis_{tag}_p50"),
+                ours.p50_us,
+                "us",
+                format!("redis_rs_direct_{tag}_p50"),
+                base.p50_us,
+            ));
+            report.push(Row::new(
+                format!("prism_redis_{tag}_added_p50"),
+                ours.p50_us - base.p50_us,
+                "us",
+                "target_redis_added_p50",
+                50.0,
+            ));
+        }
+    }
+    prism.shutdown().await?;
+    Ok(())
 }

@@ -128,7 +128,7 @@ impl InstanceLimitsConfig {
                     .or(fallback.call_deadline_ms)
                     .unwrap_or(2000),
             ),
-            max_instances: self.max_instances.or(fallback.max_instances).unwrap_or(32),
+            max_instances: self.max_instances.or(fallback.max_instances).unwrap_or(128),
         }
     }
 }
@@ -209,7 +209,7 @@ fn default_shutdown_grace_ms() -> u64 {
     10_000
 }
 fn default_total_instances() -> u32 {
-    256
+    1024
 }
 fn default_memstore_max_bytes() -> u64 {
     1024 * 1024 * 1024
