@@ -193,3 +193,28 @@ async fn health_and_reflection_are_served() -> anyhow::Result<()> {
     );
     t.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_memstore_is_resource_exhausted_and_writes_nothing() -> anyhow::Result<()> {
+    let config = "[backends.mem]\ntype = \"memstore\"\nmax_keys = 2\n\n[namespaces.default]\npattern = \"keyvalue\"\nslots = { kv = \"mem\" }\n";
+    let t = start(config).await?;
+    let mut kv = t.kv("default");
+    kv.set(set("a", b"1", None)).await?;
+    kv.set(set("b", b"2", None)).await?;
+    let err = kv.set(set("c", b"3", None)).await.err();
+    assert_eq!(
+        err.as_ref().map(|s| s.code()),
+        Some(Code::ResourceExhausted)
+    );
+    let message = err.map(|s| s.message().to_string()).unwrap_or_default();
+    assert!(message.contains("backends.mem.max_keys"), "{message}");
+    assert_eq!(
+        kv.get(get("c")).await.err().map(|s| s.code()),
+        Some(Code::NotFound)
+    );
+    // Overwriting an existing key still works, and deleting makes room.
+    kv.set(set("a", b"1b", None)).await?;
+    kv.delete(pb::DeleteRequest { key: "b".into() }).await?;
+    kv.set(set("c", b"3", None)).await?;
+    t.stop().await
+}

@@ -46,14 +46,18 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = match cli.command {
-        Command::Dev { listen } => Config::dev(listen),
-        Command::Serve { config, listen } => match Config::load(&config) {
+    // Start-up errors name a config field; prefix the file they are in.
+    let (config, source) = match cli.command {
+        Command::Dev { listen } => (Config::dev(listen), "prism dev".to_string()),
+        Command::Serve {
+            config: path,
+            listen,
+        } => match Config::load(&path) {
             Ok(mut c) => {
                 if let Some(listen) = listen {
                     c.server.listen = listen;
                 }
-                c
+                (c, path.display().to_string())
             }
             Err(e) => {
                 eprintln!("prism: {e}");
@@ -71,7 +75,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let server = match runtime.block_on(prism::server::start(config)) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("prism: {source}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(server)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("prism: {e:#}");
@@ -80,8 +91,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let server = prism::server::start(config).await?;
+async fn run(server: prism::server::RunningServer) -> anyhow::Result<()> {
     // A stable line on stdout so scripts and test fixtures know where to connect.
     println!("prism: serving on {}", server.local_addr());
     shutdown_signal().await;

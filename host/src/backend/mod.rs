@@ -104,14 +104,25 @@ impl Backends {
     /// unreachable server does not stop start-up). Needs a tokio runtime.
     pub fn build(configs: &BTreeMap<String, BackendConfig>) -> Result<Backends, BackendBuildError> {
         let mut kv: BTreeMap<String, Arc<dyn KvBackend>> = BTreeMap::new();
+        // Backends naming the same Redis URL share one multiplexed connection.
+        let mut connections: BTreeMap<String, ::redis::aio::ConnectionManager> = BTreeMap::new();
         for (name, config) in configs {
+            let url_error = |e: redis::RedisConfigError| BackendBuildError {
+                field: format!("backends.{name}.url"),
+                message: e.to_string(),
+            };
             let backend: Arc<dyn KvBackend> = match config {
                 BackendConfig::Memstore(c) => MemStore::new(name, c),
                 BackendConfig::Redis(c) => {
-                    RedisKv::new(name, c).map_err(|e| BackendBuildError {
-                        field: format!("backends.{name}.url"),
-                        message: e.to_string(),
-                    })?
+                    let conn = match connections.get(&c.url) {
+                        Some(conn) => conn.clone(),
+                        None => {
+                            let conn = RedisKv::connect(c).map_err(url_error)?;
+                            connections.insert(c.url.clone(), conn.clone());
+                            conn
+                        }
+                    };
+                    RedisKv::with_connection(name, c, conn).map_err(url_error)?
                 }
             };
             kv.insert(name.clone(), backend);

@@ -32,7 +32,39 @@ pub struct RedisKv {
 pub struct RedisConfigError(pub String);
 
 impl RedisKv {
+    /// A backend with its own connection.
     pub fn new(name: &str, config: &RedisConfig) -> Result<Arc<RedisKv>, RedisConfigError> {
+        let conn = RedisKv::connect(config)?;
+        RedisKv::with_connection(name, config, conn)
+    }
+
+    /// The managed connection for `config` (created lazily: nothing is dialled yet).
+    pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, RedisConfigError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+            RedisConfigError(format!("not a usable Redis URL ({})", e.kind_description()))
+        })?;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        // One quick connection attempt per request while Redis is down (no
+        // backoff chain to wait behind); the manager reconnects on the next call.
+        let manager_config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| {
+            RedisConfigError(format!(
+                "cannot set up the connection ({})",
+                e.kind_description()
+            ))
+        })
+    }
+
+    /// A backend over a connection that may be shared with other backends
+    /// naming the same URL.
+    pub fn with_connection(
+        name: &str,
+        config: &RedisConfig,
+        conn: ConnectionManager,
+    ) -> Result<Arc<RedisKv>, RedisConfigError> {
         let client = redis::Client::open(config.url.as_str()).map_err(|e| {
             RedisConfigError(format!("not a usable Redis URL ({})", e.kind_description()))
         })?;
@@ -43,19 +75,6 @@ impl RedisKv {
             info.redis_settings().db()
         );
         let timeout = Duration::from_millis(config.timeout_ms);
-        // One quick connection attempt per request while Redis is down (no
-        // backoff chain to wait behind); the manager reconnects on the next call.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| {
-                RedisConfigError(format!(
-                    "cannot set up the connection ({})",
-                    e.kind_description()
-                ))
-            })?;
         Ok(Arc::new(RedisKv {
             summary,
             conn,

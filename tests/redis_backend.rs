@@ -1,5 +1,6 @@
-//! Redis faults against a real redis-server: killed under load, down at
-//! start-up, crashed with fsync-always persistence, and malformed URLs.
+//! Redis-specific behaviour against a real redis-server: killed under load,
+//! down at start-up, crashed with fsync-always persistence, malformed URLs,
+//! and MemStore and Redis namespaces served side by side.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -321,4 +322,51 @@ async fn malformed_urls_fail_startup_naming_the_field() -> anyhow::Result<()> {
         assert!(err.contains("backends.cache.url"), "{url}: {err}");
     }
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memstore_and_redis_namespaces_side_by_side() -> anyhow::Result<()> {
+    let redis = RedisServer::start().await?;
+    let toml = config(&redis.url())
+        + "\n[backends.mem]\ntype = \"memstore\"\n[namespaces.default]\npattern = \"keyvalue\"\nslots = { kv = \"mem\" }\n";
+    let t = start(&toml).await?;
+    let (mut mem, mut orders) = (t.kv("default"), t.kv("orders"));
+    mem.set(pb::SetRequest {
+        key: "k".into(),
+        value: b"in-memory".to_vec(),
+        ttl_ms: None,
+    })
+    .await?;
+    orders
+        .set(pb::SetRequest {
+            key: "k".into(),
+            value: b"in-redis".to_vec(),
+            ttl_ms: Some(60_000),
+        })
+        .await?;
+    assert_eq!(
+        mem.get(pb::GetRequest { key: "k".into() })
+            .await?
+            .into_inner()
+            .value,
+        b"in-memory"
+    );
+    assert_eq!(
+        orders
+            .get(pb::GetRequest { key: "k".into() })
+            .await?
+            .into_inner()
+            .value,
+        b"in-redis"
+    );
+    // Redis holds exactly the Redis namespace's key, scoped, with its TTL.
+    let mut direct = redis.connect().await?;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut direct).await?;
+    assert_eq!(keys, vec!["orders/k".to_string()]);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("orders/k")
+        .query_async(&mut direct)
+        .await?;
+    assert!(ttl > 0 && ttl <= 60_000, "PTTL {ttl}");
+    t.stop().await
 }
