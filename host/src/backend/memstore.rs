@@ -241,11 +241,7 @@ fn decode_cursor(cursor: &str) -> Result<String, BackendError> {
         .decode(cursor)
         .ok()
         .and_then(|raw| String::from_utf8(raw).ok())
-        .ok_or_else(|| {
-            BackendError::InvalidArgument(
-                "scan cursor is malformed; pass back the cursor a scan returned".into(),
-            )
-        })
+        .ok_or_else(BackendError::malformed_cursor)
 }
 
 #[async_trait]

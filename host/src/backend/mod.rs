@@ -30,6 +30,15 @@ pub enum BackendError {
     Internal(String),
 }
 
+impl BackendError {
+    /// A cursor that no scan of this backend produced.
+    pub fn malformed_cursor() -> BackendError {
+        BackendError::InvalidArgument(
+            "scan cursor is malformed; pass back the cursor a scan returned".into(),
+        )
+    }
+}
+
 /// One page of a prefix scan. Keys are the backend's (already scoped) keys.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScanPage {

@@ -84,10 +84,7 @@ impl RedisKv {
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
-            Ok(result) => result.map_err(|e| self.error(e)),
-            Err(_) => Err(self.timed_out()),
-        }
+        self.bounded(cmd.query_async::<T>(&mut conn)).await
     }
 
     async fn query_pipeline<T: FromRedisValue>(
@@ -95,7 +92,15 @@ impl RedisKv {
         pipe: &redis::Pipeline,
     ) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
+        self.bounded(pipe.query_async::<T>(&mut conn)).await
+    }
+
+    /// Runs one Redis call within the backend timeout, mapping its errors.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(|e| self.error(e)),
             Err(_) => Err(self.timed_out()),
         }
@@ -179,18 +184,18 @@ fn encode_cursor(redis_cursor: u64, skip: usize) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<(u64, usize), BackendError> {
-    let malformed = || {
-        BackendError::InvalidArgument(
-            "scan cursor is malformed; pass back the cursor a scan returned".into(),
-        )
-    };
-    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| malformed())?;
-    let text = String::from_utf8(raw).map_err(|_| malformed())?;
-    let (c, s) = text.split_once(':').ok_or_else(malformed)?;
-    Ok((
-        c.parse().map_err(|_| malformed())?,
-        s.parse().map_err(|_| malformed())?,
-    ))
+    let text = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .ok_or_else(BackendError::malformed_cursor)?;
+    let (c, s) = text
+        .split_once(':')
+        .ok_or_else(BackendError::malformed_cursor)?;
+    match (c.parse(), s.parse()) {
+        (Ok(c), Ok(s)) => Ok((c, s)),
+        _ => Err(BackendError::malformed_cursor()),
+    }
 }
 
 #[async_trait]
