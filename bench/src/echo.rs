@@ -27,7 +27,7 @@ struct DirectKv {
 impl DirectKv {
     fn slot<T>(&self, request: &Request<T>) -> Result<KvSlot, Status> {
         let ns = self.namespaces.for_request(request.metadata())?;
-        Ok(ns.keyvalue()?.pool().kv_slot().clone())
+        Ok(ns.keyvalue()?.pool().slots().kv.clone())
     }
 }
 

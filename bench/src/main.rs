@@ -119,7 +119,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     // The wasm hop, in-process: pattern + capability + MemStore vs MemStore alone.
     let namespace = prism.namespaces().get(DEFAULT_NAMESPACE)?.clone();
     let kv = namespace.keyvalue()?.clone();
-    let slot = kv.pool().kv_slot().clone();
+    let slot = kv.pool().slots().kv.clone();
     let scoped = slot
         .scoped(load::BENCH_KEY)
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;

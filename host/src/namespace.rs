@@ -10,6 +10,8 @@ use tonic::metadata::MetadataMap;
 use crate::backend::Backends;
 use crate::capability::kv::KvSlot;
 use crate::config::{Config, DEFAULT_NAMESPACE, NamespaceConfig, setting_string};
+use crate::runtime::bindings::Keyvalue;
+use crate::runtime::state::Slots;
 use crate::runtime::{KeyValueRuntime, PatternPool, Runtime, RuntimeError, builtin};
 
 /// The request metadata that names the namespace.
@@ -81,7 +83,7 @@ impl Namespace {
             .load(&bytes, &label)
             .map_err(|e| StartupError::new(field("pattern"), e))?;
         let pre = runtime
-            .keyvalue_pre(&component, &label)
+            .prepare::<Keyvalue>(&component, &label)
             .map_err(|e| StartupError::new(field("pattern"), e))?;
 
         if let Some(slot) = ns.slots.keys().find(|s| s.as_str() != "kv") {
@@ -108,12 +110,14 @@ impl Namespace {
             .filter_map(|(k, v)| setting_string(v).map(|v| (k.clone(), v)))
             .collect();
         let limits = ns.limits.resolve(&config.runtime.limits);
-        let pool = Arc::new(PatternPool::new(
+        let pool = Arc::new(PatternPool::<Keyvalue>::new(
             name,
             pre,
             limits,
             settings,
-            KvSlot::new(name, backend.clone()),
+            Slots {
+                kv: KvSlot::new(name, backend.clone()),
+            },
         ));
         let first = pool.instantiate().await.map_err(|e| match e {
             RuntimeError::Configure { reason, .. } => StartupError::new(field("settings"), reason),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::guest_error;
-use crate::backend::{KvBackend, KvEntry};
+use crate::backend::{BackendError, KvBackend, KvEntry, ScanPage};
 use crate::runtime::bindings::prism::pattern::{kv, types};
 use crate::runtime::bindings::{CapabilityError, Entry};
 
@@ -31,6 +31,15 @@ impl KvSlot {
         KvSlot {
             backend,
             scope: format!("{namespace}/").into(),
+        }
+    }
+
+    /// The slot of a namespace that binds no kv backend: every call answers
+    /// unavailable instead of trapping, so a pattern can report it cleanly.
+    pub fn unbound() -> KvSlot {
+        KvSlot {
+            backend: Arc::new(Unbound),
+            scope: "".into(),
         }
     }
 
@@ -58,6 +67,47 @@ impl KvSlot {
 
     fn scoped_all(&self, keys: &[String]) -> Result<Vec<String>, CapabilityError> {
         keys.iter().map(|k| self.scoped(k)).collect()
+    }
+}
+
+/// The backend behind an unbound slot.
+struct Unbound;
+
+#[async_trait::async_trait]
+impl KvBackend for Unbound {
+    fn summary(&self) -> String {
+        "no kv backend".into()
+    }
+    async fn get(&self, _: &str) -> Result<Option<Bytes>, BackendError> {
+        Err(unbound())
+    }
+    async fn set(&self, _: &str, _: Bytes, _: Option<Duration>) -> Result<(), BackendError> {
+        Err(unbound())
+    }
+    async fn delete(&self, _: &str) -> Result<bool, BackendError> {
+        Err(unbound())
+    }
+    async fn exists(&self, _: &str) -> Result<bool, BackendError> {
+        Err(unbound())
+    }
+    async fn scan(&self, _: &str, _: Option<&str>, _: usize) -> Result<ScanPage, BackendError> {
+        Err(unbound())
+    }
+    async fn get_many(&self, _: &[String]) -> Result<Vec<Option<Bytes>>, BackendError> {
+        Err(unbound())
+    }
+    async fn set_many(&self, _: Vec<KvEntry>) -> Result<(), BackendError> {
+        Err(unbound())
+    }
+    async fn delete_many(&self, _: &[String]) -> Result<u64, BackendError> {
+        Err(unbound())
+    }
+}
+
+fn unbound() -> BackendError {
+    BackendError::Unavailable {
+        backend: "kv slot".into(),
+        reason: "this namespace binds no backend to it".into(),
     }
 }
 

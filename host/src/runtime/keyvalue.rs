@@ -8,7 +8,7 @@ use wasmtime::Store;
 
 use super::RuntimeError;
 use super::bindings::exports::prism::pattern::keyvalue_pattern::Guest as KeyValueExports;
-use super::bindings::{Entry, PatternError, ScanRequest, ScanResult};
+use super::bindings::{Entry, Keyvalue, PatternError, ScanRequest, ScanResult};
 use super::pool::PatternPool;
 use super::state::InstanceState;
 
@@ -26,15 +26,15 @@ type GuestFuture<'a, T> =
 
 #[derive(Clone)]
 pub struct KeyValueRuntime {
-    pool: Arc<PatternPool>,
+    pool: Arc<PatternPool<Keyvalue>>,
 }
 
 impl KeyValueRuntime {
-    pub fn new(pool: Arc<PatternPool>) -> KeyValueRuntime {
+    pub fn new(pool: Arc<PatternPool<Keyvalue>>) -> KeyValueRuntime {
         KeyValueRuntime { pool }
     }
 
-    pub fn pool(&self) -> &Arc<PatternPool> {
+    pub fn pool(&self) -> &Arc<PatternPool<Keyvalue>> {
         &self.pool
     }
 

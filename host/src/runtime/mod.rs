@@ -8,6 +8,7 @@ mod engine;
 pub mod keyvalue;
 pub mod pool;
 pub mod state;
+pub mod world;
 
 use std::fmt;
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub use engine::EPOCH_TICK;
 pub use keyvalue::KeyValueRuntime;
 pub use pool::PatternPool;
 use state::InstanceState;
+pub use world::PatternWorld;
 
 use crate::capability::kv::KvSlot;
 use crate::config::RuntimeConfig;
@@ -110,7 +112,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         bindings::Keyvalue::add_to_linker::<_, HasKv>(&mut linker, |s: &mut InstanceState| {
-            &mut s.kv
+            &mut s.slots.kv
         })
         .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let ticker = engine::EpochTicker::start(&engine)?;
@@ -131,19 +133,19 @@ impl Runtime {
         self.cache.load(&self.engine, bytes, label)
     }
 
-    /// Checks that `component` is a KeyValue pattern and prepares it for
-    /// fast instantiation (imports resolved once).
-    pub fn keyvalue_pre(
+    /// Checks that `component` fits world `W` and prepares it for fast
+    /// instantiation (imports resolved once).
+    pub fn prepare<W: PatternWorld>(
         &self,
         component: &Component,
         label: &str,
-    ) -> Result<bindings::KeyvaluePre<InstanceState>, RuntimeError> {
+    ) -> Result<W::Pre, RuntimeError> {
         let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld {
             label: label.to_string(),
-            world: "prism:pattern/keyvalue",
+            world: W::NAME,
             reason: format!("{e:#}"),
         };
         let pre = self.linker.instantiate_pre(component).map_err(wrong)?;
-        bindings::KeyvaluePre::new(pre).map_err(wrong)
+        W::pre(pre).map_err(wrong)
     }
 }

@@ -9,29 +9,28 @@ use parking_lot::Mutex;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::{Store, Trap};
 
-use super::bindings::{Keyvalue, KeyvaluePre};
 use super::engine::deadline_ticks;
-use super::state::InstanceState;
+use super::state::{InstanceState, Slots};
+use super::world::PatternWorld;
 use super::{RuntimeError, TrapKind};
-use crate::capability::kv::KvSlot;
 use crate::config::InstanceLimits;
 
 /// One live instance and the store that owns it.
-pub struct Instance {
+pub struct Instance<W> {
     store: Store<InstanceState>,
-    bindings: Keyvalue,
+    bindings: W,
 }
 
 /// An instance lent to one request. Dropping it without
 /// [`PatternPool::settle`] (a cancelled request) discards the instance.
-pub struct Lease<'a> {
-    instance: Instance,
+pub struct Lease<'a, W> {
+    instance: Instance<W>,
     _permit: SemaphorePermit<'a>,
 }
 
-impl Lease<'_> {
+impl<W> Lease<'_, W> {
     /// The store, with a fresh deadline armed for one call, and the bindings.
-    pub fn parts(&mut self, limits: &InstanceLimits) -> (&mut Store<InstanceState>, &Keyvalue) {
+    pub fn parts(&mut self, limits: &InstanceLimits) -> (&mut Store<InstanceState>, &W) {
         self.instance
             .store
             .set_epoch_deadline(deadline_ticks(limits.call_deadline));
@@ -39,13 +38,14 @@ impl Lease<'_> {
     }
 }
 
-pub struct PatternPool {
+pub struct PatternPool<W: PatternWorld> {
     namespace: String,
-    pre: KeyvaluePre<InstanceState>,
+    pre: W::Pre,
     limits: InstanceLimits,
     settings: Vec<(String, String)>,
-    kv: KvSlot,
-    idle: Mutex<Vec<Instance>>,
+    /// The namespace's capability bindings, cloned into each new instance.
+    slots: Slots,
+    idle: Mutex<Vec<Instance<W>>>,
     /// One permit per instance that may run at once (`limits.max_instances`).
     permits: Semaphore,
     instantiated: AtomicU64,
@@ -60,20 +60,20 @@ pub struct PoolStats {
     pub idle: usize,
 }
 
-impl PatternPool {
+impl<W: PatternWorld> PatternPool<W> {
     pub fn new(
         namespace: &str,
-        pre: KeyvaluePre<InstanceState>,
+        pre: W::Pre,
         limits: InstanceLimits,
         settings: Vec<(String, String)>,
-        kv: KvSlot,
-    ) -> PatternPool {
+        slots: Slots,
+    ) -> PatternPool<W> {
         PatternPool {
             namespace: namespace.to_string(),
             pre,
             limits,
             settings,
-            kv,
+            slots,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(limits.max_instances as usize),
             instantiated: AtomicU64::new(0),
@@ -85,8 +85,8 @@ impl PatternPool {
         &self.limits
     }
 
-    pub fn kv_slot(&self) -> &KvSlot {
-        &self.kv
+    pub fn slots(&self) -> &Slots {
+        &self.slots
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -99,7 +99,7 @@ impl PatternPool {
 
     /// An instance for one call: idle if there is one, else a new one. Waits
     /// up to the call deadline when all `max_instances` are busy.
-    pub async fn lease(&self) -> Result<Lease<'_>, RuntimeError> {
+    pub async fn lease(&self) -> Result<Lease<'_, W>, RuntimeError> {
         let busy = || RuntimeError::Busy {
             namespace: self.namespace.clone(),
             max: self.limits.max_instances,
@@ -130,7 +130,7 @@ impl PatternPool {
     /// the trap and drops the instance.
     pub fn settle<T>(
         &self,
-        lease: Lease<'_>,
+        lease: Lease<'_, W>,
         result: wasmtime::Result<T>,
     ) -> Result<T, RuntimeError> {
         match result {
@@ -153,13 +153,13 @@ impl PatternPool {
 
     /// Creates and configures one instance. Public so start-up can check the
     /// pattern's settings and the bench can time instantiation.
-    pub async fn instantiate(&self) -> Result<Instance, RuntimeError> {
-        let state = InstanceState::new(self.limits.memory_bytes, self.kv.clone());
-        let mut store = Store::new(self.pre.engine(), state);
+    pub async fn instantiate(&self) -> Result<Instance<W>, RuntimeError> {
+        let state = InstanceState::new(self.limits.memory_bytes, self.slots.clone());
+        let mut store = Store::new(W::engine(&self.pre), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(deadline_ticks(self.limits.call_deadline));
         store.epoch_deadline_trap();
-        let bindings = match self.pre.instantiate_async(&mut store).await {
+        let bindings = match W::instantiate(&self.pre, &mut store).await {
             Ok(b) => b,
             Err(e)
                 if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
@@ -174,10 +174,7 @@ impl PatternPool {
                 });
             }
         };
-        let configured = bindings
-            .prism_pattern_keyvalue_pattern()
-            .call_configure(&mut store, &self.settings)
-            .await;
+        let configured = bindings.configure(&mut store, &self.settings).await;
         match configured {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {
@@ -198,7 +195,7 @@ impl PatternPool {
     }
 
     /// Puts a fresh instance in the idle list (start-up warm-up).
-    pub fn add_idle(&self, instance: Instance) {
+    pub fn add_idle(&self, instance: Instance<W>) {
         self.idle.lock().push(instance);
     }
 }

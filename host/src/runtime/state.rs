@@ -8,6 +8,21 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capability::kv::KvSlot;
 
+/// A namespace's capability bindings, one per WIT capability; a slot the
+/// namespace does not bind answers "unavailable" rather than trapping.
+#[derive(Clone)]
+pub struct Slots {
+    pub kv: KvSlot,
+}
+
+impl Default for Slots {
+    fn default() -> Slots {
+        Slots {
+            kv: KvSlot::unbound(),
+        }
+    }
+}
+
 /// How much of a guest's stderr (panic messages) is kept for the logs.
 const STDERR_CAPTURE_BYTES: usize = 4096;
 
@@ -15,12 +30,12 @@ pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
-    pub(crate) kv: KvSlot,
+    pub(crate) slots: Slots,
     stderr: MemoryOutputPipe,
 }
 
 impl InstanceState {
-    pub fn new(memory_bytes: usize, kv: KvSlot) -> InstanceState {
+    pub fn new(memory_bytes: usize, slots: Slots) -> InstanceState {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
         // No preopens, env, args, network or stdin: the builder denies all by
         // default and we grant nothing; stdout is discarded.
@@ -37,7 +52,7 @@ impl InstanceState {
                 limit: memory_bytes,
                 exceeded: false,
             },
-            kv,
+            slots,
             stderr,
         }
     }
