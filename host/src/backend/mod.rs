@@ -1,6 +1,7 @@
 //! Backends: one trait per capability over plain types, so capability code
 //! never depends on a backend crate. Built from config in [`build`].
 
+pub mod membroker;
 pub mod memstore;
 pub mod redis;
 
