@@ -32,12 +32,14 @@ fmt:
     cargo fmt --all
     cd guest-patterns && cargo fmt --all
 
-# Formatting and clippy (-D warnings) over host, tests, bench and guests.
-lint: setup-rust
+# Formatting and clippy (-D warnings) over host, tests, bench and guests; mypy --strict over the Python client.
+lint: setup-rust setup-python
     cargo fmt --all --check
     cd guest-patterns && cargo fmt --all --check
     cargo clippy --release --workspace --all-targets -- -D warnings
     cd guest-patterns && cargo clippy --release --target wasm32-wasip2 --target-dir ../target/guest-patterns --workspace -- -D warnings
+    {{ venv }}/bin/pip install -q --disable-pip-version-check mypy types-grpcio
+    cd clients/python && {{ venv }}/bin/mypy
 
 # Regenerate the Python client's gRPC stubs from proto/.
 proto-python: setup-python

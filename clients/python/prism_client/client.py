@@ -41,7 +41,8 @@ class PrismClient:
         if token is not None:
             metadata.append(("authorization", f"Bearer {token}"))
         self._metadata = tuple(metadata)
-        self.keyvalue = KeyValue(KeyValueStub(self._channel), self._metadata, timeout)
+        stub = KeyValueStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self.keyvalue = KeyValue(stub, self._metadata, timeout)
 
     async def close(self) -> None:
         """Releases the channel; calls after this fail."""

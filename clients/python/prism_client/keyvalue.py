@@ -41,7 +41,8 @@ class KeyValue:
             reply = await self._stub.Get(pb.GetRequest(key=key), metadata=self._metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err, key=key) from None
-        return reply.value
+        value: bytes = reply.value
+        return value
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Writes `value`, replacing any previous value and TTL; `ttl` in seconds."""
@@ -60,14 +61,16 @@ class KeyValue:
             reply = await self._stub.Delete(pb.DeleteRequest(key=key), metadata=self._metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
-        return reply.existed
+        existed: bool = reply.existed
+        return existed
 
     async def exists(self, key: str) -> bool:
         try:
             reply = await self._stub.Exists(pb.ExistsRequest(key=key), metadata=self._metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
-        return reply.exists
+        exists: bool = reply.exists
+        return exists
 
     async def scan_page(self, prefix: str, cursor: str = "", limit: int = 0) -> tuple[list[str], str]:
         """One page of keys starting with `prefix`, and the cursor of the next ("" when done)."""
@@ -123,4 +126,5 @@ class KeyValue:
             )
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
-        return reply.deleted
+        deleted: int = reply.deleted
+        return deleted
