@@ -3,7 +3,6 @@
 //! installs nothing; `just test` installs the packages.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -87,10 +86,6 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {

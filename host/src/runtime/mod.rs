@@ -124,10 +124,6 @@ impl Runtime {
         })
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// Compiles (or fetches from cache) a component; `label` names it in errors.
     pub fn load(&self, bytes: &[u8], label: &str) -> Result<Component, RuntimeError> {
         self.cache.load(&self.engine, bytes, label)
