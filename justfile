@@ -8,7 +8,7 @@ venv := justfile_directory() / ".venv"
 default:
     @just --list
 
-# Start Prism: embedded MemStore, KeyValue namespace `default`, 127.0.0.1:8980.
+# Start Prism: embedded MemStore, KeyValue namespace `default` and PubSub namespace `events`, 127.0.0.1:8980.
 dev *args: setup-rust
     cargo run --release -p prism -- dev {{ args }}
 
@@ -56,6 +56,8 @@ setup-services:
     set -euo pipefail
     missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
+    # Debian's nats-server is in /usr/sbin, which a non-root PATH may lack.
+    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
     if [ ${#missing[@]} -gt 0 ]; then
         sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
         echo "installing ${missing[*]} (apt)"

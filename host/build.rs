@@ -20,7 +20,10 @@ fn main() -> BuildResult {
 
 fn compile_protos(root: &Path, out_dir: &Path) -> BuildResult {
     let proto_dir = root.join("proto");
-    let protos = [proto_dir.join("prism/v1/keyvalue.proto")];
+    let protos = [
+        proto_dir.join("prism/v1/keyvalue.proto"),
+        proto_dir.join("prism/v1/pubsub.proto"),
+    ];
     let mut config = tonic_prost_build::Config::new();
     // A vendored protoc keeps "only Rust installed" enough to build; PROTOC overrides it.
     let protoc = match env::var_os("PROTOC") {

@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 /// The namespace used when a request carries no `x-prism-namespace`.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// The PubSub namespace of `prism dev`.
+pub const DEV_PUBSUB_NAMESPACE: &str = "events";
 /// The listen address of `prism dev` and of a config without `[server] listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8980";
 
@@ -138,6 +140,51 @@ impl InstanceLimitsConfig {
 pub enum BackendConfig {
     Memstore(MemStoreConfig),
     Redis(RedisConfig),
+    Nats(NatsConfig),
+}
+
+impl BackendConfig {
+    /// The capability slots a backend of this type can serve.
+    pub fn capabilities(&self) -> &'static [&'static str] {
+        match self {
+            BackendConfig::Memstore(_) | BackendConfig::Redis(_) => &["kv", "pubsub"],
+            BackendConfig::Nats(_) => &["pubsub"],
+        }
+    }
+}
+
+/// A NATS server: core NATS (at-most-once) or, with `jetstream = true`,
+/// JetStream (at-least-once: acks, durable consumers, redelivery).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `nats://[user:password@]host:port`; credentials never reach logs.
+    pub url: String,
+    /// Longest wait for a publish to be accepted (or a subscription set up).
+    #[serde(default = "default_nats_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub jetstream: bool,
+    /// The JetStream stream Prism keeps its topics in (created if missing).
+    #[serde(default = "default_nats_stream")]
+    pub stream: String,
+    /// How long JetStream waits for an ack before redelivering.
+    #[serde(default = "default_nats_ack_wait_ms")]
+    pub ack_wait_ms: u64,
+    /// How long JetStream keeps messages.
+    #[serde(default = "default_nats_max_age_secs")]
+    pub max_age_secs: u64,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &"<redacted>")
+            .field("timeout_ms", &self.timeout_ms)
+            .field("jetstream", &self.jetstream)
+            .field("stream", &self.stream)
+            .finish()
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -223,9 +270,22 @@ fn default_sweep_interval_ms() -> u64 {
 fn default_redis_timeout_ms() -> u64 {
     1000
 }
+fn default_nats_timeout_ms() -> u64 {
+    2000
+}
+fn default_nats_stream() -> String {
+    "PRISM".into()
+}
+fn default_nats_ack_wait_ms() -> u64 {
+    30_000
+}
+fn default_nats_max_age_secs() -> u64 {
+    24 * 3600
+}
 
 impl Config {
-    /// The configuration of `prism dev`: MemStore and a KeyValue `default` namespace.
+    /// The configuration of `prism dev`: MemStore, a KeyValue `default`
+    /// namespace and a PubSub `events` namespace.
     pub fn dev(listen: SocketAddr) -> Config {
         let mut backends = BTreeMap::new();
         backends.insert(
@@ -238,6 +298,15 @@ impl Config {
             NamespaceConfig {
                 pattern: "keyvalue".into(),
                 slots: BTreeMap::from([("kv".to_string(), "mem".to_string())]),
+                settings: BTreeMap::new(),
+                limits: InstanceLimitsConfig::default(),
+            },
+        );
+        namespaces.insert(
+            DEV_PUBSUB_NAMESPACE.to_string(),
+            NamespaceConfig {
+                pattern: "pubsub".into(),
+                slots: BTreeMap::from([("pubsub".to_string(), "mem".to_string())]),
                 settings: BTreeMap::new(),
                 limits: InstanceLimitsConfig::default(),
             },
@@ -304,13 +373,23 @@ impl Config {
                 ));
             }
             for (slot, backend) in &ns.slots {
-                if !self.backends.contains_key(backend) {
+                let Some(config) = self.backends.get(backend) else {
                     let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
                     return Err(invalid(
                         format!("namespaces.{name}.slots.{slot}"),
                         format!(
                             "backend '{backend}' is not defined under [backends] (defined: {})",
                             list_or_none(&known)
+                        ),
+                    ));
+                };
+                let serves = config.capabilities();
+                if !serves.contains(&slot.as_str()) {
+                    return Err(invalid(
+                        format!("namespaces.{name}.slots.{slot}"),
+                        format!(
+                            "backend '{backend}' cannot serve a {slot} slot (it serves: {})",
+                            serves.join(", ")
                         ),
                     ));
                 }
@@ -367,6 +446,37 @@ impl Config {
                         return Err(invalid(
                             format!("backends.{name}.timeout_ms"),
                             "must be positive".into(),
+                        ));
+                    }
+                }
+                BackendConfig::Nats(n) => {
+                    let scheme_ok = ["nats://", "tls://"].iter().any(|s| n.url.starts_with(s));
+                    if !scheme_ok {
+                        return Err(invalid(
+                            format!("backends.{name}.url"),
+                            "must be a nats://host:port URL".into(),
+                        ));
+                    }
+                    for (field, value) in [
+                        ("timeout_ms", n.timeout_ms),
+                        ("ack_wait_ms", n.ack_wait_ms),
+                        ("max_age_secs", n.max_age_secs),
+                    ] {
+                        if value == 0 {
+                            return Err(invalid(
+                                format!("backends.{name}.{field}"),
+                                "must be positive".into(),
+                            ));
+                        }
+                    }
+                    let stream_ok = !n.stream.is_empty()
+                        && n.stream
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                    if !stream_ok {
+                        return Err(invalid(
+                            format!("backends.{name}.stream"),
+                            "must be ASCII letters, digits, '-' or '_'".into(),
                         ));
                     }
                 }

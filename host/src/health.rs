@@ -23,18 +23,18 @@ pub async fn watch(backends: Backends, namespaces: Arc<Namespaces>, reporter: He
     loop {
         ticker.tick().await;
         let mut up = BTreeMap::new();
-        for (name, backend) in backends.iter() {
-            let ok = match backend.ping().await {
+        for name in backends.names() {
+            let ok = match backends.ping(name).await {
                 Ok(()) => true,
                 Err(e) => {
                     if previous.get(name) != Some(&false) {
-                        tracing::warn!(backend = %backend.summary(), error = %e, "backend is not answering");
+                        tracing::warn!(backend = %backends.summary(name), error = %e, "backend is not answering");
                     }
                     false
                 }
             };
             if ok && previous.get(name) == Some(&false) {
-                tracing::info!(backend = %backend.summary(), "backend is answering again");
+                tracing::info!(backend = %backends.summary(name), "backend is answering again");
             }
             up.insert(name.clone(), ok);
         }

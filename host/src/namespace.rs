@@ -8,11 +8,17 @@ use std::time::Instant;
 use tonic::metadata::MetadataMap;
 
 use crate::backend::Backends;
+use wasmtime::component::Component;
+
 use crate::capability::kv::KvSlot;
+use crate::capability::pubsub::PubSubSlot;
 use crate::config::{Config, DEFAULT_NAMESPACE, NamespaceConfig, setting_string};
 use crate::runtime::bindings::Keyvalue;
+use crate::runtime::bindings::pubsub_world::PubsubWorld;
 use crate::runtime::state::Slots;
-use crate::runtime::{KeyValueRuntime, PatternPool, Runtime, RuntimeError, builtin};
+use crate::runtime::{
+    KeyValueRuntime, PatternPool, PatternWorld, PubSubRuntime, Runtime, RuntimeError, builtin,
+};
 
 /// The request metadata that names the namespace.
 pub const NAMESPACE_METADATA: &str = "x-prism-namespace";
@@ -54,6 +60,16 @@ impl StartupError {
 #[derive(Clone)]
 pub enum PatternKind {
     KeyValue(KeyValueRuntime),
+    PubSub(PubSubRuntime),
+}
+
+impl PatternKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            PatternKind::KeyValue(_) => "KeyValue",
+            PatternKind::PubSub(_) => "PubSub",
+        }
+    }
 }
 
 pub struct Namespace {
@@ -63,6 +79,41 @@ pub struct Namespace {
     /// The built-in name or path of the pattern, for logs.
     pub pattern: String,
     pub kind: PatternKind,
+}
+
+/// A pattern component checked against one of the worlds.
+enum Prepared {
+    KeyValue(<Keyvalue as PatternWorld>::Pre),
+    PubSub(<PubsubWorld as PatternWorld>::Pre),
+}
+
+impl Prepared {
+    /// The world the component fits, tried in turn.
+    fn of(runtime: &Runtime, component: &Component, label: &str) -> Result<Prepared, String> {
+        let kv = match runtime.prepare::<Keyvalue>(component, label) {
+            Ok(pre) => return Ok(Prepared::KeyValue(pre)),
+            Err(e) => e,
+        };
+        match runtime.prepare::<PubsubWorld>(component, label) {
+            Ok(pre) => Ok(Prepared::PubSub(pre)),
+            Err(ps) => Err(format!("{kv}; and {ps}")),
+        }
+    }
+
+    /// The slot this world's pattern uses.
+    fn slot(&self) -> &'static str {
+        match self {
+            Prepared::KeyValue(_) => "kv",
+            Prepared::PubSub(_) => "pubsub",
+        }
+    }
+
+    fn world(&self) -> &'static str {
+        match self {
+            Prepared::KeyValue(_) => "keyvalue",
+            Prepared::PubSub(_) => "pubsub",
+        }
+    }
 }
 
 impl Namespace {
@@ -82,52 +133,81 @@ impl Namespace {
         let component = runtime
             .load(&bytes, &label)
             .map_err(|e| StartupError::new(field("pattern"), e))?;
-        let pre = runtime
-            .prepare::<Keyvalue>(&component, &label)
-            .map_err(|e| StartupError::new(field("pattern"), e))?;
+        let prepared = Prepared::of(runtime, &component, &label)
+            .map_err(|m| StartupError::new(field("pattern"), m))?;
 
-        if let Some(slot) = ns.slots.keys().find(|s| s.as_str() != "kv") {
+        let wanted = prepared.slot();
+        if let Some(slot) = ns.slots.keys().find(|s| s.as_str() != wanted) {
             return Err(StartupError::new(
                 field(&format!("slots.{slot}")),
-                "the keyvalue pattern has no such slot (it uses: kv)",
+                format!(
+                    "the {} pattern has no such slot (it uses: {wanted})",
+                    prepared.world()
+                ),
             ));
         }
-        let backend_name = ns.slots.get("kv").ok_or_else(|| {
+        let backend_name = ns.slots.get(wanted).ok_or_else(|| {
             StartupError::new(
                 field("slots"),
-                "the keyvalue pattern needs a kv slot, e.g. slots = { kv = \"mem\" }",
+                format!(
+                    "the {} pattern needs a {wanted} slot, e.g. slots = {{ {wanted} = \"mem\" }}",
+                    prepared.world()
+                ),
             )
         })?;
-        let backend = backends.kv(backend_name).ok_or_else(|| {
+        let not_provided = || {
             StartupError::new(
-                field("slots.kv"),
-                format!("backend '{backend_name}' does not provide kv"),
+                field(&format!("slots.{wanted}")),
+                format!("backend '{backend_name}' does not provide {wanted}"),
             )
-        })?;
-        let settings = ns
+        };
+        let settings: Vec<(String, String)> = ns
             .settings
             .iter()
             .filter_map(|(k, v)| setting_string(v).map(|v| (k.clone(), v)))
             .collect();
         let limits = ns.limits.resolve(&config.runtime.limits);
-        let pool = Arc::new(PatternPool::<Keyvalue>::new(
-            name,
-            pre,
-            limits,
-            settings,
-            Slots {
-                kv: KvSlot::new(name, backend.clone()),
-            },
-        ));
-        let first = pool.instantiate().await.map_err(|e| match e {
+        let configure_error = |e: RuntimeError| match e {
             RuntimeError::Configure { reason, .. } => StartupError::new(field("settings"), reason),
             other => StartupError::new(field("pattern"), other),
-        })?;
-        pool.add_idle(first);
+        };
+        let (kind, summary) = match prepared {
+            Prepared::KeyValue(pre) => {
+                let backend = backends.kv(backend_name).ok_or_else(not_provided)?;
+                let slots = Slots {
+                    kv: KvSlot::new(name, backend.clone()),
+                    ..Slots::default()
+                };
+                let pool = Arc::new(PatternPool::<Keyvalue>::new(
+                    name, pre, limits, settings, slots,
+                ));
+                pool.add_idle(pool.instantiate().await.map_err(configure_error)?);
+                (
+                    PatternKind::KeyValue(KeyValueRuntime::new(pool)),
+                    backend.summary(),
+                )
+            }
+            Prepared::PubSub(pre) => {
+                let backend = backends.pubsub(backend_name).ok_or_else(not_provided)?;
+                let slots = Slots {
+                    pubsub: PubSubSlot::new(name, backend.clone()),
+                    ..Slots::default()
+                };
+                let pool = Arc::new(PatternPool::<PubsubWorld>::new(
+                    name, pre, limits, settings, slots,
+                ));
+                pool.add_idle(pool.instantiate().await.map_err(configure_error)?);
+                (
+                    PatternKind::PubSub(PubSubRuntime::new(pool)),
+                    backend.summary(),
+                )
+            }
+        };
         tracing::info!(
             namespace = name,
             pattern = %label,
-            kv = %backend.summary(),
+            kind = kind.label(),
+            backend = %summary,
             ready_ms = started.elapsed().as_secs_f64() * 1000.0,
             "namespace ready"
         );
@@ -135,13 +215,29 @@ impl Namespace {
             name: name.to_string(),
             slots: ns.slots.clone(),
             pattern: label,
-            kind: PatternKind::KeyValue(KeyValueRuntime::new(pool)),
+            kind,
         })
     }
 
     pub fn keyvalue(&self) -> Result<&KeyValueRuntime, NamespaceError> {
         match &self.kind {
             PatternKind::KeyValue(kv) => Ok(kv),
+            other => Err(self.wrong_pattern(other, "KeyValue")),
+        }
+    }
+
+    pub fn pubsub(&self) -> Result<&PubSubRuntime, NamespaceError> {
+        match &self.kind {
+            PatternKind::PubSub(ps) => Ok(ps),
+            other => Err(self.wrong_pattern(other, "PubSub")),
+        }
+    }
+
+    fn wrong_pattern(&self, actual: &PatternKind, expected: &'static str) -> NamespaceError {
+        NamespaceError::WrongPattern {
+            namespace: self.name.clone(),
+            actual: actual.label(),
+            expected,
         }
     }
 }

@@ -12,12 +12,14 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::keyvalue::KeyValueService;
+use crate::api::pubsub::PubSubService;
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::health;
 use crate::namespace::{Namespaces, StartupError};
 use crate::pb;
 use crate::pb::key_value_server::KeyValueServer;
+use crate::pb::pub_sub_server::PubSubServer;
 use crate::runtime::Runtime;
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     health_reporter
         .set_serving::<KeyValueServer<KeyValueService>>()
         .await;
+    health_reporter
+        .set_serving::<PubSubServer<PubSubService>>()
+        .await;
     let health_task = tokio::spawn(health::watch(
         backends.clone(),
         namespaces.clone(),
@@ -125,6 +130,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let keyvalue = KeyValueServer::new(KeyValueService::new(namespaces.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let pubsub = PubSubServer::new(PubSubService::new(namespaces.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
 
     // Nagle's algorithm would add tens of milliseconds to small responses.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -137,7 +145,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(keyvalue);
+        .add_service(keyvalue)
+        .add_service(pubsub);
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop.await;
     }));

@@ -1,4 +1,6 @@
 //! gRPC services, one file each; `status` is the one error → Status map.
 
 pub mod keyvalue;
+pub mod pubsub;
 pub mod status;
+pub mod subscription;

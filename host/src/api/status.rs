@@ -3,9 +3,9 @@
 use tonic::Status;
 
 use crate::namespace::NamespaceError;
+use crate::runtime::CallError;
 use crate::runtime::RuntimeError;
-use crate::runtime::bindings::PatternError;
-use crate::runtime::keyvalue::KvCallError;
+use crate::runtime::bindings::{CapabilityError, PatternError};
 
 impl From<PatternError> for Status {
     fn from(err: PatternError) -> Status {
@@ -48,11 +48,22 @@ impl From<NamespaceError> for Status {
     }
 }
 
-impl From<KvCallError> for Status {
-    fn from(err: KvCallError) -> Status {
+impl From<CallError> for Status {
+    fn from(err: CallError) -> Status {
         match err {
-            KvCallError::Pattern(e) => e.into(),
-            KvCallError::Runtime(e) => e.into(),
+            CallError::Pattern(e) => e.into(),
+            CallError::Runtime(e) => e.into(),
+        }
+    }
+}
+
+impl From<CapabilityError> for Status {
+    fn from(err: CapabilityError) -> Status {
+        match err {
+            CapabilityError::Unavailable(m) => Status::unavailable(m),
+            CapabilityError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            CapabilityError::InvalidArgument(m) => Status::invalid_argument(m),
+            CapabilityError::Internal(m) => Status::internal(m),
         }
     }
 }

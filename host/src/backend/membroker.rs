@@ -4,54 +4,22 @@
 //! policy, and a publisher never waits; consumer groups get each message on
 //! exactly one member, round-robin.
 //!
-//! Not yet wired to a gRPC service: the PubSub pattern (issue 4) builds on it.
+//! Topics here are plain strings; the Redis backend reuses this broker to fan
+//! one Redis subscription out to every local subscriber of a channel.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use bytes::Bytes;
+use async_trait::async_trait;
 use parking_lot::RwLock;
 use tokio::sync::{broadcast, mpsc};
 
-/// One published message as the broker carries it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BrokerMessage {
-    pub id: String,
-    /// The scoped topic (`<namespace>/<topic>`).
-    pub topic: String,
-    pub payload: Bytes,
-    pub metadata: Vec<(String, String)>,
-    pub timestamp_ms: u64,
-}
-
-/// What happens when a subscriber's buffer is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlowConsumerPolicy {
-    /// Drop the oldest buffered messages and count them.
-    DropOldest,
-    /// End the subscription (the API layer reports RESOURCE_EXHAUSTED).
-    Disconnect,
-}
-
-#[derive(Debug, Clone)]
-pub struct SubscribeOptions {
-    /// Consumer group: each message goes to one member of the group.
-    pub group: Option<String>,
-    /// Messages buffered for this subscriber.
-    pub buffer: usize,
-    pub policy: SlowConsumerPolicy,
-}
-
-/// What a subscription yields.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Delivery {
-    Message(Arc<BrokerMessage>),
-    /// Messages dropped since the last delivery (DropOldest policy).
-    Dropped(u64),
-    /// The subscriber fell behind under the Disconnect policy; nothing follows.
-    Overflowed,
-}
+use super::BackendError;
+use super::pubsub::{
+    BrokerMessage, BrokerSubscription, Delivery, PubSubBackend, SlowConsumerPolicy,
+    SubscribeOptions, TopicName,
+};
 
 #[derive(Default)]
 struct Topic {
@@ -69,6 +37,7 @@ struct Group {
 }
 
 pub struct MemBroker {
+    name: String,
     topics: RwLock<HashMap<String, Topic>>,
     /// Ring size of a topic with plain subscribers (the largest buffer asked for).
     default_buffer: usize,
@@ -90,8 +59,9 @@ enum SubscriptionKind {
 }
 
 impl MemBroker {
-    pub fn new(default_buffer: usize) -> Arc<MemBroker> {
+    pub fn new(name: &str, default_buffer: usize) -> Arc<MemBroker> {
         Arc::new(MemBroker {
+            name: name.to_string(),
             topics: RwLock::new(HashMap::new()),
             default_buffer: default_buffer.max(1),
             member_ids: AtomicU64::new(0),
@@ -104,15 +74,14 @@ impl MemBroker {
         self.group_drops.load(Ordering::Relaxed)
     }
 
-    /// Delivers to every plain subscriber and to one member of each group;
-    /// returns how many subscriptions received it. Never waits.
-    pub fn publish(&self, message: BrokerMessage) -> usize {
-        let message = Arc::new(message);
+    /// Delivers to every plain subscriber of `topic` and to one member of
+    /// each group; returns how many subscriptions received it. Never waits.
+    pub fn publish(&self, topic_name: &str, message: Arc<BrokerMessage>) -> usize {
         let mut delivered = 0;
         let mut prune = false;
         {
             let topics = self.topics.read();
-            let Some(topic) = topics.get(&message.topic) else {
+            let Some(topic) = topics.get(topic_name) else {
                 return 0;
             };
             if let Some(fanout) = &topic.fanout {
@@ -136,7 +105,7 @@ impl MemBroker {
             }
         }
         if prune {
-            self.prune(&message.topic);
+            self.prune(topic_name);
         }
         delivered
     }
@@ -211,16 +180,55 @@ impl Group {
     }
 }
 
+#[async_trait]
+impl PubSubBackend for MemBroker {
+    fn summary(&self) -> String {
+        format!("MemStore broker '{}'", self.name)
+    }
+
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        messages: Vec<BrokerMessage>,
+    ) -> Result<(), BackendError> {
+        let scoped = topic.scoped();
+        for message in messages {
+            MemBroker::publish(self, &scoped, Arc::new(message));
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &TopicName,
+        options: &SubscribeOptions,
+    ) -> Result<Box<dyn BrokerSubscription>, BackendError> {
+        Ok(Box::new(MemBroker::subscribe(
+            self,
+            &topic.scoped(),
+            options,
+        )))
+    }
+}
+
+#[async_trait]
+impl BrokerSubscription for Subscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        Subscription::next(self).await
+    }
+}
+
 impl Subscription {
-    /// The next delivery; None once the topic's broker is gone or after Overflowed.
+    /// The next delivery; None once the topic's broker is gone or after
+    /// Overflowed. Cancel-safe (tokio channel receives are).
     pub async fn next(&mut self) -> Option<Delivery> {
         if self.ended {
             return None;
         }
         match &mut self.inner {
-            SubscriptionKind::Group(rx) => rx.recv().await.map(Delivery::Message),
+            SubscriptionKind::Group(rx) => rx.recv().await.map(Delivery::first),
             SubscriptionKind::Fanout(rx) => match rx.recv().await {
-                Ok(m) => Some(Delivery::Message(m)),
+                Ok(m) => Some(Delivery::first(m)),
                 Err(broadcast::error::RecvError::Lagged(n)) => match self.policy {
                     SlowConsumerPolicy::DropOldest => Some(Delivery::Dropped(n)),
                     SlowConsumerPolicy::Disconnect => {
@@ -237,15 +245,16 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
-    fn msg(topic: &str, n: u32) -> BrokerMessage {
-        BrokerMessage {
+    fn msg(topic: &str, n: u32) -> Arc<BrokerMessage> {
+        Arc::new(BrokerMessage {
             id: n.to_string(),
             topic: topic.into(),
             payload: Bytes::from(n.to_le_bytes().to_vec()),
             metadata: vec![("n".into(), n.to_string())],
             timestamp_ms: 0,
-        }
+        })
     }
 
     fn plain(buffer: usize, policy: SlowConsumerPolicy) -> SubscribeOptions {
@@ -261,7 +270,7 @@ mod tests {
         let mut out = Vec::new();
         while out.len() < n {
             match sub.next().await {
-                Some(Delivery::Message(m)) => out.push(m.id.clone()),
+                Some(Delivery::Message { message, .. }) => out.push(message.id.clone()),
                 other => {
                     out.push(format!("unexpected {other:?}"));
                     break;
@@ -273,27 +282,31 @@ mod tests {
 
     #[tokio::test]
     async fn every_subscriber_gets_every_message_in_order() {
-        let broker = MemBroker::new(1024);
+        let broker = MemBroker::new("test", 1024);
         let mut subs: Vec<_> = (0..3)
             .map(|_| broker.subscribe("ns/t", &plain(1024, SlowConsumerPolicy::DropOldest)))
             .collect();
         for n in 0..100 {
-            assert_eq!(broker.publish(msg("ns/t", n)), 3);
+            assert_eq!(broker.publish("ns/t", msg("ns/t", n)), 3);
         }
         let expected: Vec<String> = (0..100).map(|n: u32| n.to_string()).collect();
         for sub in &mut subs {
             assert_eq!(ids(sub, 100).await, expected);
         }
-        assert_eq!(broker.publish(msg("ns/other", 1)), 0, "topics are separate");
+        assert_eq!(
+            broker.publish("ns/other", msg("ns/other", 1)),
+            0,
+            "topics are separate"
+        );
     }
 
     #[tokio::test]
     async fn slow_subscriber_drops_oldest_and_counts_or_is_cut_off() {
-        let broker = MemBroker::new(4);
+        let broker = MemBroker::new("test", 4);
         let mut lossy = broker.subscribe("t", &plain(4, SlowConsumerPolicy::DropOldest));
         let mut strict = broker.subscribe("t", &plain(4, SlowConsumerPolicy::Disconnect));
         for n in 0..10 {
-            broker.publish(msg("t", n)); // never blocks, however far behind they are
+            broker.publish("t", msg("t", n)); // never blocks, however far behind they are
         }
         assert_eq!(lossy.next().await, Some(Delivery::Dropped(6)));
         assert_eq!(ids(&mut lossy, 4).await, vec!["6", "7", "8", "9"]);
@@ -303,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_gets_each_message_once() {
-        let broker = MemBroker::new(16);
+        let broker = MemBroker::new("test", 16);
         let group = SubscribeOptions {
             group: Some("workers".into()),
             buffer: 100,
@@ -313,14 +326,14 @@ mod tests {
         let mut watcher = broker.subscribe("t", &plain(100, SlowConsumerPolicy::DropOldest));
         for n in 0..30 {
             assert_eq!(
-                broker.publish(msg("t", n)),
+                broker.publish("t", msg("t", n)),
                 2,
                 "one group member plus the plain subscriber"
             );
         }
         let mut seen = Vec::new();
         for m in &mut members {
-            while let Ok(Some(Delivery::Message(msg))) =
+            while let Ok(Some(Delivery::Message { message: msg, .. })) =
                 tokio::time::timeout(std::time::Duration::from_millis(20), m.next()).await
             {
                 seen.push(msg.id.clone());
@@ -334,7 +347,7 @@ mod tests {
 
     #[tokio::test]
     async fn departed_subscribers_are_pruned() {
-        let broker = MemBroker::new(8);
+        let broker = MemBroker::new("test", 8);
         let group = SubscribeOptions {
             group: Some("g".into()),
             buffer: 8,
@@ -342,7 +355,7 @@ mod tests {
         };
         drop(broker.subscribe("t", &group));
         drop(broker.subscribe("t", &plain(8, SlowConsumerPolicy::DropOldest)));
-        assert_eq!(broker.publish(msg("t", 1)), 0);
+        assert_eq!(broker.publish("t", msg("t", 1)), 0);
         assert!(broker.topics.read().is_empty());
     }
 }

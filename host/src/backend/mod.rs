@@ -3,7 +3,10 @@
 
 pub mod membroker;
 pub mod memstore;
+pub mod nats;
+pub mod pubsub;
 pub mod redis;
+pub mod redis_pubsub;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,8 +17,13 @@ use bytes::Bytes;
 
 use crate::config::BackendConfig;
 
+pub use membroker::MemBroker;
 pub use memstore::MemStore;
+pub use pubsub::PubSubBackend;
 pub use redis::RedisKv;
+
+/// Ring size of the embedded broker's topics (subscribers asking for more get more).
+const MEMBROKER_BUFFER: usize = 1024;
 
 /// What a backend can fail with. Messages here may reach clients, so they
 /// name the backend by its summary and never carry credentials.
@@ -95,16 +103,23 @@ pub struct BackendBuildError {
     pub message: String,
 }
 
+/// One configured backend: the capabilities it serves.
+#[derive(Clone)]
+struct Backend {
+    kv: Option<Arc<dyn KvBackend>>,
+    pubsub: Option<Arc<dyn PubSubBackend>>,
+}
+
 /// The backends named in config, shared by every namespace bound to them.
 #[derive(Default, Clone)]
 pub struct Backends {
-    kv: BTreeMap<String, Arc<dyn KvBackend>>,
+    by_name: BTreeMap<String, Backend>,
 }
 
 impl std::fmt::Debug for Backends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.kv.iter().map(|(k, v)| (k, v.summary())))
+            .entries(self.by_name.keys().map(|k| (k, self.summary(k))))
             .finish()
     }
 }
@@ -113,7 +128,7 @@ impl Backends {
     /// Builds every configured backend (connections are made lazily, so an
     /// unreachable server does not stop start-up). Needs a tokio runtime.
     pub fn build(configs: &BTreeMap<String, BackendConfig>) -> Result<Backends, BackendBuildError> {
-        let mut kv: BTreeMap<String, Arc<dyn KvBackend>> = BTreeMap::new();
+        let mut by_name = BTreeMap::new();
         // Backends naming the same Redis URL share one multiplexed connection.
         let mut connections: BTreeMap<String, ::redis::aio::ConnectionManager> = BTreeMap::new();
         for (name, config) in configs {
@@ -121,8 +136,11 @@ impl Backends {
                 field: format!("backends.{name}.url"),
                 message: e.to_string(),
             };
-            let backend: Arc<dyn KvBackend> = match config {
-                BackendConfig::Memstore(c) => MemStore::new(name, c),
+            let backend = match config {
+                BackendConfig::Memstore(c) => Backend {
+                    kv: Some(MemStore::new(name, c)),
+                    pubsub: Some(MemBroker::new(name, MEMBROKER_BUFFER)),
+                },
                 BackendConfig::Redis(c) => {
                     let conn = match connections.get(&c.url) {
                         Some(conn) => conn.clone(),
@@ -132,20 +150,62 @@ impl Backends {
                             conn
                         }
                     };
-                    RedisKv::with_connection(name, c, conn).map_err(url_error)?
+                    let kv = RedisKv::with_connection(name, c, conn).map_err(url_error)?;
+                    let pubsub =
+                        redis_pubsub::RedisBroker::new(name, c, kv.clone(), MEMBROKER_BUFFER)
+                            .map_err(url_error)?;
+                    Backend {
+                        kv: Some(kv),
+                        pubsub: Some(pubsub),
+                    }
                 }
+                BackendConfig::Nats(c) => Backend {
+                    kv: None,
+                    pubsub: Some(Arc::new(nats::NatsBroker::new(name, c).map_err(|e| {
+                        BackendBuildError {
+                            field: format!("backends.{name}.url"),
+                            message: e.to_string(),
+                        }
+                    })?)),
+                },
             };
-            kv.insert(name.clone(), backend);
+            by_name.insert(name.clone(), backend);
         }
-        Ok(Backends { kv })
+        Ok(Backends { by_name })
     }
 
-    /// Every backend by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<dyn KvBackend>)> {
-        self.kv.iter()
+    /// Every backend's name.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.by_name.keys()
+    }
+
+    /// One line naming the backend, for logs.
+    pub fn summary(&self, name: &str) -> String {
+        match self.by_name.get(name) {
+            Some(Backend { kv: Some(kv), .. }) => kv.summary(),
+            Some(Backend {
+                pubsub: Some(ps), ..
+            }) => ps.summary(),
+            _ => format!("backend '{name}'"),
+        }
+    }
+
+    /// Whether the backend answers (every capability it serves shares one server).
+    pub async fn ping(&self, name: &str) -> Result<(), BackendError> {
+        match self.by_name.get(name) {
+            Some(Backend { kv: Some(kv), .. }) => kv.ping().await,
+            Some(Backend {
+                pubsub: Some(ps), ..
+            }) => ps.ping().await,
+            _ => Ok(()),
+        }
     }
 
     pub fn kv(&self, name: &str) -> Option<Arc<dyn KvBackend>> {
-        self.kv.get(name).cloned()
+        self.by_name.get(name).and_then(|b| b.kv.clone())
+    }
+
+    pub fn pubsub(&self, name: &str) -> Option<Arc<dyn PubSubBackend>> {
+        self.by_name.get(name).and_then(|b| b.pubsub.clone())
     }
 }

@@ -87,7 +87,7 @@ impl RedisKv {
         self.bounded(cmd.query_async::<T>(&mut conn)).await
     }
 
-    async fn query_pipeline<T: FromRedisValue>(
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, BackendError> {
@@ -96,7 +96,7 @@ impl RedisKv {
     }
 
     /// Runs one Redis call within the backend timeout, mapping its errors.
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, BackendError> {
@@ -114,7 +114,7 @@ impl RedisKv {
     }
 
     /// The one mapping of Redis errors; texts name the backend, never the URL.
-    fn error(&self, e: RedisError) -> BackendError {
+    pub(crate) fn error(&self, e: RedisError) -> BackendError {
         let unavailable = |reason: &str| BackendError::Unavailable {
             backend: self.summary.clone(),
             reason: reason.into(),
@@ -141,7 +141,7 @@ impl RedisKv {
     }
 }
 
-trait KindDescription {
+pub(crate) trait KindDescription {
     fn kind_description(&self) -> String;
 }
 

@@ -2,6 +2,7 @@
 //! errors mapped once into what a guest may see.
 
 pub mod kv;
+pub mod pubsub;
 
 use crate::backend::BackendError;
 use crate::runtime::bindings::CapabilityError;

@@ -3,14 +3,16 @@
 use std::path::Path;
 
 const KEYVALUE: &[u8] = include_bytes!(concat!(env!("PRISM_GUEST_ARTIFACTS"), "/keyvalue.wasm"));
+const PUBSUB: &[u8] = include_bytes!(concat!(env!("PRISM_GUEST_ARTIFACTS"), "/pubsub.wasm"));
 
 /// The names `pattern = "..."` accepts besides a `.wasm` path.
-pub const NAMES: &[&str] = &["keyvalue"];
+pub const NAMES: &[&str] = &["keyvalue", "pubsub"];
 
 /// A built-in pattern's component bytes.
 pub fn builtin(name: &str) -> Option<&'static [u8]> {
     match name {
         "keyvalue" => Some(KEYVALUE),
+        "pubsub" => Some(PUBSUB),
         _ => None,
     }
 }

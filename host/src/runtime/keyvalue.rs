@@ -6,20 +6,11 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
-use super::RuntimeError;
+use super::CallError;
 use super::bindings::exports::prism::pattern::keyvalue_pattern::Guest as KeyValueExports;
 use super::bindings::{Entry, Keyvalue, PatternError, ScanRequest, ScanResult};
 use super::pool::PatternPool;
 use super::state::InstanceState;
-
-/// A call failed in the pattern (its answer) or in the runtime (a trap, no instance).
-#[derive(Debug, thiserror::Error)]
-pub enum KvCallError {
-    #[error("{0:?}")]
-    Pattern(PatternError),
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-}
 
 type GuestFuture<'a, T> =
     Pin<Box<dyn Future<Output = wasmtime::Result<Result<T, PatternError>>> + Send + 'a>>;
@@ -39,19 +30,17 @@ impl KeyValueRuntime {
     }
 
     /// Leases an instance, runs one export, settles the lease.
-    async fn call<T, F>(&self, f: F) -> Result<T, KvCallError>
+    async fn call<T, F>(&self, f: F) -> Result<T, CallError>
     where
         F: for<'a> FnOnce(&'a mut Store<InstanceState>, &'a KeyValueExports) -> GuestFuture<'a, T>,
     {
         let mut lease = self.pool.lease().await?;
         let (store, bindings) = lease.parts(self.pool.limits());
         let result = f(store, bindings.prism_pattern_keyvalue_pattern()).await;
-        self.pool
-            .settle(lease, result)?
-            .map_err(KvCallError::Pattern)
+        self.pool.settle(lease, result)?.map_err(CallError::Pattern)
     }
 
-    pub async fn get(&self, key: String) -> Result<Vec<u8>, KvCallError> {
+    pub async fn get(&self, key: String) -> Result<Vec<u8>, CallError> {
         self.call(move |s, g| Box::pin(async move { g.call_get(s, &key).await }))
             .await
     }
@@ -61,37 +50,37 @@ impl KeyValueRuntime {
         key: String,
         value: Vec<u8>,
         ttl_ms: Option<u64>,
-    ) -> Result<(), KvCallError> {
+    ) -> Result<(), CallError> {
         self.call(move |s, g| Box::pin(async move { g.call_set(s, &key, &value, ttl_ms).await }))
             .await
     }
 
-    pub async fn delete(&self, key: String) -> Result<bool, KvCallError> {
+    pub async fn delete(&self, key: String) -> Result<bool, CallError> {
         self.call(move |s, g| Box::pin(async move { g.call_delete(s, &key).await }))
             .await
     }
 
-    pub async fn exists(&self, key: String) -> Result<bool, KvCallError> {
+    pub async fn exists(&self, key: String) -> Result<bool, CallError> {
         self.call(move |s, g| Box::pin(async move { g.call_exists(s, &key).await }))
             .await
     }
 
-    pub async fn scan(&self, request: ScanRequest) -> Result<ScanResult, KvCallError> {
+    pub async fn scan(&self, request: ScanRequest) -> Result<ScanResult, CallError> {
         self.call(move |s, g| Box::pin(async move { g.call_scan(s, &request).await }))
             .await
     }
 
-    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, KvCallError> {
+    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, CallError> {
         self.call(move |s, g| Box::pin(async move { g.call_get_many(s, &keys).await }))
             .await
     }
 
-    pub async fn set_many(&self, entries: Vec<Entry>) -> Result<(), KvCallError> {
+    pub async fn set_many(&self, entries: Vec<Entry>) -> Result<(), CallError> {
         self.call(move |s, g| Box::pin(async move { g.call_set_many(s, &entries).await }))
             .await
     }
 
-    pub async fn delete_many(&self, keys: Vec<String>) -> Result<u32, KvCallError> {
+    pub async fn delete_many(&self, keys: Vec<String>) -> Result<u32, CallError> {
         self.call(move |s, g| Box::pin(async move { g.call_delete_many(s, &keys).await }))
             .await
     }

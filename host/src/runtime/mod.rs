@@ -7,6 +7,7 @@ mod component_cache;
 mod engine;
 pub mod keyvalue;
 pub mod pool;
+pub mod pubsub;
 pub mod state;
 pub mod world;
 
@@ -20,10 +21,12 @@ pub use component_cache::ComponentCache;
 pub use engine::EPOCH_TICK;
 pub use keyvalue::KeyValueRuntime;
 pub use pool::PatternPool;
+pub use pubsub::PubSubRuntime;
 use state::InstanceState;
 pub use world::PatternWorld;
 
 use crate::capability::kv::KvSlot;
+use crate::capability::pubsub::PubSubSlot;
 use crate::config::RuntimeConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,15 @@ pub enum RuntimeError {
         "the pattern of namespace '{namespace}' {kind}; the request was not completed and the instance was replaced"
     )]
     Trap { namespace: String, kind: TrapKind },
+}
+
+/// A call failed in the pattern (its answer) or in the runtime (a trap, no instance).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{0:?}")]
+    Pattern(bindings::PatternError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 /// Why a call into a pattern was cut short.
@@ -93,6 +105,13 @@ impl HasData for HasKv {
     type Data<'a> = &'a mut KvSlot;
 }
 
+/// Projects a store's state onto its `pubsub` slot.
+struct HasPubSub;
+
+impl HasData for HasPubSub {
+    type Data<'a> = &'a mut PubSubSlot;
+}
+
 /// The engine, its epoch ticker, the component cache and the linker every
 /// pattern instance is created with.
 pub struct Runtime {
@@ -114,6 +133,11 @@ impl Runtime {
         bindings::Keyvalue::add_to_linker::<_, HasKv>(&mut linker, |s: &mut InstanceState| {
             &mut s.slots.kv
         })
+        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        bindings::pubsub_world::prism::pattern::pubsub::add_to_linker::<_, HasPubSub>(
+            &mut linker,
+            |s: &mut InstanceState| &mut s.slots.pubsub,
+        )
         .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let ticker = engine::EpochTicker::start(&engine)?;
         Ok(Runtime {

@@ -7,18 +7,21 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capability::kv::KvSlot;
+use crate::capability::pubsub::PubSubSlot;
 
 /// A namespace's capability bindings, one per WIT capability; a slot the
 /// namespace does not bind answers "unavailable" rather than trapping.
 #[derive(Clone)]
 pub struct Slots {
     pub kv: KvSlot,
+    pub pubsub: PubSubSlot,
 }
 
 impl Default for Slots {
     fn default() -> Slots {
         Slots {
             kv: KvSlot::unbound(),
+            pubsub: PubSubSlot::unbound(),
         }
     }
 }

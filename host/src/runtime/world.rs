@@ -7,6 +7,7 @@ use std::pin::Pin;
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store};
 
+use super::bindings::pubsub_world::{PubsubWorld, PubsubWorldPre};
 use super::bindings::{Keyvalue, KeyvaluePre};
 use super::state::InstanceState;
 
@@ -60,6 +61,37 @@ impl PatternWorld for Keyvalue {
     ) -> BoxFuture<'a, wasmtime::Result<Result<(), String>>> {
         Box::pin(
             self.prism_pattern_keyvalue_pattern()
+                .call_configure(store, settings),
+        )
+    }
+}
+
+impl PatternWorld for PubsubWorld {
+    const NAME: &'static str = "prism:pattern/pubsub-world";
+    type Pre = PubsubWorldPre<InstanceState>;
+
+    fn pre(pre: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
+        PubsubWorldPre::new(pre)
+    }
+
+    fn engine(pre: &Self::Pre) -> &Engine {
+        pre.engine()
+    }
+
+    fn instantiate<'a>(
+        pre: &'a Self::Pre,
+        store: &'a mut Store<InstanceState>,
+    ) -> BoxFuture<'a, wasmtime::Result<Self>> {
+        Box::pin(pre.instantiate_async(store))
+    }
+
+    fn configure<'a>(
+        &'a self,
+        store: &'a mut Store<InstanceState>,
+        settings: &'a Vec<(String, String)>,
+    ) -> BoxFuture<'a, wasmtime::Result<Result<(), String>>> {
+        Box::pin(
+            self.prism_pattern_pubsub_pattern()
                 .call_configure(store, settings),
         )
     }

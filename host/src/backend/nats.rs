@@ -1,0 +1,477 @@
+//! NATS: core NATS (at-most-once) and JetStream (at-least-once). One client
+//! connection per backend, made on first use and kept by async-nats, which
+//! reconnects and re-subscribes on its own, so subscribers resume after a
+//! server restart without client action.
+//!
+//! Scoping: topic `t` of namespace `ns` is subject `prism.<ns>.t`, with the
+//! namespace's dots spelt ':' (namespace names have no ':'), so a namespace
+//! name never reads as a subject token boundary.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_trait::async_trait;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::OnceCell;
+
+use super::BackendError;
+use super::pubsub::{
+    Acker, BrokerMessage, BrokerSubscription, Delivery, PubSubBackend, SubscribeOptions, TopicName,
+    envelope,
+};
+use crate::config::NatsConfig;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NatsConfigError(String);
+
+pub struct NatsBroker {
+    /// "NATS 'bus' at 127.0.0.1:4222": never credentials.
+    summary: String,
+    config: NatsConfig,
+    timeout: Duration,
+    client: OnceCell<async_nats::Client>,
+    /// The JetStream stream, once ensured.
+    stream: OnceCell<stream::Stream>,
+}
+
+impl NatsBroker {
+    pub fn new(name: &str, config: &NatsConfig) -> Result<Arc<NatsBroker>, NatsConfigError> {
+        let addr: async_nats::ServerAddr = config
+            .url
+            .parse()
+            .map_err(|e| NatsConfigError(format!("not a usable NATS URL ({e})")))?;
+        let kind = if config.jetstream {
+            "NATS JetStream"
+        } else {
+            "NATS"
+        };
+        Ok(Arc::new(NatsBroker {
+            summary: format!("{kind} '{name}' at {}:{}", addr.host(), addr.port()),
+            config: config.clone(),
+            timeout: Duration::from_millis(config.timeout_ms),
+            client: OnceCell::new(),
+            stream: OnceCell::new(),
+        }))
+    }
+
+    fn unavailable(&self, reason: impl ToString) -> BackendError {
+        BackendError::Unavailable {
+            backend: self.summary.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The connection; the first call starts it (it keeps reconnecting in
+    /// the background, so a server that is down at start-up is picked up later).
+    async fn client(&self) -> Result<&async_nats::Client, BackendError> {
+        self.client
+            .get_or_try_init(|| async {
+                async_nats::ConnectOptions::new()
+                    .retry_on_initial_connect()
+                    .max_reconnects(None)
+                    .connection_timeout(self.timeout)
+                    // Reconnect quickly after a restart; back off to 1 s.
+                    .reconnect_delay_callback(|attempts| {
+                        Duration::from_millis((attempts as u64 * 50).min(1000))
+                    })
+                    .connect(self.config.url.as_str())
+                    .await
+                    .map_err(|e| self.unavailable(e))
+            })
+            .await
+    }
+
+    /// A connected client, or unavailable right away (nothing is queued
+    /// for a server that is not there).
+    async fn connected(&self) -> Result<&async_nats::Client, BackendError> {
+        let client = self.client().await?;
+        match client.connection_state() {
+            async_nats::connection::State::Connected => Ok(client),
+            state => Err(self.unavailable(format!("not connected ({state})"))),
+        }
+    }
+
+    fn subject(&self, topic: &TopicName) -> String {
+        format!(
+            "prism.{}.{}",
+            topic.namespace.replace('.', ":"),
+            topic.topic
+        )
+    }
+
+    async fn jetstream(&self) -> Result<(jetstream::Context, &stream::Stream), BackendError> {
+        let client = self.connected().await?;
+        let context = jetstream::new(client.clone());
+        let stream = self
+            .stream
+            .get_or_try_init(|| async {
+                let config = stream::Config {
+                    name: self.config.stream.clone(),
+                    subjects: vec!["prism.>".into()],
+                    max_age: Duration::from_secs(self.config.max_age_secs),
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                };
+                let call = context.get_or_create_stream(config);
+                match tokio::time::timeout(self.timeout, call).await {
+                    Ok(Ok(stream)) => Ok(stream),
+                    Ok(Err(e)) => Err(self.unavailable(format!(
+                        "cannot open JetStream stream '{}': {e}",
+                        self.config.stream
+                    ))),
+                    Err(_) => Err(self.unavailable("JetStream did not answer in time")),
+                }
+            })
+            .await?;
+        Ok((context, stream))
+    }
+
+    async fn bounded<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.unavailable(format!("{what}: {e}"))),
+            Err(_) => Err(self.unavailable(format!(
+                "{what} timed out after {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    fn consumer_config(
+        &self,
+        subject: &str,
+        options: &SubscribeOptions,
+        deliver_policy: consumer::DeliverPolicy,
+    ) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: options.group.as_ref().map(|g| durable_name(g, subject)),
+            filter_subject: subject.to_string(),
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_millis(self.config.ack_wait_ms),
+            max_ack_pending: options.buffer.max(1) as i64,
+            // An ephemeral consumer outlives a dead Prism by this much only.
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        }
+    }
+
+    async fn subscribe_jetstream(
+        self: &Arc<Self>,
+        topic: &TopicName,
+        options: &SubscribeOptions,
+    ) -> Result<Box<dyn BrokerSubscription>, BackendError> {
+        let subject = self.subject(topic);
+        let (_, stream) = self.jetstream().await?;
+        let config = self.consumer_config(&subject, options, consumer::DeliverPolicy::New);
+        let consumer: consumer::PullConsumer = match &config.durable_name {
+            Some(name) => {
+                self.bounded(
+                    "creating the durable consumer",
+                    stream.get_or_create_consumer(name, config.clone()),
+                )
+                .await?
+            }
+            None => {
+                self.bounded(
+                    "creating a consumer",
+                    stream.create_consumer(config.clone()),
+                )
+                .await?
+            }
+        };
+        let messages = self
+            .bounded("starting the consumer", consumer.messages())
+            .await?;
+        Ok(Box::new(JetStreamSubscription {
+            broker: self.clone(),
+            topic: topic.topic.clone(),
+            subject,
+            options: options.clone(),
+            messages: Some(messages),
+            last_sequence: 0,
+            acks: Arc::new(JetStreamAcker {
+                pending: Mutex::new(HashMap::new()),
+            }),
+        }))
+    }
+}
+
+/// Durable consumer names cannot hold '.', so the subject is hashed in:
+/// one group name used on two topics makes two consumers.
+fn durable_name(group: &str, subject: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    // FNV-1a: stable across processes and Rust versions (DefaultHasher is not).
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    subject.hash(&mut h);
+    format!("{group}-{:016x}", h.finish())
+}
+
+#[async_trait]
+impl PubSubBackend for Arc<NatsBroker> {
+    fn summary(&self) -> String {
+        self.summary.clone()
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.connected().await.map(|_| ())
+    }
+
+    fn at_least_once(&self) -> bool {
+        self.config.jetstream
+    }
+
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        messages: Vec<BrokerMessage>,
+    ) -> Result<(), BackendError> {
+        let subject = self.subject(topic);
+        if self.config.jetstream {
+            let (context, _) = self.jetstream().await?;
+            let mut acks = Vec::with_capacity(messages.len());
+            for message in &messages {
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(envelope::encode(message))
+                    // The stream drops a duplicate of an id it has seen (a retried publish).
+                    .message_id(&message.id);
+                let ack = self
+                    .bounded("publishing", context.send_publish(subject.clone(), publish))
+                    .await?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                self.bounded(
+                    "waiting for the stream to store the message",
+                    std::future::IntoFuture::into_future(ack),
+                )
+                .await?;
+            }
+            return Ok(());
+        }
+        let client = self.connected().await?;
+        for message in &messages {
+            self.bounded(
+                "publishing",
+                client.publish(subject.clone(), envelope::encode(message)),
+            )
+            .await?;
+        }
+        self.bounded("flushing", client.flush()).await
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &TopicName,
+        options: &SubscribeOptions,
+    ) -> Result<Box<dyn BrokerSubscription>, BackendError> {
+        if self.config.jetstream {
+            return self.subscribe_jetstream(topic, options).await;
+        }
+        let subject = self.subject(topic);
+        let client = self.connected().await?;
+        let subscriber = match &options.group {
+            Some(group) => {
+                self.bounded(
+                    "subscribing",
+                    client.queue_subscribe(subject.clone(), group.clone()),
+                )
+                .await?
+            }
+            None => {
+                self.bounded("subscribing", client.subscribe(subject.clone()))
+                    .await?
+            }
+        };
+        // SUB is written before anything this client publishes later, and a
+        // NATS server handles one connection's operations in order.
+        self.bounded("flushing the subscription", client.flush())
+            .await?;
+        Ok(Box::new(CoreSubscription {
+            topic: topic.topic.clone(),
+            subscriber,
+        }))
+    }
+}
+
+struct CoreSubscription {
+    topic: String,
+    subscriber: async_nats::Subscriber,
+}
+
+#[async_trait]
+impl BrokerSubscription for CoreSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        let message = self.subscriber.next().await?;
+        let decoded = envelope::decode(&self.topic, message.payload, foreign_id);
+        Some(Delivery::first(Arc::new(decoded)))
+    }
+}
+
+fn foreign_id() -> String {
+    format!("nats-{}", crate::capability::pubsub::now_ms())
+}
+
+struct JetStreamSubscription {
+    broker: Arc<NatsBroker>,
+    topic: String,
+    subject: String,
+    options: SubscribeOptions,
+    messages: Option<consumer::pull::Stream>,
+    /// The last stream sequence delivered, to resume an ephemeral consumer
+    /// the server lost (a restart) without skipping or repeating messages.
+    last_sequence: u64,
+    acks: Arc<JetStreamAcker>,
+}
+
+impl JetStreamSubscription {
+    /// Recreates the consumer after the server lost it or the pull stream failed.
+    async fn reopen(&mut self) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let policy = if self.last_sequence == 0 {
+                consumer::DeliverPolicy::New
+            } else {
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: self.last_sequence + 1,
+                }
+            };
+            let attempt = async {
+                let (_, stream) = self.broker.jetstream().await?;
+                let config = self
+                    .broker
+                    .consumer_config(&self.subject, &self.options, policy);
+                let consumer: consumer::PullConsumer = match &config.durable_name {
+                    Some(name) => {
+                        self.broker
+                            .bounded(
+                                "creating the durable consumer",
+                                stream.get_or_create_consumer(name, config.clone()),
+                            )
+                            .await?
+                    }
+                    None => {
+                        self.broker
+                            .bounded(
+                                "creating a consumer",
+                                stream.create_consumer(config.clone()),
+                            )
+                            .await?
+                    }
+                };
+                self.broker
+                    .bounded("starting the consumer", consumer.messages())
+                    .await
+            };
+            match attempt.await {
+                Ok(messages) => {
+                    tracing::info!(subject = %self.subject, "JetStream consumer resumed");
+                    self.messages = Some(messages);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(subject = %self.subject, error = %e, "JetStream consumer not back yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BrokerSubscription for JetStreamSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                self.reopen().await;
+                continue;
+            };
+            match messages.next().await {
+                Some(Ok(message)) => {
+                    let (sequence, attempt) = match message.info() {
+                        Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+                        Err(_) => (0, 1),
+                    };
+                    self.last_sequence = self.last_sequence.max(sequence);
+                    let (message, acker) = message.split();
+                    let decoded = envelope::decode(&self.topic, message.payload, foreign_id);
+                    self.acks.pending.lock().insert(decoded.id.clone(), acker);
+                    return Some(Delivery::Message {
+                        message: Arc::new(decoded),
+                        attempt,
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(subject = %self.subject, error = %e, "JetStream consumer interrupted; reopening");
+                    self.messages = None;
+                }
+                None => self.messages = None,
+            }
+        }
+    }
+
+    fn acker(&self) -> Option<Arc<dyn Acker>> {
+        Some(self.acks.clone())
+    }
+}
+
+impl Drop for JetStreamSubscription {
+    /// Messages delivered but not acknowledged go back to the stream now
+    /// rather than after `ack_wait`, so another member gets them at once.
+    fn drop(&mut self) {
+        let pending: Vec<jetstream::message::Acker> =
+            self.acks.pending.lock().drain().map(|(_, a)| a).collect();
+        if pending.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for acker in pending {
+                    let _ = acker.ack_with(jetstream::AckKind::Nak(None)).await;
+                }
+            });
+        }
+    }
+}
+
+struct JetStreamAcker {
+    pending: Mutex<HashMap<String, jetstream::message::Acker>>,
+}
+
+#[async_trait]
+impl Acker for JetStreamAcker {
+    async fn ack(&self, ids: &[String]) -> Result<u32, BackendError> {
+        let ackers: Vec<_> = {
+            let mut pending = self.pending.lock();
+            ids.iter().filter_map(|id| pending.remove(id)).collect()
+        };
+        let count = ackers.len() as u32;
+        for acker in ackers {
+            acker.ack().await.map_err(|e| BackendError::Unavailable {
+                backend: "NATS JetStream".into(),
+                reason: format!("ack failed: {e}"),
+            })?;
+        }
+        Ok(count)
+    }
+}

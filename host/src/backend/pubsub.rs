@@ -1,0 +1,184 @@
+//! The publish/subscribe backend trait and the types every broker shares.
+//! Topics arrive scoped by the capability layer ([`TopicName`]); each broker
+//! spells the scope its own way (a key prefix, a NATS subject token).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::BackendError;
+
+/// A topic as the broker sees it: the namespace it belongs to and the
+/// pattern-mapped topic inside it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicName {
+    pub namespace: Arc<str>,
+    pub topic: String,
+}
+
+impl TopicName {
+    /// `<namespace>/<topic>`: namespace names cannot contain '/', so two
+    /// namespaces never share a scoped topic.
+    pub fn scoped(&self) -> String {
+        format!("{}/{}", self.namespace, self.topic)
+    }
+}
+
+/// One published message as brokers carry it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerMessage {
+    pub id: String,
+    /// The pattern-mapped topic (unscoped).
+    pub topic: String,
+    pub payload: Bytes,
+    pub metadata: Vec<(String, String)>,
+    pub timestamp_ms: u64,
+}
+
+/// What happens when a subscriber's buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Drop the oldest buffered messages and count them.
+    DropOldest,
+    /// End the subscription (the API layer reports RESOURCE_EXHAUSTED).
+    Disconnect,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    /// Consumer group: each message goes to one member of the group.
+    pub group: Option<String>,
+    /// Messages buffered for this subscriber.
+    pub buffer: usize,
+    pub policy: SlowConsumerPolicy,
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// A message; `attempt` is 1 unless an at-least-once broker redelivers.
+    Message {
+        message: Arc<BrokerMessage>,
+        attempt: u32,
+    },
+    /// Messages dropped since the last delivery (DropOldest policy).
+    Dropped(u64),
+    /// The subscriber fell behind under the Disconnect policy; nothing follows.
+    Overflowed,
+}
+
+impl Delivery {
+    pub fn first(message: Arc<BrokerMessage>) -> Delivery {
+        Delivery::Message {
+            message,
+            attempt: 1,
+        }
+    }
+}
+
+/// A live subscription on a broker. Dropping it unsubscribes.
+#[async_trait]
+pub trait BrokerSubscription: Send {
+    /// The next delivery; None once the subscription has ended for good.
+    /// Must be cancel-safe: the caller selects on it.
+    async fn next(&mut self) -> Option<Delivery>;
+
+    /// Acknowledges delivered messages by id, for at-least-once brokers;
+    /// shared so acks need not wait for `next`.
+    fn acker(&self) -> Option<Arc<dyn Acker>> {
+        None
+    }
+}
+
+/// Acknowledges messages of one subscription.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// Returns how many of the ids were awaiting an ack.
+    async fn ack(&self, ids: &[String]) -> Result<u32, BackendError>;
+}
+
+/// A message broker. Topics arrive scoped by the capability layer.
+#[async_trait]
+pub trait PubSubBackend: Send + Sync {
+    /// One line for logs and errors; never secrets.
+    fn summary(&self) -> String;
+    async fn ping(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Whether unacknowledged messages are redelivered (acks matter).
+    fn at_least_once(&self) -> bool {
+        false
+    }
+    /// Publishes in order; Ok once the broker accepted every message.
+    async fn publish(
+        &self,
+        topic: &TopicName,
+        messages: Vec<BrokerMessage>,
+    ) -> Result<(), BackendError>;
+    /// Returns once the subscription is live: a message published through
+    /// this backend after it returns is delivered.
+    async fn subscribe(
+        &self,
+        topic: &TopicName,
+        options: &SubscribeOptions,
+    ) -> Result<Box<dyn BrokerSubscription>, BackendError>;
+}
+
+/// How Prism messages travel over brokers that carry only bytes (NATS,
+/// Redis): a magic prefix and the protobuf `prism.v1.Message`, so id,
+/// timestamp and metadata survive the trip. Bytes without the prefix (a
+/// publisher outside Prism) arrive as a bare payload.
+pub mod envelope {
+    use bytes::{BufMut, Bytes, BytesMut};
+    use prost::Message as _;
+
+    use super::BrokerMessage;
+    use crate::pb;
+
+    const MAGIC: &[u8] = b"PRSM\x01";
+
+    pub fn encode(message: &BrokerMessage) -> Bytes {
+        let wire = pb::Message {
+            id: message.id.clone(),
+            topic: String::new(),
+            payload: message.payload.to_vec(),
+            metadata: message.metadata.iter().cloned().collect(),
+            timestamp_ms: message.timestamp_ms,
+            delivery_attempt: 0,
+        };
+        let mut out = BytesMut::with_capacity(MAGIC.len() + wire.encoded_len());
+        out.put_slice(MAGIC);
+        // Encoding into a BytesMut only fails for lack of capacity, which it has.
+        let _ = wire.encode(&mut out);
+        out.freeze()
+    }
+
+    /// `fallback_id` names a foreign message (no envelope).
+    pub fn decode(
+        topic: &str,
+        bytes: Bytes,
+        fallback_id: impl FnOnce() -> String,
+    ) -> BrokerMessage {
+        if let Some(body) = bytes.strip_prefix(MAGIC)
+            && let Ok(wire) = pb::Message::decode(body)
+        {
+            let mut metadata: Vec<(String, String)> = wire.metadata.into_iter().collect();
+            metadata.sort();
+            return BrokerMessage {
+                id: wire.id,
+                topic: topic.to_string(),
+                payload: Bytes::from(wire.payload),
+                metadata,
+                timestamp_ms: wire.timestamp_ms,
+            };
+        }
+        BrokerMessage {
+            id: fallback_id(),
+            topic: topic.to_string(),
+            payload: bytes,
+            metadata: Vec::new(),
+            timestamp_ms: crate::capability::pubsub::now_ms(),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The `pubsub` capability: every topic a guest names is scoped to its
+//! namespace before it reaches the broker, and every message gets its id and
+//! timestamp here, so patterns cannot forge or collide them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::guest_error;
+use crate::backend::BackendError;
+use crate::backend::pubsub::{
+    BrokerMessage, BrokerSubscription, PubSubBackend, SubscribeOptions, TopicName,
+};
+use crate::runtime::bindings::CapabilityError;
+use crate::runtime::bindings::prism::pattern::types;
+use crate::runtime::bindings::pubsub_world::prism::pattern::pubsub;
+use crate::runtime::bindings::pubsub_world::{Outgoing, Published};
+
+/// A hard bound on topics from any guest, user patterns included; patterns
+/// apply their own (smaller) limits first.
+pub const MAX_TOPIC_BYTES: usize = 4096;
+
+/// One namespace's binding of the `pubsub` slot.
+#[derive(Clone)]
+pub struct PubSubSlot {
+    backend: Arc<dyn PubSubBackend>,
+    namespace: Arc<str>,
+}
+
+impl PubSubSlot {
+    pub fn new(namespace: &str, backend: Arc<dyn PubSubBackend>) -> PubSubSlot {
+        PubSubSlot {
+            backend,
+            namespace: namespace.into(),
+        }
+    }
+
+    /// The slot of a namespace that binds no broker: calls answer unavailable.
+    pub fn unbound() -> PubSubSlot {
+        PubSubSlot {
+            backend: Arc::new(Unbound),
+            namespace: "".into(),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn PubSubBackend> {
+        &self.backend
+    }
+
+    /// The broker-side name of a guest topic, or invalid-argument past the hard bound.
+    pub fn topic(&self, topic: &str) -> Result<TopicName, CapabilityError> {
+        if topic.is_empty() || topic.len() > MAX_TOPIC_BYTES {
+            return Err(CapabilityError::InvalidArgument(format!(
+                "topic is {} bytes; the host accepts 1 to {MAX_TOPIC_BYTES} bytes",
+                topic.len()
+            )));
+        }
+        Ok(TopicName {
+            namespace: self.namespace.clone(),
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Subscribes the host (not the guest) to a pattern-planned topic.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        options: &SubscribeOptions,
+    ) -> Result<Box<dyn BrokerSubscription>, CapabilityError> {
+        let topic = self.topic(topic)?;
+        self.backend
+            .subscribe(&topic, options)
+            .await
+            .map_err(guest_error)
+    }
+}
+
+impl types::Host for PubSubSlot {}
+
+impl pubsub::Host for PubSubSlot {
+    async fn publish(
+        &mut self,
+        topic: String,
+        messages: Vec<Outgoing>,
+    ) -> Result<Vec<Published>, CapabilityError> {
+        let topic = self.topic(&topic)?;
+        let timestamp_ms = now_ms();
+        let mut published = Vec::with_capacity(messages.len());
+        let messages = messages
+            .into_iter()
+            .map(|m| {
+                let id = next_id(timestamp_ms);
+                published.push(Published {
+                    id: id.clone(),
+                    timestamp_ms,
+                });
+                BrokerMessage {
+                    id,
+                    topic: topic.topic.clone(),
+                    payload: Bytes::from(m.payload),
+                    metadata: m.metadata,
+                    timestamp_ms,
+                }
+            })
+            .collect();
+        self.backend
+            .publish(&topic, messages)
+            .await
+            .map_err(guest_error)?;
+        Ok(published)
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Message ids: publish time, a per-process random part and a counter, so
+/// ids from two Prism processes on one broker never collide and ids from
+/// one process sort by publish order.
+pub(crate) fn next_id(timestamp_ms: u64) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let process = *PROCESS.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        h.write_u32(std::process::id());
+        h.finish() as u32
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{timestamp_ms:012x}{process:08x}{n:010x}")
+}
+
+/// The broker behind an unbound slot.
+struct Unbound;
+
+#[async_trait]
+impl PubSubBackend for Unbound {
+    fn summary(&self) -> String {
+        "no pubsub backend".into()
+    }
+    async fn publish(&self, _: &TopicName, _: Vec<BrokerMessage>) -> Result<(), BackendError> {
+        Err(unbound())
+    }
+    async fn subscribe(
+        &self,
+        _: &TopicName,
+        _: &SubscribeOptions,
+    ) -> Result<Box<dyn BrokerSubscription>, BackendError> {
+        Err(unbound())
+    }
+}
+
+fn unbound() -> BackendError {
+    BackendError::Unavailable {
+        backend: "pubsub slot".into(),
+        reason: "this namespace binds no backend to it".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_ordered() {
+        let a = next_id(5);
+        let b = next_id(5);
+        assert_ne!(a, b);
+        assert!(a < b, "{a} < {b}");
+        assert_eq!(a.len(), 30);
+    }
+}

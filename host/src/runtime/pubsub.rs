@@ -1,0 +1,74 @@
+//! PubSubRuntime: typed calls into a namespace's PubSub pattern.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use wasmtime::Store;
+
+use super::CallError;
+use super::bindings::pubsub_world::exports::prism::pattern::pubsub_pattern::Guest as PubSubExports;
+use super::bindings::pubsub_world::{
+    Delivery, Outgoing, Published, PubsubWorld, SubscribeRequest, SubscriptionPlan, Verdict,
+};
+use super::pool::PatternPool;
+use super::state::InstanceState;
+
+type GuestFuture<'a, T> = Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>;
+
+#[derive(Clone)]
+pub struct PubSubRuntime {
+    pool: Arc<PatternPool<PubsubWorld>>,
+}
+
+impl PubSubRuntime {
+    pub fn new(pool: Arc<PatternPool<PubsubWorld>>) -> PubSubRuntime {
+        PubSubRuntime { pool }
+    }
+
+    pub fn pool(&self) -> &Arc<PatternPool<PubsubWorld>> {
+        &self.pool
+    }
+
+    /// Leases an instance, runs one export, settles the lease.
+    async fn call<T, F>(&self, f: F) -> Result<T, CallError>
+    where
+        F: for<'a> FnOnce(&'a mut Store<InstanceState>, &'a PubSubExports) -> GuestFuture<'a, T>,
+    {
+        let mut lease = self.pool.lease().await?;
+        let (store, bindings) = lease.parts(self.pool.limits());
+        let result = f(store, bindings.prism_pattern_pubsub_pattern()).await;
+        Ok(self.pool.settle(lease, result)?)
+    }
+
+    pub async fn publish(
+        &self,
+        topic: String,
+        messages: Vec<Outgoing>,
+    ) -> Result<Vec<Published>, CallError> {
+        self.call(move |s, g| Box::pin(async move { g.call_publish(s, &topic, &messages).await }))
+            .await?
+            .map_err(CallError::Pattern)
+    }
+
+    pub async fn subscribe(
+        &self,
+        request: SubscribeRequest,
+    ) -> Result<SubscriptionPlan, CallError> {
+        self.call(move |s, g| Box::pin(async move { g.call_subscribe(s, &request).await }))
+            .await?
+            .map_err(CallError::Pattern)
+    }
+
+    /// The delivery hook: runs only for subscriptions planned with `inspect`.
+    pub async fn deliver(
+        &self,
+        request: &SubscribeRequest,
+        message: Delivery,
+    ) -> Result<Verdict, CallError> {
+        // The hook's arguments must outlive the pooled call; the request is small.
+        let request = request.clone();
+        self.call(move |s, g| Box::pin(async move { g.call_deliver(s, &request, &message).await }))
+            .await
+    }
+}
