@@ -1,13 +1,17 @@
-//! The acceptance suite: every case runs against every backend (MemStore,
-//! Redis) through Prism over gRPC, with the same test bodies. Prints a
-//! per-backend compliance table and fails if any case fails anywhere.
+//! The acceptance suite: every case runs against every backend through
+//! Prism over gRPC, with the same test bodies — the KeyValue part on MemStore
+//! and Redis, the PubSub part on the embedded broker, NATS, NATS JetStream
+//! and Redis. Prints a compliance table per part and fails if any case fails
+//! anywhere.
 
 mod kv_cases;
+mod ps_cases;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use prism_acceptance::backends::BackendUnderTest;
+use prism_acceptance::pubsub::BrokerUnderTest;
 
 /// Longest one case may take before it counts as failed (hung).
 const CASE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -39,30 +43,89 @@ fn main() -> ExitCode {
 }
 
 async fn run(filter: &[String]) -> anyhow::Result<bool> {
+    let selected =
+        |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let mut passed = 0;
+    let mut failed = 0;
+
     let backends = BackendUnderTest::all().await?;
+    let names: Vec<&str> = backends.iter().map(|b| b.name).collect();
     let cases: Vec<&kv_cases::Case> = kv_cases::CASES
         .iter()
-        .filter(|c| filter.is_empty() || filter.iter().any(|f| c.name.contains(f.as_str())))
+        .filter(|c| selected(c.name))
         .collect();
-    // results[case][backend]
     let mut results: Vec<Vec<Result<(), String>>> = Vec::new();
     for case in &cases {
         let mut row = Vec::new();
         for backend in &backends {
             let outcome = run_case(case, backend).await;
-            match &outcome {
-                Ok(()) => println!("test {}::{} ... ok", backend.name, case.name),
-                Err(e) => println!("test {}::{} ... FAILED\n    {e}", backend.name, case.name),
-            }
+            report(backend.name, case.name, &outcome);
             row.push(outcome);
         }
         results.push(row);
     }
-    print_table(&cases, &backends, &results);
-    let failed = results.iter().flatten().filter(|r| r.is_err()).count();
-    let passed = results.iter().flatten().count() - failed;
+    let case_names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+    print_table("KeyValue", &case_names, &names, &results);
+    tally(&results, &mut passed, &mut failed);
+
+    let brokers = BrokerUnderTest::all().await?;
+    let names: Vec<&str> = brokers.iter().map(|b| b.name).collect();
+    let cases: Vec<&ps_cases::Case> = ps_cases::CASES
+        .iter()
+        .filter(|c| selected(c.name))
+        .collect();
+    let mut results: Vec<Vec<Result<(), String>>> = Vec::new();
+    for case in &cases {
+        let mut row = Vec::new();
+        for broker in &brokers {
+            let outcome = run_ps_case(case, broker).await;
+            report(broker.name, case.name, &outcome);
+            row.push(outcome);
+        }
+        results.push(row);
+    }
+    let case_names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+    print_table("PubSub", &case_names, &names, &results);
+    tally(&results, &mut passed, &mut failed);
+
     println!("\n{passed} passed, {failed} failed");
     Ok(failed == 0 && passed > 0)
+}
+
+fn report(backend: &str, case: &str, outcome: &Result<(), String>) {
+    match outcome {
+        Ok(()) => println!("test {backend}::{case} ... ok"),
+        Err(e) => println!("test {backend}::{case} ... FAILED\n    {e}"),
+    }
+}
+
+fn tally(results: &[Vec<Result<(), String>>], passed: &mut usize, failed: &mut usize) {
+    let bad = results.iter().flatten().filter(|r| r.is_err()).count();
+    *failed += bad;
+    *passed += results.iter().flatten().count() - bad;
+}
+
+async fn run_ps_case(case: &ps_cases::Case, broker: &BrokerUnderTest) -> Result<(), String> {
+    let server = broker
+        .start_prism(&["alpha", "beta"], "max_payload_bytes = 65536")
+        .await
+        .map_err(|e| format!("prism did not start: {e:#}"))?;
+    let ctx = ps_cases::Ctx {
+        a: server.pubsub("alpha"),
+        b: server.pubsub("beta"),
+        unknown: server.pubsub("nowhere"),
+        backend: broker.name,
+    };
+    let outcome = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(&ctx)).await {
+        Ok(result) => result.map_err(|e| format!("{e:#}")),
+        Err(_) => Err(format!("timed out after {} s", CASE_TIMEOUT.as_secs())),
+    };
+    drop(ctx);
+    server
+        .stop()
+        .await
+        .map_err(|e| format!("prism did not stop cleanly: {e:#}"))?;
+    outcome
 }
 
 async fn run_case(case: &kv_cases::Case, backend: &BackendUnderTest) -> Result<(), String> {
@@ -86,19 +149,15 @@ async fn run_case(case: &kv_cases::Case, backend: &BackendUnderTest) -> Result<(
     outcome
 }
 
-fn print_table(
-    cases: &[&kv_cases::Case],
-    backends: &[BackendUnderTest],
-    results: &[Vec<Result<(), String>>],
-) {
-    let width = cases.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
-    print!("\nKeyValue compliance\n{:<width$}", "case");
+fn print_table(part: &str, cases: &[&str], backends: &[&str], results: &[Vec<Result<(), String>>]) {
+    let width = cases.iter().map(|c| c.len()).max().unwrap_or(4).max(5);
+    print!("\n{part} compliance\n{:<width$}", "case");
     for b in backends {
-        print!("  {:^9}", b.name);
+        print!("  {b:^9}");
     }
     println!();
     for (case, row) in cases.iter().zip(results) {
-        print!("{:<width$}", case.name);
+        print!("{case:<width$}");
         for r in row {
             print!("  {:^9}", if r.is_ok() { "pass" } else { "FAIL" });
         }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use prism::config::Config;
 use prism::namespace::NAMESPACE_METADATA;
 use prism::pb::key_value_client::KeyValueClient;
+use prism::pb::pub_sub_client::PubSubClient;
 use prism::server::RunningServer;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
@@ -47,6 +48,13 @@ impl TestServer {
             .max_encoding_message_size(64 << 20)
     }
 
+    /// A PubSub client whose requests name `namespace`.
+    pub fn pubsub(&self, namespace: &str) -> PsClient {
+        PubSubClient::with_interceptor(self.channel.clone(), Namespace(namespace.to_string()))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
@@ -58,6 +66,9 @@ impl TestServer {
 }
 
 pub type KvClient = KeyValueClient<InterceptedService<Channel, Namespace>>;
+pub type PsClient = PubSubClient<InterceptedService<Channel, Namespace>>;
+
+pub mod pubsub;
 
 /// Adds `x-prism-namespace` to every request.
 #[derive(Clone)]

@@ -169,3 +169,98 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A `nats-server -js` process owned by the test, with its JetStream store
+/// in a temp dir that survives restarts (so durable consumers do too).
+pub struct NatsServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub async fn start() -> anyhow::Result<NatsServer> {
+        let mut server = NatsServer {
+            port: free_port()?,
+            dir: tempfile::tempdir()?,
+            child: None,
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn binary() -> &'static str {
+        // Debian installs it in /usr/sbin, which a non-root PATH may lack.
+        if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        }
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(NatsServer::binary())
+            .args(["-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(["-js", "-sd"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(
+                "cannot run nats-server; `just test` installs it (apt-get install nats-server)",
+            )?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "nats-server on port {} exited at start: {status}",
+                    self.port
+                );
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server on port {} not answering after 10 s", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: clients see the connection drop.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and store dir.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch().await
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -88,9 +88,17 @@ impl NatsBroker {
     /// A connected client, or unavailable right away (nothing is queued
     /// for a server that is not there).
     async fn connected(&self) -> Result<&async_nats::Client, BackendError> {
+        use async_nats::connection::State;
         let client = self.client().await?;
+        // The very first connection is still being made: give it the timeout.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while client.connection_state() == State::Pending && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         match client.connection_state() {
-            async_nats::connection::State::Connected => Ok(client),
+            State::Connected => Ok(client),
+            State::Pending => Err(self.unavailable("cannot connect")),
             state => Err(self.unavailable(format!("not connected ({state})"))),
         }
     }
