@@ -6,9 +6,12 @@
 //! - The wasm hop: the same GET in-process through the pattern vs straight
 //!   to the backend (a bench-only path).
 //! - Instantiation: one pattern instance, and a whole new namespace.
+//! - PubSub: delivered msg/s to 1, 10, 100 subscribers and publish→deliver
+//!   p50, through Prism (NATS, embedded broker) vs async-nats direct.
 
 mod echo;
 mod load;
+mod pubsub;
 mod report;
 
 use std::sync::Arc;
@@ -115,6 +118,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
 
     redis_rows(&mut report, &payload, measure).await?;
+    pubsub::rows(&mut report, &payload).await?;
 
     // The wasm hop, in-process: pattern + capability + MemStore vs MemStore alone.
     let namespace = prism.namespaces().get(DEFAULT_NAMESPACE)?.clone();

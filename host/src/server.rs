@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::keyvalue::KeyValueService;
 use crate::api::pubsub::PubSubService;
+use crate::api::subscription::Registry;
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::health;
@@ -50,6 +51,7 @@ pub struct RunningServer {
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     health_task: JoinHandle<()>,
+    subscriptions: Arc<Registry>,
     grace: Duration,
     // Kept alive for as long as the server runs.
     _runtime: Arc<Runtime>,
@@ -69,6 +71,11 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(());
         self.health_task.abort();
+        // Subscription streams never end by themselves: end them, so
+        // clients hear why and the drain is not held up by them.
+        self.subscriptions.end_all(&tonic::Status::unavailable(
+            "Prism is shutting down; subscribe again (to another instance)",
+        ));
         let mut task = self.task;
         match tokio::time::timeout(self.grace, &mut task).await {
             Ok(joined) => joined
@@ -130,9 +137,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let keyvalue = KeyValueServer::new(KeyValueService::new(namespaces.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let pubsub = PubSubServer::new(PubSubService::new(namespaces.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let subscriptions = Arc::new(Registry::default());
+    let pubsub = PubSubServer::new(PubSubService::new(
+        namespaces.clone(),
+        subscriptions.clone(),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
 
     // Nagle's algorithm would add tens of milliseconds to small responses.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -157,6 +168,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         shutdown,
         task,
         health_task,
+        subscriptions,
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
         _runtime: runtime,
     })

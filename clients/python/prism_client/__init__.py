@@ -16,6 +16,7 @@ from .errors import (
     UnavailableError,
 )
 from .keyvalue import KeyValue
+from .pubsub import Message, PubSub, Subscription
 
 __all__ = [
     "DeadlineExceededError",
@@ -24,12 +25,15 @@ __all__ = [
     "InvalidArgumentError",
     "KeyNotFoundError",
     "KeyValue",
+    "Message",
     "NamespaceNotFoundError",
     "NotFoundError",
     "PermissionDeniedError",
     "PrismClient",
     "PrismError",
+    "PubSub",
     "ResourceExhaustedError",
+    "Subscription",
     "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -7,7 +7,9 @@ from types import TracebackType
 import grpc
 
 from ._pb.keyvalue_pb2_grpc import KeyValueStub
+from ._pb.pubsub_pb2_grpc import PubSubStub
 from .keyvalue import KeyValue
+from .pubsub import PubSub
 
 NAMESPACE_METADATA = "x-prism-namespace"
 
@@ -20,6 +22,7 @@ class PrismClient:
     call `await client.close()` when done.
 
     `timeout` (seconds) bounds every call; None waits as long as the server takes.
+    Subscriptions (`client.pubsub.subscribe`) are long-lived and not bounded by it.
     """
 
     def __init__(
@@ -43,9 +46,12 @@ class PrismClient:
         self._metadata = tuple(metadata)
         stub = KeyValueStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.keyvalue = KeyValue(stub, self._metadata, timeout)
+        pubsub_stub = PubSubStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self.pubsub = PubSub(pubsub_stub, self._metadata, timeout)
 
     async def close(self) -> None:
-        """Releases the channel; calls after this fail."""
+        """Closes open subscriptions and releases the channel; calls after this fail."""
+        await self.pubsub.close()
         await self._channel.close()
 
     async def __aenter__(self) -> PrismClient:

@@ -1,11 +1,15 @@
 """Fixtures: a real `prism` process per test, started on a free port from a
 config written to a temp dir, stopped with SIGTERM (which must be graceful).
 
-Every test runs twice: with its namespaces on MemStore and on Redis (a real
-redis-server this session starts on a free port), with the same test code."""
+Every KeyValue test runs twice: with its namespaces on MemStore and on Redis (a
+real redis-server this session starts on a free port), with the same test code.
+Every PubSub test runs on MemStore, Redis, core NATS and NATS JetStream (a real
+nats-server with JetStream, also started once per session)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -94,13 +98,145 @@ def backend_toml(request: pytest.FixtureRequest) -> str:
     return f'[backends.store]\ntype = "redis"\nurl = "redis://127.0.0.1:{redis.port}"\n'
 
 
+class NatsServer:
+    """A real nats-server with JetStream (core NATS works on it too)."""
+
+    def __init__(self, tmp: Path) -> None:
+        binary = shutil.which("nats-server") or ("/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
+        if binary is None:
+            pytest.fail("nats-server is not installed; `just test` installs it")
+        self.port = _free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(tmp)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._request("$JS.API.INFO", b"")
+                return
+            except (OSError, RuntimeError):
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"nats-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def _request(self, subject: str, payload: bytes) -> dict[str, object]:
+        """One NATS request over a raw socket (the client has no NATS dependency)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
+            reader = conn.makefile("rb")
+            if not reader.readline().startswith(b"INFO "):
+                raise RuntimeError("no INFO from nats-server")
+            conn.sendall(
+                b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+                b"SUB _INBOX.prism-tests 1\r\n"
+                + f"PUB {subject} _INBOX.prism-tests {len(payload)}\r\n".encode()
+                + payload
+                + b"\r\n"
+            )
+            while True:
+                line = reader.readline()
+                if not line:
+                    raise RuntimeError(f"nats-server closed the connection during {subject}")
+                if line.startswith(b"PING"):
+                    conn.sendall(b"PONG\r\n")
+                elif line.startswith(b"-ERR"):
+                    raise RuntimeError(line.decode().strip())
+                elif line.startswith(b"MSG "):
+                    size = int(line.split()[-1])
+                    body = reader.read(size + 2)[:size]
+                    reply: dict[str, object] = json.loads(body) if body else {}
+                    return reply
+
+    def reset(self) -> None:
+        """Deletes every JetStream stream (and with them their consumers), so
+        no test sees another's messages or durable groups."""
+        names = self._request("$JS.API.STREAM.NAMES", b"{}").get("streams") or []
+        assert isinstance(names, list)
+        for name in names:
+            self._request(f"$JS.API.STREAM.DELETE.{name}", b"")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    yield server
+    server.stop()
+
+
+PUBSUB_NAMESPACES = """
+[backends.kvmem]
+type = "memstore"
+
+[namespaces.default]
+pattern = "pubsub"
+slots = { pubsub = "broker" }
+
+[namespaces.events]
+pattern = "pubsub"
+slots = { pubsub = "broker" }
+
+[namespaces.events.settings]
+max_payload_bytes = 1024
+
+[namespaces.kv]
+pattern = "keyvalue"
+slots = { kv = "kvmem" }
+"""
+
+
+@pytest.fixture(params=["memstore", "redis", "nats", "jetstream"])
+def pubsub_backend(request: pytest.FixtureRequest) -> str:
+    """The broker behind the PubSub namespaces: each PubSub test runs on all four."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def prism_addr(tmp_path: Path, backend_toml: str) -> Iterator[str]:
-    """Address of a fresh prism server whose `default` and `other` namespaces share one backend."""
+def broker_toml(request: pytest.FixtureRequest, pubsub_backend: str) -> str:
+    """The `[backends.broker]` table the PubSub namespaces use."""
+    if pubsub_backend == "memstore":
+        return '[backends.broker]\ntype = "memstore"\n'
+    if pubsub_backend == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        redis.flush()
+        return f'[backends.broker]\ntype = "redis"\nurl = "redis://127.0.0.1:{redis.port}"\n'
+    nats: NatsServer = request.getfixturevalue("nats_server")
+    nats.reset()
+    jetstream = "jetstream = true\n" if pubsub_backend == "jetstream" else ""
+    return f'[backends.broker]\ntype = "nats"\nurl = "{nats.url}"\n{jetstream}'
+
+
+@pytest.fixture
+def pubsub_addr(tmp_path: Path, broker_toml: str) -> Iterator[str]:
+    """Address of a fresh prism server whose `default` and `events` namespaces
+    are PubSub on one broker (`events` limits payloads to 1024 bytes) and whose
+    `kv` namespace is KeyValue."""
+    with run_prism(tmp_path, broker_toml + PUBSUB_NAMESPACES) as addr:
+        yield addr
+
+
+@pytest.fixture
+async def pubsub_client(pubsub_addr: str) -> AsyncIterator[PrismClient]:
+    """A client of the PubSub `default` namespace."""
+    async with PrismClient(pubsub_addr) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def run_prism(tmp_path: Path, config_text: str) -> Iterator[str]:
+    """Runs `prism serve` on a free port with this config; yields its address.
+    Stops it with SIGTERM, which must be graceful (exit 0 within 15 s)."""
     if not PRISM_BIN.exists():
         pytest.fail(f"{PRISM_BIN} is missing; build it with `just build` (or set PRISM_BIN)")
     config = tmp_path / "prism.toml"
-    config.write_text(backend_toml + NAMESPACES)
+    config.write_text(config_text)
     log = (tmp_path / "prism.log").open("w")
     proc = subprocess.Popen(
         [str(PRISM_BIN), "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
@@ -125,8 +261,16 @@ def prism_addr(tmp_path: Path, backend_toml: str) -> Iterator[str]:
             proc.kill()
             proc.wait()
             pytest.fail("prism did not shut down within 15 s of SIGTERM")
+        proc.stdout.close()
         log.close()
         assert code == 0, f"prism exited with {code}:\n{(tmp_path / 'prism.log').read_text()}"
+
+
+@pytest.fixture
+def prism_addr(tmp_path: Path, backend_toml: str) -> Iterator[str]:
+    """Address of a fresh prism server whose `default` and `other` namespaces share one backend."""
+    with run_prism(tmp_path, backend_toml + NAMESPACES) as addr:
+        yield addr
 
 
 @pytest.fixture

@@ -24,10 +24,11 @@ pub struct PubSubService {
 }
 
 impl PubSubService {
-    pub fn new(namespaces: Arc<Namespaces>) -> PubSubService {
+    /// `subscriptions` is shared with the server, which ends them on shutdown.
+    pub fn new(namespaces: Arc<Namespaces>, subscriptions: Arc<Registry>) -> PubSubService {
         PubSubService {
             namespaces,
-            subscriptions: Arc::new(Registry::default()),
+            subscriptions,
         }
     }
 

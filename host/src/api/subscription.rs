@@ -298,6 +298,15 @@ impl Registry {
             .cloned()
     }
 
+    /// Ends every live subscription with `status` (server shutdown), so
+    /// the drain does not wait on streams that never end by themselves.
+    pub fn end_all(&self, status: &Status) {
+        let live: Vec<Arc<Registered>> = self.live.lock().drain().map(|(_, e)| e).collect();
+        for entry in live {
+            entry.outbox.finish(Err(status.clone()));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.live.lock().len()
     }
