@@ -240,9 +240,21 @@ async def test_manual_ack(pubsub_client: PrismClient) -> None:
     await sub.aclose()
 
 
-async def test_jetstream_redelivers_unacked_message_to_group(pubsub_client: PrismClient, pubsub_backend: str) -> None:
+@pytest.fixture
+def jetstream_only(pubsub_backend: str) -> None:
+    """Skips a test before its server starts unless the broker is JetStream."""
     if pubsub_backend != "jetstream":
-        pytest.skip("redelivery needs an at-least-once broker (NATS JetStream)")
+        pytest.skip("needs an at-least-once broker (NATS JetStream)")
+
+
+@pytest.fixture
+def not_jetstream(pubsub_backend: str) -> None:
+    """Skips a test before its server starts when the broker is JetStream."""
+    if pubsub_backend == "jetstream":
+        pytest.skip("at-least-once: JetStream holds messages back instead of overflowing the subscriber's buffer")
+
+
+async def test_jetstream_redelivers_unacked_message_to_group(jetstream_only: None, pubsub_client: PrismClient) -> None:
     first = pubsub_client.pubsub.subscribe("jobs", group="crunchers", manual_ack=True)
     await pubsub_client.pubsub.publish_many("jobs", [b"acked", b"unacked"])
     acked = await receive(first)
@@ -299,9 +311,7 @@ async def test_slow_consumer_drop_oldest_reports_dropped(pubsub_client: PrismCli
         assert len(received) + sub.dropped == total
 
 
-async def test_slow_consumer_disconnect_raises_resource_exhausted(pubsub_client: PrismClient, pubsub_backend: str) -> None:
-    if pubsub_backend == "jetstream":
-        pytest.skip("at-least-once: JetStream holds messages back instead of overflowing the subscriber's buffer")
+async def test_slow_consumer_disconnect_raises_resource_exhausted(not_jetstream: None, pubsub_client: PrismClient) -> None:
     sub = pubsub_client.pubsub.subscribe("flood", buffer=4, slow_consumer="disconnect")
     await flood(pubsub_client, 400)
     with pytest.raises(ResourceExhaustedError):
