@@ -9,6 +9,17 @@ use prism_acceptance::servers::{NatsServer, RedisServer};
 use prism_acceptance::{PsClient, eventually, pb, start};
 use tonic::Code;
 
+/// Whether publishing fails with UNAVAILABLE within 10 s (the broker is down).
+async fn publishing_fails_unavailable(client: &PsClient) -> bool {
+    eventually(Duration::from_secs(10), || {
+        let mut c = client.clone();
+        async move {
+            matches!(c.publish(publish_request("live", b"lost")).await, Err(s) if s.code() == Code::Unavailable)
+        }
+    })
+    .await
+}
+
 /// Publishes until one is accepted (the broker is back), then returns its id.
 async fn publish_when_back(
     client: &PsClient,
@@ -54,13 +65,7 @@ async fn nats_restart_subscribers_resume_without_client_action() -> anyhow::Resu
         anyhow::ensure!(sub.take(1, Duration::from_secs(5)).await?[0].payload == b"before");
 
         nats.kill();
-        let down = eventually(Duration::from_secs(10), || {
-            let mut c = client.clone();
-            async move {
-                matches!(c.publish(publish_request("live", b"lost")).await, Err(s) if s.code() == Code::Unavailable)
-            }
-        })
-        .await;
+        let down = publishing_fails_unavailable(&client).await;
         anyhow::ensure!(
             down,
             "jetstream={jetstream}: publishing to a dead NATS must fail with UNAVAILABLE"
@@ -98,13 +103,7 @@ async fn redis_restart_subscribers_resume_without_client_action() -> anyhow::Res
     client.publish(publish_request("live", b"before")).await?;
     anyhow::ensure!(sub.take(1, Duration::from_secs(5)).await?[0].payload == b"before");
     redis.kill();
-    let down = eventually(Duration::from_secs(10), || {
-        let mut c = client.clone();
-        async move {
-            matches!(c.publish(publish_request("live", b"lost")).await, Err(s) if s.code() == Code::Unavailable)
-        }
-    })
-    .await;
+    let down = publishing_fails_unavailable(&client).await;
     anyhow::ensure!(
         down,
         "publishing to a dead Redis must fail with UNAVAILABLE"

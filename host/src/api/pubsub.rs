@@ -32,10 +32,6 @@ impl PubSubService {
         }
     }
 
-    pub fn subscriptions(&self) -> &Arc<Registry> {
-        &self.subscriptions
-    }
-
     fn namespace<T>(
         &self,
         request: &Request<T>,

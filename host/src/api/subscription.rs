@@ -306,14 +306,6 @@ impl Registry {
             entry.outbox.finish(Err(status.clone()));
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.live.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Held by the response stream: when the client goes away (or the stream
