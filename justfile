@@ -23,9 +23,11 @@ test: setup-rust setup-python setup-services
     cargo test --release --workspace
     PRISM_BIN={{ justfile_directory() }}/target/release/prism {{ venv }}/bin/python -m pytest clients/python/tests -q
 
-# Benchmarks with same-run baselines; writes bench/results.json.
+# Benchmarks with same-run baselines; writes bench/results.json (`just bench --quick`: a regression guard under a minute).
 bench *args: setup-rust setup-services
-    cargo run --release -p prism-bench -- {{ args }}
+    # The same build as `just test`; servers under test run as their own processes.
+    cargo build --release --workspace --all-targets
+    PRISM_BIN={{ justfile_directory() }}/target/release/prism {{ justfile_directory() }}/target/release/prism-bench {{ args }}
 
 # Format Rust (host and guests).
 fmt:

@@ -1,4 +1,5 @@
-//! Baseline servers: `prism.v1.KeyValue` on bare tonic answering from memory
+//! Baseline servers, each run as its own process (`prism-bench serve-echo`,
+//! `serve-direct`): `prism.v1.KeyValue` on bare tonic answering from memory
 //! (the echo), and Prism's host path without the guest (bench-only).
 
 use std::net::SocketAddr;
@@ -153,16 +154,29 @@ impl KeyValue for Echo {
     }
 }
 
-/// Serves the echo on a free loopback port, the way prism's server does (nodelay).
-pub async fn start(value: Vec<u8>) -> anyhow::Result<SocketAddr> {
-    serve(KeyValueServer::new(Echo { value })).await
+/// `serve-echo`: the echo on a free loopback port, until killed.
+pub async fn serve_echo(value: Vec<u8>) -> anyhow::Result<()> {
+    announce_and_wait(serve(KeyValueServer::new(Echo { value })).await?).await
 }
 
-/// Serves the guest-less path over a running Prism's namespaces.
-pub async fn start_direct(namespaces: Arc<Namespaces>) -> anyhow::Result<SocketAddr> {
-    serve(KeyValueServer::new(DirectKv { namespaces })).await
+/// `serve-direct`: the guest-less path over the namespaces of `prism dev`,
+/// until killed.
+pub async fn serve_direct() -> anyhow::Result<()> {
+    let prism = prism::server::start(prism::config::Config::dev("127.0.0.1:0".parse()?)).await?;
+    let addr = serve(KeyValueServer::new(DirectKv {
+        namespaces: prism.namespaces().clone(),
+    }))
+    .await?;
+    announce_and_wait(addr).await
 }
 
+async fn announce_and_wait(addr: SocketAddr) -> anyhow::Result<()> {
+    println!("prism-bench: serving on {addr}");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Serves on a free loopback port, the way prism's server does (nodelay).
 async fn serve<S: KeyValue>(service: KeyValueServer<S>) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -89,6 +89,7 @@ pub async fn run_interleaved(
 /// What a scenario loads: Prism (or the echo) over gRPC, or Redis directly.
 #[derive(Clone)]
 pub enum Target {
+    /// Requests name no namespace (`default`).
     Grpc(Channel),
     /// redis-rs on one multiplexed connection, on the key Prism stores for `BENCH_KEY`.
     Redis(redis::aio::MultiplexedConnection, String),
@@ -129,7 +130,7 @@ impl Target {
     }
 }
 
-async fn drive(
+pub async fn drive(
     target: Target,
     op: Op,
     concurrency: usize,

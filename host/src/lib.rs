@@ -6,6 +6,7 @@
 //! [`runtime`] (a pooled wasm instance of the namespace's pattern) →
 //! [`capability`] (namespace scoping) → [`backend`].
 
+pub mod admission;
 pub mod api;
 pub mod backend;
 pub mod capability;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tonic::metadata::MetadataMap;
 
+use crate::admission::{Admission, CallGuard, StreamGuard};
 use crate::backend::Backends;
 use wasmtime::component::Component;
 
@@ -64,6 +65,14 @@ pub enum PatternKind {
 }
 
 impl PatternKind {
+    /// Drops instances idle for `ttl` beyond the namespace's warm minimum.
+    pub fn trim_idle(&self, ttl: std::time::Duration) -> usize {
+        match self {
+            PatternKind::KeyValue(kv) => kv.pool().trim(ttl),
+            PatternKind::PubSub(ps) => ps.pool().trim(ttl),
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             PatternKind::KeyValue(_) => "KeyValue",
@@ -74,6 +83,8 @@ impl PatternKind {
 
 pub struct Namespace {
     pub name: String,
+    /// Request-rate, concurrency and stream quotas.
+    pub admission: Arc<Admission>,
     /// Capability slot → backend name, as configured.
     pub slots: std::collections::BTreeMap<String, String>,
     /// The built-in name or path of the pattern, for logs.
@@ -90,11 +101,12 @@ enum Prepared {
 impl Prepared {
     /// The world the component fits, tried in turn.
     fn of(runtime: &Runtime, component: &Component, label: &str) -> Result<Prepared, String> {
-        let kv = match runtime.prepare::<Keyvalue>(component, label) {
+        let pre = runtime.link(component, label).map_err(|e| e.to_string())?;
+        let kv = match runtime.prepare::<Keyvalue>(&pre, label) {
             Ok(pre) => return Ok(Prepared::KeyValue(pre)),
             Err(e) => e,
         };
-        match runtime.prepare::<PubsubWorld>(component, label) {
+        match runtime.prepare::<PubsubWorld>(&pre, label) {
             Ok(pre) => Ok(Prepared::PubSub(pre)),
             Err(ps) => Err(format!("{kv}; and {ps}")),
         }
@@ -166,7 +178,8 @@ impl Namespace {
             .iter()
             .filter_map(|(k, v)| setting_string(v).map(|v| (k.clone(), v)))
             .collect();
-        let limits = ns.limits.resolve(&config.runtime.limits);
+        let resolved = ns.limits.resolve(&config.runtime.limits);
+        let limits = resolved.instance;
         let configure_error = |e: RuntimeError| match e {
             RuntimeError::Configure { reason, .. } => StartupError::new(field("settings"), reason),
             other => StartupError::new(field("pattern"), other),
@@ -175,11 +188,21 @@ impl Namespace {
             Prepared::KeyValue(pre) => {
                 let backend = backends.kv(backend_name).ok_or_else(not_provided)?;
                 let slots = Slots {
-                    kv: KvSlot::new(name, backend.clone()),
+                    kv: KvSlot::new(
+                        name,
+                        backend.clone(),
+                        resolved.quotas.max_stored_bytes,
+                        resolved.quotas.max_stored_keys,
+                    ),
                     ..Slots::default()
                 };
                 let pool = Arc::new(PatternPool::<Keyvalue>::new(
-                    name, pre, limits, settings, slots,
+                    name,
+                    pre,
+                    limits,
+                    settings,
+                    slots,
+                    runtime.lane(),
                 ));
                 pool.add_idle(pool.instantiate().await.map_err(configure_error)?);
                 (
@@ -194,7 +217,12 @@ impl Namespace {
                     ..Slots::default()
                 };
                 let pool = Arc::new(PatternPool::<PubsubWorld>::new(
-                    name, pre, limits, settings, slots,
+                    name,
+                    pre,
+                    limits,
+                    settings,
+                    slots,
+                    runtime.lane(),
                 ));
                 pool.add_idle(pool.instantiate().await.map_err(configure_error)?);
                 (
@@ -213,6 +241,7 @@ impl Namespace {
         );
         Ok(Namespace {
             name: name.to_string(),
+            admission: Arc::new(Admission::new(name, resolved.quotas)),
             slots: ns.slots.clone(),
             pattern: label,
             kind,
@@ -290,6 +319,26 @@ impl Namespaces {
             None => self.get(DEFAULT_NAMESPACE),
             Some(value) => self.get(value.to_str().map_err(|_| NamespaceError::BadMetadata)?),
         }
+    }
+
+    /// The request's namespace and its admission for one unary call.
+    pub fn admit_call(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<(&Arc<Namespace>, CallGuard), tonic::Status> {
+        let ns = self.for_request(metadata)?;
+        let guard = ns.admission.call()?;
+        Ok((ns, guard))
+    }
+
+    /// The request's namespace and its admission for one stream.
+    pub fn admit_stream(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<(&Arc<Namespace>, StreamGuard), tonic::Status> {
+        let ns = self.for_request(metadata)?;
+        let guard = ns.admission.stream()?;
+        Ok((ns, guard))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Namespace>> {

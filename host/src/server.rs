@@ -22,6 +22,7 @@ use crate::pb;
 use crate::pb::key_value_server::KeyValueServer;
 use crate::pb::pub_sub_server::PubSubServer;
 use crate::runtime::Runtime;
+use crate::runtime::pool::IDLE_TTL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -51,6 +52,7 @@ pub struct RunningServer {
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     health_task: JoinHandle<()>,
+    trim_task: JoinHandle<()>,
     subscriptions: Arc<Registry>,
     grace: Duration,
     // Kept alive for as long as the server runs.
@@ -71,6 +73,7 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(());
         self.health_task.abort();
+        self.trim_task.abort();
         // Subscription streams never end by themselves: end them, so
         // clients hear why and the drain is not held up by them.
         self.subscriptions.end_all(&tonic::Status::unavailable(
@@ -98,7 +101,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let max_memory = config
         .namespaces
         .values()
-        .map(|ns| ns.limits.resolve(&config.runtime.limits).memory_bytes)
+        .map(|ns| {
+            ns.limits
+                .resolve(&config.runtime.limits)
+                .instance
+                .memory_bytes
+        })
         .max()
         .unwrap_or(64 << 20);
     let runtime = Arc::new(Runtime::new(&config.runtime, max_memory)?);
@@ -128,13 +136,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         namespaces.clone(),
         health_reporter,
     ));
+    let trim_task = tokio::spawn(trim_idle_instances(namespaces.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
     let max_message = config.server.max_message_bytes;
-    let keyvalue = KeyValueServer::new(KeyValueService::new(namespaces.clone()))
+    let keyvalue = KeyValueServer::new(KeyValueService::new(namespaces.clone(), max_message))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let subscriptions = Arc::new(Registry::default());
@@ -168,8 +177,26 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         shutdown,
         task,
         health_task,
+        trim_task,
         subscriptions,
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
         _runtime: runtime,
     })
+}
+
+/// Drops pattern instances that sat idle, so a quiet namespace holds only
+/// its warm minimum (`limits.idle_instances`).
+async fn trim_idle_instances(namespaces: Arc<Namespaces>) {
+    let mut ticker = tokio::time::interval(IDLE_TTL / 3);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let dropped: usize = namespaces
+            .iter()
+            .map(|ns| ns.kind.trim_idle(IDLE_TTL))
+            .sum();
+        if dropped > 0 {
+            tracing::debug!(dropped, "dropped idle pattern instances");
+        }
+    }
 }

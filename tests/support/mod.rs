@@ -1,15 +1,18 @@
-//! Shared helpers for the suites: start Prism in-process on port 0 and talk
-//! to it over real gRPC on loopback.
+//! Shared helpers for the suites: start Prism in-process on port 0 — on a
+//! runtime of its own, so the server under test never shares worker threads
+//! with the test driving it — and talk to it over real gRPC on loopback.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prism::config::Config;
-use prism::namespace::NAMESPACE_METADATA;
+use prism::namespace::{NAMESPACE_METADATA, Namespaces};
 use prism::pb::key_value_client::KeyValueClient;
 use prism::pb::pub_sub_client::PubSubClient;
-use prism::server::RunningServer;
+use tokio::sync::oneshot;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
@@ -19,25 +22,63 @@ use tonic::transport::Channel;
 pub use prism::pb;
 
 pub mod backends;
+pub mod binary;
 pub mod servers;
 
-/// A Prism server running in this process.
+/// A Prism server running in this process, on its own two-worker runtime.
 pub struct TestServer {
-    pub server: RunningServer,
+    addr: SocketAddr,
+    namespaces: Arc<Namespaces>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
     channel: Channel,
 }
+
+type Ready = anyhow::Result<(SocketAddr, Arc<Namespaces>)>;
 
 /// Starts Prism from a TOML config; `[server] listen` is forced to 127.0.0.1:0.
 pub async fn start(config_toml: &str) -> anyhow::Result<TestServer> {
     let mut config = Config::parse(config_toml, "test.toml".as_ref(), PathBuf::from("."))?;
     config.server.listen = "127.0.0.1:0".parse()?;
-    let server = prism::server::start(config).await?;
-    let channel = Channel::from_shared(format!("http://{}", server.local_addr()))?
+    let (ready_tx, ready_rx) = oneshot::channel::<Ready>();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("prism-under-test".into())
+        .spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let server = match prism::server::start(config).await {
+                    Ok(server) => server,
+                    Err(e) => {
+                        let message = format!("{e}");
+                        let _ = ready_tx.send(Err(anyhow::anyhow!(message)));
+                        return Ok(());
+                    }
+                };
+                let _ = ready_tx.send(Ok((server.local_addr(), server.namespaces().clone())));
+                let _ = stop_rx.await;
+                server.shutdown().await?;
+                Ok(())
+            })
+        })?;
+    let (addr, namespaces) = ready_rx
+        .await
+        .context("the server thread ended before it was ready")??;
+    let channel = Channel::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)
         .connect()
         .await
         .context("connecting to the test server")?;
-    Ok(TestServer { server, channel })
+    Ok(TestServer {
+        addr,
+        namespaces,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        channel,
+    })
 }
 
 impl TestServer {
@@ -59,9 +100,35 @@ impl TestServer {
         self.channel.clone()
     }
 
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.server.shutdown().await?;
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's namespaces (pool statistics, usage).
+    pub fn namespaces(&self) -> &Arc<Namespaces> {
+        &self.namespaces
+    }
+
+    /// Graceful shutdown (the server drains), then its runtime is dropped.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+        }
         Ok(())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // A test that failed before `stop`: stop the server anyway.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 

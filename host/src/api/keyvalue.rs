@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::response::bounded;
+use crate::admission::CallGuard;
 use crate::namespace::Namespaces;
 use crate::pb;
 use crate::pb::key_value_server::KeyValue;
@@ -12,19 +14,22 @@ use crate::runtime::bindings::{Entry, ScanRequest};
 
 pub struct KeyValueService {
     namespaces: Arc<Namespaces>,
+    /// `server.max_message_bytes`: responses larger than this are refused.
+    max_response: usize,
 }
 
 impl KeyValueService {
-    pub fn new(namespaces: Arc<Namespaces>) -> KeyValueService {
-        KeyValueService { namespaces }
+    pub fn new(namespaces: Arc<Namespaces>, max_response: usize) -> KeyValueService {
+        KeyValueService {
+            namespaces,
+            max_response,
+        }
     }
 
-    fn runtime<T>(&self, request: &Request<T>) -> Result<KeyValueRuntime, Status> {
-        Ok(self
-            .namespaces
-            .for_request(request.metadata())?
-            .keyvalue()?
-            .clone())
+    /// The request's KeyValue pattern, once the namespace's quotas admit it.
+    fn runtime<T>(&self, request: &Request<T>) -> Result<(KeyValueRuntime, CallGuard), Status> {
+        let (ns, admitted) = self.namespaces.admit_call(request.metadata())?;
+        Ok((ns.keyvalue()?.clone(), admitted))
     }
 }
 
@@ -34,16 +39,16 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let kv = self.runtime(&request)?;
+        let (kv, _admitted) = self.runtime(&request)?;
         let value = kv.get(request.into_inner().key).await?;
-        Ok(Response::new(pb::GetResponse { value }))
+        bounded(pb::GetResponse { value }, self.max_response)
     }
 
     async fn set(
         &self,
         request: Request<pb::SetRequest>,
     ) -> Result<Response<pb::SetResponse>, Status> {
-        let kv = self.runtime(&request)?;
+        let (kv, _admitted) = self.runtime(&request)?;
         let r = request.into_inner();
         kv.set(r.key, r.value, r.ttl_ms).await?;
         Ok(Response::new(pb::SetResponse {}))
@@ -53,7 +58,7 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let kv = self.runtime(&request)?;
+        let (kv, _admitted) = self.runtime(&request)?;
         let existed = kv.delete(request.into_inner().key).await?;
         Ok(Response::new(pb::DeleteResponse { existed }))
     }
@@ -62,7 +67,7 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::ExistsRequest>,
     ) -> Result<Response<pb::ExistsResponse>, Status> {
-        let kv = self.runtime(&request)?;
+        let (kv, _admitted) = self.runtime(&request)?;
         let exists = kv.exists(request.into_inner().key).await?;
         Ok(Response::new(pb::ExistsResponse { exists }))
     }
@@ -71,7 +76,7 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        let kv = self.runtime(&request)?;
+        let (kv, _admitted) = self.runtime(&request)?;
         let r = request.into_inner();
         let cursor = Some(r.cursor).filter(|c| !c.is_empty());
         let page = kv
@@ -81,17 +86,20 @@ impl KeyValue for KeyValueService {
                 limit: r.limit,
             })
             .await?;
-        Ok(Response::new(pb::ScanResponse {
-            keys: page.keys,
-            next_cursor: page.cursor.unwrap_or_default(),
-        }))
+        bounded(
+            pb::ScanResponse {
+                keys: page.keys,
+                next_cursor: page.cursor.unwrap_or_default(),
+            },
+            self.max_response,
+        )
     }
 
     async fn batch_get(
         &self,
         request: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
-        let kv = self.runtime(&request)?;
+        let (kv, _admitted) = self.runtime(&request)?;
         let keys = request.into_inner().keys;
         let values = kv.get_many(keys.clone()).await?;
         let items = keys
@@ -103,14 +111,14 @@ impl KeyValue for KeyValueService {
                 value: value.unwrap_or_default(),
             })
             .collect();
-        Ok(Response::new(pb::BatchGetResponse { items }))
+        bounded(pb::BatchGetResponse { items }, self.max_response)
     }
 
     async fn batch_set(
         &self,
         request: Request<pb::BatchSetRequest>,
     ) -> Result<Response<pb::BatchSetResponse>, Status> {
-        let kv = self.runtime(&request)?;
+        let (kv, _admitted) = self.runtime(&request)?;
         let entries = request
             .into_inner()
             .entries
@@ -129,7 +137,7 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::BatchDeleteRequest>,
     ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
-        let kv = self.runtime(&request)?;
+        let (kv, _admitted) = self.runtime(&request)?;
         let deleted = kv.delete_many(request.into_inner().keys).await?;
         Ok(Response::new(pb::BatchDeleteResponse { deleted }))
     }

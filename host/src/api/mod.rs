@@ -2,5 +2,6 @@
 
 pub mod keyvalue;
 pub mod pubsub;
+pub mod response;
 pub mod status;
 pub mod subscription;

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::subscription::{Batch, Outbox, Registered, Registry, StreamGuard, WhenFull, pump};
+use crate::admission::CallGuard;
 use crate::backend::pubsub::{BrokerMessage, SlowConsumerPolicy, SubscribeOptions};
 use crate::capability::pubsub::{next_id, now_ms};
 use crate::namespace::{Namespace, Namespaces};
@@ -32,13 +33,14 @@ impl PubSubService {
         }
     }
 
+    /// The request's namespace and PubSub pattern, once its quotas admit the call.
     fn namespace<T>(
         &self,
         request: &Request<T>,
-    ) -> Result<(Arc<Namespace>, PubSubRuntime), Status> {
-        let ns = self.namespaces.for_request(request.metadata())?;
+    ) -> Result<(Arc<Namespace>, PubSubRuntime, CallGuard), Status> {
+        let (ns, admitted) = self.namespaces.admit_call(request.metadata())?;
         let runtime = ns.pubsub()?.clone();
-        Ok((ns.clone(), runtime))
+        Ok((ns.clone(), runtime, admitted))
     }
 }
 
@@ -75,7 +77,7 @@ impl PubSub for PubSubService {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let (_, runtime) = self.namespace(&request)?;
+        let (_, runtime, _admitted) = self.namespace(&request)?;
         let r = request.into_inner();
         let message = Outgoing {
             payload: r.payload,
@@ -92,7 +94,7 @@ impl PubSub for PubSubService {
         &self,
         request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
-        let (_, runtime) = self.namespace(&request)?;
+        let (_, runtime, _admitted) = self.namespace(&request)?;
         let r = request.into_inner();
         let count = r.messages.len();
         let messages = r
@@ -121,7 +123,8 @@ impl PubSub for PubSubService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
-        let (ns, runtime) = self.namespace(&request)?;
+        let (ns, stream_slot) = self.namespaces.admit_stream(request.metadata())?;
+        let (ns, runtime) = (ns.clone(), ns.pubsub()?.clone());
         let r = request.into_inner();
         let client_topic = r.topic.clone();
         let manual_ack = r.manual_ack;
@@ -195,6 +198,7 @@ impl PubSub for PubSubService {
             id,
             registry: self.subscriptions.clone(),
             outbox,
+            _admitted: stream_slot,
         };
         let auto_ack = if manual_ack { None } else { acker };
         let rest = futures::stream::unfold(Some((guard, auto_ack)), move |state| {
@@ -236,7 +240,7 @@ impl PubSub for PubSubService {
         &self,
         request: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
-        let (ns, _) = self.namespace(&request)?;
+        let (ns, _, _admitted) = self.namespace(&request)?;
         let id = request.into_inner().subscription_id;
         let entry = self
             .subscriptions
@@ -251,7 +255,7 @@ impl PubSub for PubSubService {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
-        let (ns, _) = self.namespace(&request)?;
+        let (ns, _, _admitted) = self.namespace(&request)?;
         let r = request.into_inner();
         let entry = self
             .subscriptions

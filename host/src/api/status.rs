@@ -2,6 +2,7 @@
 
 use tonic::Status;
 
+use crate::admission::QuotaError;
 use crate::namespace::NamespaceError;
 use crate::runtime::CallError;
 use crate::runtime::RuntimeError;
@@ -24,13 +25,14 @@ impl From<RuntimeError> for Status {
     fn from(err: RuntimeError) -> Status {
         let message = err.to_string();
         match err {
-            RuntimeError::Busy { .. } | RuntimeError::PoolExhausted => {
-                Status::resource_exhausted(message)
-            }
+            RuntimeError::Busy { .. }
+            | RuntimeError::ComputeBusy { .. }
+            | RuntimeError::PoolExhausted => Status::resource_exhausted(message),
             RuntimeError::Trap { .. }
             | RuntimeError::Engine(_)
             | RuntimeError::InvalidComponent { .. }
             | RuntimeError::WrongWorld { .. }
+            | RuntimeError::UnsupportedImport { .. }
             | RuntimeError::Configure { .. }
             | RuntimeError::Instantiate { .. } => Status::internal(message),
         }
@@ -65,5 +67,11 @@ impl From<CapabilityError> for Status {
             CapabilityError::InvalidArgument(m) => Status::invalid_argument(m),
             CapabilityError::Internal(m) => Status::internal(m),
         }
+    }
+}
+
+impl From<QuotaError> for Status {
+    fn from(err: QuotaError) -> Status {
+        Status::resource_exhausted(err.to_string())
     }
 }

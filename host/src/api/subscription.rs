@@ -314,6 +314,8 @@ pub struct StreamGuard {
     pub id: String,
     pub registry: Arc<Registry>,
     pub outbox: Arc<Outbox>,
+    /// The namespace's open-stream quota slot, freed with the stream.
+    pub _admitted: crate::admission::StreamGuard,
 }
 
 impl Drop for StreamGuard {

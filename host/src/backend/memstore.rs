@@ -2,7 +2,7 @@
 //! so prefix scans can resume from a cursor), TTLs expired lazily on read and
 //! swept in the background, and hard capacity limits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::time::Instant;
 
-use super::{BackendError, KvBackend, KvEntry, ScanPage};
+use super::{BackendError, KvBackend, KvEntry, QuotaKind, ScanPage, StorageQuota, Usage};
 use crate::config::MemStoreConfig;
 
 /// Shards keep writers to different keys off each other's locks.
@@ -34,10 +34,87 @@ struct Inner {
     hasher: RandomState,
     max_bytes: u64,
     max_keys: u64,
-    /// Key plus value bytes of every stored entry, expired-but-unswept included,
-    /// so the limit bounds real memory.
-    used_bytes: AtomicU64,
-    used_keys: AtomicU64,
+    /// Key plus value bytes and keys of every stored entry, expired-but-unswept
+    /// included, so the limit bounds real memory.
+    total: Ledger,
+    /// The same per namespace (the key's part before its first '/'), for
+    /// namespace quotas and usage; kept for every write, checked on demand.
+    scopes: RwLock<HashMap<Box<str>, Arc<Ledger>>>,
+}
+
+/// Bytes and keys held, reserved before a write and released after a removal.
+#[derive(Default)]
+struct Ledger {
+    bytes: AtomicU64,
+    keys: AtomicU64,
+}
+
+impl Ledger {
+    /// Reserves room for `delta`'s growth, or fails reserving nothing.
+    fn reserve(
+        &self,
+        delta: &Delta,
+        max_bytes: Option<u64>,
+        max_keys: Option<u64>,
+    ) -> Result<(), QuotaKind> {
+        if delta.grow > 0 {
+            let after = self.bytes.fetch_add(delta.grow, Ordering::Relaxed) + delta.grow;
+            if max_bytes.is_some_and(|max| after > max) {
+                self.bytes.fetch_sub(delta.grow, Ordering::Relaxed);
+                return Err(QuotaKind::Bytes);
+            }
+        }
+        if delta.added > 0 {
+            let after = self.keys.fetch_add(delta.added, Ordering::Relaxed) + delta.added;
+            if max_keys.is_some_and(|max| after > max) {
+                self.keys.fetch_sub(delta.added, Ordering::Relaxed);
+                self.bytes.fetch_sub(delta.grow, Ordering::Relaxed);
+                return Err(QuotaKind::Keys);
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&self, bytes: u64, keys: u64) {
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.keys.fetch_sub(keys, Ordering::Relaxed);
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            keys: self.keys.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How a write changes what is stored: bytes grown, bytes shrunk, keys added.
+#[derive(Debug, Default, Clone, Copy)]
+struct Delta {
+    grow: u64,
+    shrink: u64,
+    added: u64,
+}
+
+impl Delta {
+    /// Replacing `old` (if any) with an entry of `new` bytes.
+    fn add(&mut self, old: Option<u64>, new: u64) {
+        match old {
+            Some(old) => {
+                self.grow += new.saturating_sub(old);
+                self.shrink += old.saturating_sub(new);
+            }
+            None => {
+                self.grow += new;
+                self.added += 1;
+            }
+        }
+    }
+}
+
+/// The namespace part of a stored key.
+fn scope_of(key: &str) -> Option<&str> {
+    key.split_once('/').map(|(scope, _)| scope)
 }
 
 #[derive(Default)]
@@ -86,8 +163,8 @@ impl MemStore {
             hasher: RandomState::new(),
             max_bytes: config.max_bytes,
             max_keys: config.max_keys,
-            used_bytes: AtomicU64::new(0),
-            used_keys: AtomicU64::new(0),
+            total: Ledger::default(),
+            scopes: RwLock::new(HashMap::new()),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let interval = Duration::from_millis(config.sweep_interval_ms.max(1));
@@ -98,7 +175,7 @@ impl MemStore {
 
     /// Keys stored, including expired ones not yet swept.
     pub fn stored_keys(&self) -> u64 {
-        self.inner.used_keys.load(Ordering::Relaxed)
+        self.inner.total.keys.load(Ordering::Relaxed)
     }
 
     /// Removes expired entries now; returns how many.
@@ -136,29 +213,63 @@ impl Inner {
         ))
     }
 
-    /// Reserves room for `bytes` and `keys` more, or fails without reserving.
-    fn reserve(&self, bytes: u64, keys: u64) -> Result<(), BackendError> {
-        if bytes > 0 {
-            let after = self.used_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-            if after > self.max_bytes {
-                self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                return Err(self.full("bytes", self.max_bytes));
-            }
+    /// The ledger of the namespace `key` belongs to, created on first use.
+    fn scope_ledger(&self, key: &str) -> Option<Arc<Ledger>> {
+        scope_of(key).map(|scope| self.ledger(scope))
+    }
+
+    /// The ledger of namespace `scope`, created on first use.
+    fn ledger(&self, scope: &str) -> Arc<Ledger> {
+        if let Some(ledger) = self.scopes.read().get(scope) {
+            return ledger.clone();
         }
-        if keys > 0 {
-            let after = self.used_keys.fetch_add(keys, Ordering::Relaxed) + keys;
-            if after > self.max_keys {
-                self.used_keys.fetch_sub(keys, Ordering::Relaxed);
-                self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                return Err(self.full("keys", self.max_keys));
+        self.scopes.write().entry(scope.into()).or_default().clone()
+    }
+
+    /// Reserves a write's growth in its namespace (against `quota`, if any)
+    /// and in the whole store, then releases what it shrinks; on failure
+    /// nothing is reserved.
+    fn account(
+        &self,
+        scope: Option<&Ledger>,
+        quota: Option<&StorageQuota>,
+        delta: Delta,
+    ) -> Result<(), BackendError> {
+        if let Some(scope) = scope {
+            let (max_bytes, max_keys) = quota.map_or((None, None), |q| (q.max_bytes, q.max_keys));
+            scope
+                .reserve(&delta, max_bytes, max_keys)
+                .map_err(|kind| match quota {
+                    Some(q) => q.exceeded(kind),
+                    None => BackendError::Internal("unreachable quota".into()),
+                })?;
+        }
+        if let Err(kind) = self
+            .total
+            .reserve(&delta, Some(self.max_bytes), Some(self.max_keys))
+        {
+            if let Some(scope) = scope {
+                scope.release(delta.grow, delta.added);
             }
+            return Err(match kind {
+                QuotaKind::Bytes => self.full("bytes", self.max_bytes),
+                QuotaKind::Keys => self.full("keys", self.max_keys),
+            });
+        }
+        self.total.release(delta.shrink, 0);
+        if let Some(scope) = scope {
+            scope.release(delta.shrink, 0);
         }
         Ok(())
     }
 
-    fn release(&self, bytes: u64, keys: u64) {
-        self.used_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        self.used_keys.fetch_sub(keys, Ordering::Relaxed);
+    /// Forgets an entry that left the store (deleted or swept).
+    fn forget(&self, key: &str, value: &[u8]) {
+        let bytes = entry_bytes(key, value);
+        self.total.release(bytes, 1);
+        if let Some(scope) = self.scope_ledger(key) {
+            scope.release(bytes, 1);
+        }
     }
 
     /// Stores one entry in a shard the caller holds, reserving only the growth
@@ -170,17 +281,12 @@ impl Inner {
         value: Bytes,
         expires_at: Option<Instant>,
     ) -> Result<(), BackendError> {
-        let old = shard.map.get(&key).map(|e| entry_bytes(&key, &e.value));
-        let new = entry_bytes(&key, &value);
-        self.reserve(
-            new.saturating_sub(old.unwrap_or(0)),
-            u64::from(old.is_none()),
-        )?;
-        if let Some(old) = old
-            && old > new
-        {
-            self.release(old - new, 0);
-        }
+        let mut delta = Delta::default();
+        delta.add(
+            shard.map.get(&key).map(|e| entry_bytes(&key, &e.value)),
+            entry_bytes(&key, &value),
+        );
+        self.account(self.scope_ledger(&key).as_deref(), None, delta)?;
         shard.put(key, value, expires_at);
         Ok(())
     }
@@ -193,8 +299,76 @@ impl Inner {
         if let Some(at) = old.expires_at {
             shard.expiries.remove(&(at, key.to_string()));
         }
-        self.release(entry_bytes(key, &old.value), 1);
+        self.forget(key, &old.value);
         old.live(now)
+    }
+
+    /// Writes a batch all or nothing: every shard it touches is locked in
+    /// index order (no deadlock), so the checks and the writes see one state.
+    fn write_batch(
+        &self,
+        quota: Option<&StorageQuota>,
+        entries: Vec<KvEntry>,
+    ) -> Result<(), BackendError> {
+        // The last write of a key wins, as if the batch were applied in order.
+        let mut latest: BTreeMap<String, KvEntry> = BTreeMap::new();
+        for entry in entries {
+            latest.insert(entry.key.clone(), entry);
+        }
+        let mut by_shard: BTreeMap<usize, Vec<KvEntry>> = BTreeMap::new();
+        for (_, entry) in latest {
+            by_shard
+                .entry(self.shard_index(&entry.key))
+                .or_default()
+                .push(entry);
+        }
+        let mut guards: Vec<_> = by_shard
+            .keys()
+            .map(|&i| (i, self.shards[i].write()))
+            .collect();
+        // Deltas per namespace (one, when a quota applies: the slot's own).
+        let mut deltas: BTreeMap<Option<String>, Delta> = BTreeMap::new();
+        for (index, guard) in &guards {
+            for entry in by_shard.get(index).into_iter().flatten() {
+                let old = guard
+                    .map
+                    .get(&entry.key)
+                    .map(|e| entry_bytes(&entry.key, &e.value));
+                deltas
+                    .entry(scope_of(&entry.key).map(str::to_string))
+                    .or_default()
+                    .add(old, entry_bytes(&entry.key, &entry.value));
+            }
+        }
+        let mut done: Vec<(Option<Arc<Ledger>>, Delta)> = Vec::new();
+        for (scope, delta) in &deltas {
+            let ledger = scope.as_deref().map(|s| (s, self.ledger(s)));
+            let applies = |s: &str| quota.is_some_and(|q| q.scope.strip_suffix('/') == Some(s));
+            let own_quota = ledger
+                .as_ref()
+                .and_then(|(s, _)| quota.filter(|_| applies(s)));
+            let ledger = ledger.map(|(_, l)| l);
+            if let Err(e) = self.account(ledger.as_deref(), own_quota, *delta) {
+                // Undo the namespaces already accounted: nothing is written.
+                for (ledger, delta) in done {
+                    self.total.release(delta.grow, delta.added);
+                    self.total.bytes.fetch_add(delta.shrink, Ordering::Relaxed);
+                    if let Some(ledger) = ledger {
+                        ledger.release(delta.grow, delta.added);
+                        ledger.bytes.fetch_add(delta.shrink, Ordering::Relaxed);
+                    }
+                }
+                return Err(e);
+            }
+            done.push((ledger, *delta));
+        }
+        let now = Instant::now();
+        for (index, guard) in &mut guards {
+            for entry in by_shard.remove(index).into_iter().flatten() {
+                guard.put(entry.key, entry.value, entry.ttl.map(|t| now + t));
+            }
+        }
+        Ok(())
     }
 
     fn get(&self, key: &str, now: Instant) -> Option<Bytes> {
@@ -227,7 +401,7 @@ impl Inner {
                     .is_some_and(|e| e.expires_at == Some(at))
                     && let Some(old) = shard.map.remove(&key)
                 {
-                    self.release(entry_bytes(&key, &old.value), 1);
+                    self.forget(&key, &old.value);
                     removed += 1;
                 }
             }
@@ -318,56 +492,40 @@ impl KvBackend for MemStore {
     }
 
     async fn set_many(&self, entries: Vec<KvEntry>) -> Result<(), BackendError> {
-        let inner = &self.inner;
-        // The last write of a key wins, as if the batch were applied in order.
-        let mut latest: BTreeMap<String, KvEntry> = BTreeMap::new();
-        for entry in entries {
-            latest.insert(entry.key.clone(), entry);
-        }
-        // Lock every shard the batch touches, in index order (no deadlock), so
-        // the capacity check and the writes see the same state: all or nothing.
-        let mut by_shard: BTreeMap<usize, Vec<KvEntry>> = BTreeMap::new();
-        for (_, entry) in latest {
-            by_shard
-                .entry(inner.shard_index(&entry.key))
-                .or_default()
-                .push(entry);
-        }
-        let mut guards: Vec<_> = by_shard
-            .keys()
-            .map(|&i| (i, inner.shards[i].write()))
-            .collect();
-        let (mut grow, mut shrink, mut new_keys) = (0u64, 0u64, 0u64);
-        for (index, guard) in &guards {
-            for entry in by_shard.get(index).into_iter().flatten() {
-                let new = entry_bytes(&entry.key, &entry.value);
-                match guard.map.get(&entry.key) {
-                    Some(old) => {
-                        let old = entry_bytes(&entry.key, &old.value);
-                        grow += new.saturating_sub(old);
-                        shrink += old.saturating_sub(new);
-                    }
-                    None => {
-                        grow += new;
-                        new_keys += 1;
-                    }
-                }
-            }
-        }
-        inner.reserve(grow, new_keys)?;
-        inner.release(shrink, 0);
-        let now = Instant::now();
-        for (index, guard) in &mut guards {
-            for entry in by_shard.remove(index).into_iter().flatten() {
-                guard.put(entry.key, entry.value, entry.ttl.map(|t| now + t));
-            }
-        }
-        Ok(())
+        self.inner.write_batch(None, entries)
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<u64, BackendError> {
         let now = Instant::now();
         Ok(keys.iter().filter(|k| self.inner.remove(k, now)).count() as u64)
+    }
+
+    async fn set_many_within(
+        &self,
+        quota: &StorageQuota,
+        entries: Vec<KvEntry>,
+    ) -> Result<(), BackendError> {
+        self.inner.write_batch(Some(quota), entries)
+    }
+
+    async fn delete_many_within(
+        &self,
+        _quota: &StorageQuota,
+        keys: &[String],
+    ) -> Result<u64, BackendError> {
+        // Usage is kept for every namespace anyway.
+        self.delete_many(keys).await
+    }
+
+    async fn usage(&self, scope: &str) -> Result<Usage, BackendError> {
+        let scope = scope.strip_suffix('/').unwrap_or(scope);
+        Ok(self
+            .inner
+            .scopes
+            .read()
+            .get(scope)
+            .map(|l| l.usage())
+            .unwrap_or_default())
     }
 }
 
@@ -474,10 +632,12 @@ mod tests {
                 None => break,
             }
         }
+        // Exactly the keys written, each once: sorted and compared whole, so a
+        // repeat on a later page or a missing key both fail.
         let mut sorted = seen.clone();
-        sorted.dedup();
-        assert_eq!(seen.len(), 2500);
-        assert_eq!(sorted.len(), 2500);
+        sorted.sort();
+        let expected: Vec<String> = (0..2500).map(|i| format!("ns/k{i:05}")).collect();
+        assert_eq!(sorted, expected);
         assert!(seen.iter().all(|k| k.starts_with("ns/")));
         Ok(())
     }

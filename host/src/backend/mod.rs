@@ -7,6 +7,7 @@ pub mod nats;
 pub mod pubsub;
 pub mod redis;
 pub mod redis_pubsub;
+mod redis_quota;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub enum BackendError {
     Unavailable { backend: String, reason: String },
     #[error("{0}")]
     CapacityExceeded(String),
+    /// A namespace quota (not the backend's own capacity) refused the write.
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -46,6 +50,48 @@ impl BackendError {
             "scan cursor is malformed; pass back the cursor a scan returned".into(),
         )
     }
+}
+
+/// What one namespace may store on a backend; the backend enforces it
+/// atomically with each write (over it: nothing of the write happens).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageQuota {
+    /// The namespace the quota belongs to (for errors).
+    pub namespace: Arc<str>,
+    /// Its key prefix (`"orders/"`): every key the quota covers starts with it.
+    pub scope: Arc<str>,
+    pub max_bytes: Option<u64>,
+    pub max_keys: Option<u64>,
+}
+
+/// Which storage quota a write would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    Bytes,
+    Keys,
+}
+
+impl StorageQuota {
+    /// The error for a write that would exceed `kind`.
+    pub fn exceeded(&self, kind: QuotaKind) -> BackendError {
+        let (field, limit, unit) = match kind {
+            QuotaKind::Bytes => ("max_stored_bytes", self.max_bytes, "bytes"),
+            QuotaKind::Keys => ("max_stored_keys", self.max_keys, "keys"),
+        };
+        BackendError::QuotaExceeded(format!(
+            "namespace '{ns}' is at its {field} quota ({limit} {unit}); nothing was written: delete keys or raise namespaces.{ns}.limits.{field}",
+            ns = self.namespace,
+            limit = limit.unwrap_or_default(),
+        ))
+    }
+}
+
+/// What one namespace stores on a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Key plus value bytes (keys as the backend stores them, scope included).
+    pub bytes: u64,
+    pub keys: u64,
 }
 
 /// One page of a prefix scan. Keys are the backend's (already scoped) keys.
@@ -93,6 +139,21 @@ pub trait KvBackend: Send + Sync {
     async fn set_many(&self, entries: Vec<KvEntry>) -> Result<(), BackendError>;
     /// How many of the keys existed.
     async fn delete_many(&self, keys: &[String]) -> Result<u64, BackendError>;
+    /// `set_many` under a namespace quota; every key starts with `quota.scope`.
+    async fn set_many_within(
+        &self,
+        quota: &StorageQuota,
+        entries: Vec<KvEntry>,
+    ) -> Result<(), BackendError>;
+    /// `delete_many` in a namespace with a quota (keeps its usage exact).
+    async fn delete_many_within(
+        &self,
+        quota: &StorageQuota,
+        keys: &[String],
+    ) -> Result<u64, BackendError>;
+    /// What the namespace with key prefix `scope` stores (as far as the
+    /// backend tracks it: Redis tracks namespaces that have a quota).
+    async fn usage(&self, scope: &str) -> Result<Usage, BackendError>;
 }
 
 /// A backend could not be built; `field` is the config field to fix.

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, FromRedisValue, RedisError};
 
-use super::{BackendError, KvBackend, KvEntry, ScanPage};
+use super::{BackendError, KvBackend, KvEntry, ScanPage, StorageQuota, Usage};
 use crate::config::RedisConfig;
 
 /// SCAN calls one page may make before returning what it has (with a cursor),
@@ -85,6 +85,18 @@ impl RedisKv {
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
         self.bounded(cmd.query_async::<T>(&mut conn)).await
+    }
+
+    pub(crate) async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, BackendError> {
+        let mut conn = self.conn.clone();
+        self.bounded(invocation.invoke_async::<T>(&mut conn)).await
+    }
+
+    pub(crate) fn summary_text(&self) -> &str {
+        &self.summary
     }
 
     pub(crate) async fn query_pipeline<T: FromRedisValue>(
@@ -314,6 +326,26 @@ impl KvBackend for RedisKv {
             return Ok(0);
         }
         self.query(redis::cmd("DEL").arg(keys)).await
+    }
+
+    async fn set_many_within(
+        &self,
+        quota: &StorageQuota,
+        entries: Vec<KvEntry>,
+    ) -> Result<(), BackendError> {
+        self.set_many_within_quota(quota, entries).await
+    }
+
+    async fn delete_many_within(
+        &self,
+        quota: &StorageQuota,
+        keys: &[String],
+    ) -> Result<u64, BackendError> {
+        self.delete_many_within_quota(quota, keys).await
+    }
+
+    async fn usage(&self, scope: &str) -> Result<Usage, BackendError> {
+        self.tracked_usage(scope).await
     }
 }
 

@@ -8,13 +8,22 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::guest_error;
-use crate::backend::{BackendError, KvBackend, KvEntry, ScanPage};
+use crate::backend::{BackendError, KvBackend, KvEntry, ScanPage, StorageQuota, Usage};
 use crate::runtime::bindings::prism::pattern::{kv, types};
 use crate::runtime::bindings::{CapabilityError, Entry};
 
-/// A hard bound on keys from any guest, user patterns included; patterns
-/// apply their own (smaller) limits first.
+/// Hard bounds on what any guest (user patterns included) may hand the
+/// host in one import call; patterns apply their own, smaller limits first.
+/// Checked before the backend sees anything.
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
+/// One value.
+pub const MAX_VALUE_BYTES: usize = 32 << 20;
+/// Keys or entries in one batch call.
+pub const MAX_BATCH: usize = 10_000;
+/// Keys plus values of one batch write.
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+/// A scan cursor (backends issue short ones).
+pub const MAX_CURSOR_BYTES: usize = 4096;
 /// A hard bound on one scan page.
 pub const MAX_SCAN_PAGE: u32 = 10_000;
 
@@ -24,13 +33,31 @@ pub struct KvSlot {
     backend: Arc<dyn KvBackend>,
     /// `"<namespace>/"`: namespace names cannot contain '/', so scopes never overlap.
     scope: Arc<str>,
+    /// The namespace's storage quota, if it has one (enforced by the backend).
+    quota: Option<Arc<StorageQuota>>,
 }
 
 impl KvSlot {
-    pub fn new(namespace: &str, backend: Arc<dyn KvBackend>) -> KvSlot {
+    /// `max_bytes` / `max_keys`: the namespace's storage quota (None = unlimited).
+    pub fn new(
+        namespace: &str,
+        backend: Arc<dyn KvBackend>,
+        max_bytes: Option<u64>,
+        max_keys: Option<u64>,
+    ) -> KvSlot {
+        let scope: Arc<str> = format!("{namespace}/").into();
+        let quota = (max_bytes.is_some() || max_keys.is_some()).then(|| {
+            Arc::new(StorageQuota {
+                namespace: namespace.into(),
+                scope: scope.clone(),
+                max_bytes,
+                max_keys,
+            })
+        });
         KvSlot {
             backend,
-            scope: format!("{namespace}/").into(),
+            scope,
+            quota,
         }
     }
 
@@ -40,7 +67,13 @@ impl KvSlot {
         KvSlot {
             backend: Arc::new(Unbound),
             scope: "".into(),
+            quota: None,
         }
+    }
+
+    /// What this namespace stores on its backend.
+    pub async fn usage(&self) -> Result<Usage, BackendError> {
+        self.backend.usage(&self.scope).await
     }
 
     pub fn backend(&self) -> &Arc<dyn KvBackend> {
@@ -66,8 +99,58 @@ impl KvSlot {
     }
 
     fn scoped_all(&self, keys: &[String]) -> Result<Vec<String>, CapabilityError> {
+        check_batch(keys.len())?;
         keys.iter().map(|k| self.scoped(k)).collect()
     }
+
+    async fn write(&self, entries: Vec<KvEntry>) -> Result<(), CapabilityError> {
+        let written = match &self.quota {
+            Some(quota) => self.backend.set_many_within(quota, entries).await,
+            None if entries.len() == 1 => {
+                let mut entries = entries;
+                match entries.pop() {
+                    Some(e) => self.backend.set(&e.key, e.value, e.ttl).await,
+                    None => Ok(()),
+                }
+            }
+            None => self.backend.set_many(entries).await,
+        };
+        written.map_err(guest_error)
+    }
+
+    async fn remove(&self, keys: &[String]) -> Result<u64, CapabilityError> {
+        let removed = match &self.quota {
+            Some(quota) => self.backend.delete_many_within(quota, keys).await,
+            None => self.backend.delete_many(keys).await,
+        };
+        removed.map_err(guest_error)
+    }
+}
+
+fn check_batch(len: usize) -> Result<(), CapabilityError> {
+    if len > MAX_BATCH {
+        return Err(CapabilityError::InvalidArgument(format!(
+            "{len} keys in one call; the host accepts at most {MAX_BATCH}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), CapabilityError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(CapabilityError::InvalidArgument(format!(
+            "value is {} bytes; the host limit is {MAX_VALUE_BYTES} bytes",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_cursor(cursor: Option<&str>) -> Result<(), CapabilityError> {
+    if cursor.is_some_and(|c| c.len() > MAX_CURSOR_BYTES) {
+        return Err(guest_error(BackendError::malformed_cursor()));
+    }
+    Ok(())
 }
 
 /// The backend behind an unbound slot.
@@ -102,6 +185,19 @@ impl KvBackend for Unbound {
     async fn delete_many(&self, _: &[String]) -> Result<u64, BackendError> {
         Err(unbound())
     }
+    async fn set_many_within(&self, _: &StorageQuota, _: Vec<KvEntry>) -> Result<(), BackendError> {
+        Err(unbound())
+    }
+    async fn delete_many_within(
+        &self,
+        _: &StorageQuota,
+        _: &[String],
+    ) -> Result<u64, BackendError> {
+        Err(unbound())
+    }
+    async fn usage(&self, _: &str) -> Result<Usage, BackendError> {
+        Err(unbound())
+    }
 }
 
 fn unbound() -> BackendError {
@@ -130,15 +226,21 @@ impl kv::Host for KvSlot {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<(), CapabilityError> {
+        check_value(&value)?;
         let key = self.scoped(&key)?;
-        self.backend
-            .set(&key, Bytes::from(value), ttl(ttl_ms))
-            .await
-            .map_err(guest_error)
+        self.write(vec![KvEntry {
+            key,
+            value: Bytes::from(value),
+            ttl: ttl(ttl_ms),
+        }])
+        .await
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, CapabilityError> {
         let key = self.scoped(&key)?;
+        if self.quota.is_some() {
+            return Ok(self.remove(&[key]).await? > 0);
+        }
         self.backend.delete(&key).await.map_err(guest_error)
     }
 
@@ -154,6 +256,7 @@ impl kv::Host for KvSlot {
         limit: u32,
     ) -> Result<kv::ScanPage, CapabilityError> {
         let prefix = self.scoped(&prefix)?;
+        check_cursor(cursor.as_deref())?;
         let limit = limit.clamp(1, MAX_SCAN_PAGE) as usize;
         let page = self
             .backend
@@ -182,9 +285,17 @@ impl kv::Host for KvSlot {
     }
 
     async fn set_many(&mut self, entries: Vec<Entry>) -> Result<(), CapabilityError> {
+        check_batch(entries.len())?;
+        let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
+        if bytes > MAX_BATCH_BYTES {
+            return Err(CapabilityError::InvalidArgument(format!(
+                "batch holds {bytes} bytes; the host accepts at most {MAX_BATCH_BYTES} per call"
+            )));
+        }
         let entries = entries
             .into_iter()
             .map(|e| {
+                check_value(&e.value)?;
                 Ok(KvEntry {
                     key: self.scoped(&e.key)?,
                     value: Bytes::from(e.value),
@@ -192,12 +303,12 @@ impl kv::Host for KvSlot {
                 })
             })
             .collect::<Result<Vec<_>, CapabilityError>>()?;
-        self.backend.set_many(entries).await.map_err(guest_error)
+        self.write(entries).await
     }
 
     async fn delete_many(&mut self, keys: Vec<String>) -> Result<u32, CapabilityError> {
         let keys = self.scoped_all(&keys)?;
-        let deleted = self.backend.delete_many(&keys).await.map_err(guest_error)?;
+        let deleted = self.remove(&keys).await?;
         Ok(u32::try_from(deleted).unwrap_or(u32::MAX))
     }
 }
@@ -212,8 +323,8 @@ mod tests {
     #[tokio::test]
     async fn namespaces_sharing_a_backend_never_see_each_other() -> Result<(), CapabilityError> {
         let store: Arc<dyn KvBackend> = MemStore::new("shared", &MemStoreConfig::default());
-        let mut a = KvSlot::new("a", store.clone());
-        let mut b = KvSlot::new("b", store.clone());
+        let mut a = KvSlot::new("a", store.clone(), None, None);
+        let mut b = KvSlot::new("b", store.clone(), None, None);
         a.set("k".into(), b"from-a".to_vec(), None).await?;
         b.set("k".into(), b"from-b".to_vec(), None).await?;
         b.set("k2".into(), b"only-b".to_vec(), None).await?;
@@ -223,10 +334,77 @@ mod tests {
             a.scan(String::new(), None, 100).await?.keys,
             vec!["k".to_string()]
         );
-        // A prefix cannot climb out of the scope.
-        assert!(a.scan("../b/".into(), None, 100).await?.keys.is_empty());
+        // Keys and prefixes are literal: naming b's scope or a relative path
+        // from a reaches only a's own (literally named) keys, never b's.
+        a.set("../b/k2".into(), b"a-literal".to_vec(), None).await?;
+        assert!(a.scan("b/".into(), None, 100).await?.keys.is_empty());
+        assert_eq!(
+            a.scan("../b/".into(), None, 100).await?.keys,
+            vec!["../b/k2".to_string()]
+        );
+        assert_eq!(a.get("../b/k2".into()).await?, Some(b"a-literal".to_vec()));
         assert!(a.delete("k2".into()).await.is_ok_and(|existed| !existed));
         assert_eq!(b.get("k2".into()).await?, Some(b"only-b".to_vec()));
+        assert_eq!(
+            store.get("b/k2").await.ok().flatten().as_deref(),
+            Some(&b"only-b"[..])
+        );
+        assert_eq!(
+            store.get("a/../b/k2").await.ok().flatten().as_deref(),
+            Some(&b"a-literal"[..])
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn storage_quota_refuses_writes_and_leaves_nothing_written() -> Result<(), CapabilityError>
+    {
+        let store: Arc<dyn KvBackend> = MemStore::new("shared", &MemStoreConfig::default());
+        // "q/" + "k1" + 10 bytes = 14 bytes per entry.
+        let mut q = KvSlot::new("q", store.clone(), Some(30), Some(3));
+        let mut free = KvSlot::new("free", store.clone(), None, None);
+        q.set("k1".into(), vec![1; 10], None).await?;
+        q.set("k2".into(), vec![2; 10], None).await?;
+        let over = q.set("k3".into(), vec![3; 10], None).await;
+        assert!(
+            matches!(&over, Err(CapabilityError::ResourceExhausted(m)) if m.contains("max_stored_bytes")),
+            "{over:?}"
+        );
+        assert_eq!(q.get("k3".into()).await?, None);
+        // A batch over the quota writes nothing.
+        let batch = vec![
+            Entry {
+                key: "k4".into(),
+                value: vec![4],
+                ttl_ms: None,
+            },
+            Entry {
+                key: "k5".into(),
+                value: vec![5; 20],
+                ttl_ms: None,
+            },
+        ];
+        assert!(q.set_many(batch).await.is_err());
+        assert_eq!(
+            q.get_many(vec!["k4".into(), "k5".into()]).await?,
+            vec![None, None]
+        );
+        // Overwriting in place within the quota works; deleting frees room.
+        q.set("k1".into(), vec![9; 10], None).await?;
+        assert!(q.delete("k2".into()).await?);
+        q.set("k3".into(), vec![3; 10], None).await?;
+        // Other namespaces on the same store are not affected.
+        free.set("big".into(), vec![0; 1000], None).await?;
+        let usage = q.usage().await.map_err(crate::capability::guest_error)?;
+        assert_eq!(usage, Usage { bytes: 28, keys: 2 });
+        // Host bounds come before the backend.
+        let giant = q
+            .get_many((0..=MAX_BATCH).map(|i| format!("k{i}")).collect())
+            .await;
+        assert!(
+            matches!(giant, Err(CapabilityError::InvalidArgument(_))),
+            "{giant:?}"
+        );
         Ok(())
     }
 }

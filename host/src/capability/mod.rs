@@ -12,7 +12,9 @@ use crate::runtime::bindings::CapabilityError;
 pub fn guest_error(err: BackendError) -> CapabilityError {
     match err {
         BackendError::Unavailable { .. } => CapabilityError::Unavailable(err.to_string()),
-        BackendError::CapacityExceeded(m) => CapabilityError::ResourceExhausted(m),
+        BackendError::CapacityExceeded(m) | BackendError::QuotaExceeded(m) => {
+            CapabilityError::ResourceExhausted(m)
+        }
         BackendError::InvalidArgument(m) => CapabilityError::InvalidArgument(m),
         BackendError::Internal(m) => CapabilityError::Internal(m),
     }

@@ -19,9 +19,53 @@ use crate::runtime::bindings::prism::pattern::types;
 use crate::runtime::bindings::pubsub_world::prism::pattern::pubsub;
 use crate::runtime::bindings::pubsub_world::{Outgoing, Published};
 
-/// A hard bound on topics from any guest, user patterns included; patterns
-/// apply their own (smaller) limits first.
+/// Hard bounds on what any guest (user patterns included) may hand the
+/// host in one import call; patterns apply their own (smaller) limits first.
 pub const MAX_TOPIC_BYTES: usize = 4096;
+/// Messages in one publish call.
+pub const MAX_MESSAGES: usize = 10_000;
+/// One payload.
+pub const MAX_PAYLOAD_BYTES: usize = 32 << 20;
+/// Metadata entries of one message.
+pub const MAX_METADATA_ENTRIES: usize = 1024;
+/// Metadata keys plus values of one message.
+pub const MAX_METADATA_BYTES: usize = 1 << 20;
+/// Payloads plus metadata of one publish call.
+pub const MAX_PUBLISH_BYTES: usize = 64 << 20;
+
+/// Checks one publish call against the host bounds before the broker sees it.
+fn check_publish(messages: &[Outgoing]) -> Result<(), CapabilityError> {
+    let invalid = |m: String| Err(CapabilityError::InvalidArgument(m));
+    if messages.len() > MAX_MESSAGES {
+        return invalid(format!(
+            "{} messages in one publish; the host accepts at most {MAX_MESSAGES}",
+            messages.len()
+        ));
+    }
+    let mut total = 0usize;
+    for (i, m) in messages.iter().enumerate() {
+        if m.payload.len() > MAX_PAYLOAD_BYTES {
+            return invalid(format!(
+                "message {i}: payload is {} bytes; the host limit is {MAX_PAYLOAD_BYTES}",
+                m.payload.len()
+            ));
+        }
+        let metadata: usize = m.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if m.metadata.len() > MAX_METADATA_ENTRIES || metadata > MAX_METADATA_BYTES {
+            return invalid(format!(
+                "message {i}: metadata has {} entries, {metadata} bytes; the host limits are {MAX_METADATA_ENTRIES} entries, {MAX_METADATA_BYTES} bytes",
+                m.metadata.len()
+            ));
+        }
+        total += m.payload.len() + metadata;
+    }
+    if total > MAX_PUBLISH_BYTES {
+        return invalid(format!(
+            "publish holds {total} bytes; the host accepts at most {MAX_PUBLISH_BYTES} per call"
+        ));
+    }
+    Ok(())
+}
 
 /// One namespace's binding of the `pubsub` slot.
 #[derive(Clone)]
@@ -87,6 +131,7 @@ impl pubsub::Host for PubSubSlot {
         messages: Vec<Outgoing>,
     ) -> Result<Vec<Published>, CapabilityError> {
         let topic = self.topic(&topic)?;
+        check_publish(&messages)?;
         let timestamp_ms = now_ms();
         let mut published = Vec::with_capacity(messages.len());
         let messages = messages

@@ -70,8 +70,3 @@ impl Drop for EpochTicker {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
-
-/// Epoch ticks that cover `deadline` (at least one full tick beyond it).
-pub fn deadline_ticks(deadline: Duration) -> u64 {
-    (deadline.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
-}

@@ -1,7 +1,5 @@
 //! KeyValueRuntime: typed calls into a namespace's KeyValue pattern.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use wasmtime::Store;
@@ -9,11 +7,8 @@ use wasmtime::Store;
 use super::CallError;
 use super::bindings::exports::prism::pattern::keyvalue_pattern::Guest as KeyValueExports;
 use super::bindings::{Entry, Keyvalue, PatternError, ScanRequest, ScanResult};
-use super::pool::PatternPool;
+use super::pool::{GuestFuture, PatternPool};
 use super::state::InstanceState;
-
-type GuestFuture<'a, T> =
-    Pin<Box<dyn Future<Output = wasmtime::Result<Result<T, PatternError>>> + Send + 'a>>;
 
 #[derive(Clone)]
 pub struct KeyValueRuntime {
@@ -29,15 +24,23 @@ impl KeyValueRuntime {
         &self.pool
     }
 
-    /// Leases an instance, runs one export, settles the lease.
+    /// Runs one export on a pooled instance.
     async fn call<T, F>(&self, f: F) -> Result<T, CallError>
     where
-        F: for<'a> FnOnce(&'a mut Store<InstanceState>, &'a KeyValueExports) -> GuestFuture<'a, T>,
+        T: Send + 'static,
+        F: for<'a> FnOnce(
+                &'a mut Store<InstanceState>,
+                &'a KeyValueExports,
+            ) -> GuestFuture<'a, Result<T, PatternError>>
+            + Send
+            + 'static,
     {
-        let mut lease = self.pool.lease().await?;
-        let (store, bindings) = lease.parts(self.pool.limits());
-        let result = f(store, bindings.prism_pattern_keyvalue_pattern()).await;
-        self.pool.settle(lease, result)?.map_err(CallError::Pattern)
+        self.pool
+            .call(move |store, bindings: &Keyvalue| {
+                f(store, bindings.prism_pattern_keyvalue_pattern())
+            })
+            .await?
+            .map_err(CallError::Pattern)
     }
 
     pub async fn get(&self, key: String) -> Result<Vec<u8>, CallError> {

@@ -3,9 +3,11 @@
 
 pub mod bindings;
 pub mod builtin;
+mod call;
 mod component_cache;
 mod engine;
 pub mod keyvalue;
+mod lane;
 pub mod pool;
 pub mod pubsub;
 pub mod state;
@@ -15,7 +17,7 @@ use std::fmt;
 use std::time::Duration;
 
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasData, Linker};
+use wasmtime::component::{Component, HasData, InstancePre, Linker};
 
 pub use component_cache::ComponentCache;
 pub use engine::EPOCH_TICK;
@@ -35,6 +37,10 @@ pub enum RuntimeError {
     Engine(String),
     #[error("{label} is not a usable WebAssembly component: {reason}")]
     InvalidComponent { label: String, reason: String },
+    #[error(
+        "{label} imports something Prism does not provide ({reason}); patterns may import only the prism:pattern capabilities and WASI 0.2"
+    )]
+    UnsupportedImport { label: String, reason: String },
     #[error("{label} does not fit the {world} world: {reason}")]
     WrongWorld {
         label: String,
@@ -49,6 +55,15 @@ pub enum RuntimeError {
         "namespace '{namespace}' has all {max} pattern instances busy; retry, or raise namespaces.{namespace}.limits.max_instances"
     )]
     Busy { namespace: String, max: u32 },
+    #[error(
+        "namespace '{namespace}' kept its {slots} compute slot(s) busy with long calls for the whole call deadline ({} ms); retry, or raise namespaces.{namespace}.limits.compute_slots",
+        deadline.as_millis()
+    )]
+    ComputeBusy {
+        namespace: String,
+        slots: u32,
+        deadline: Duration,
+    },
     #[error(
         "the server is at its limit of wasm instances across namespaces; retry, or raise runtime.total_instances"
     )]
@@ -76,6 +91,9 @@ pub enum TrapKind {
     /// A guest panic (Rust patterns abort through `unreachable`), with its message if any.
     Panic(String),
     StackOverflow,
+    /// An access outside linear memory (Rust patterns: often their shadow
+    /// stack, which lives in linear memory, running out).
+    MemoryFault,
     Other(String),
 }
 
@@ -93,6 +111,10 @@ impl fmt::Display for TrapKind {
             TrapKind::Panic(msg) if msg.is_empty() => write!(f, "panicked"),
             TrapKind::Panic(msg) => write!(f, "panicked: {msg}"),
             TrapKind::StackOverflow => write!(f, "overflowed its stack"),
+            TrapKind::MemoryFault => write!(
+                f,
+                "accessed memory out of bounds (for a Rust pattern usually a stack overflow: its stack lives in linear memory)"
+            ),
             TrapKind::Other(msg) => write!(f, "trapped: {msg}"),
         }
     }
@@ -118,6 +140,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<InstanceState>,
     cache: ComponentCache,
+    lane: lane::Lane,
     _ticker: engine::EpochTicker,
 }
 
@@ -144,8 +167,14 @@ impl Runtime {
             engine,
             linker,
             cache: ComponentCache::new(config.cache_dir.clone()),
+            lane: lane::Lane::start(config.background_threads)?,
             _ticker: ticker,
         })
+    }
+
+    /// Where pools move long calls (None: no background lane configured).
+    pub fn lane(&self) -> Option<tokio::runtime::Handle> {
+        self.lane.handle()
     }
 
     /// Compiles (or fetches from cache) a component; `label` names it in errors.
@@ -153,19 +182,31 @@ impl Runtime {
         self.cache.load(&self.engine, bytes, label)
     }
 
-    /// Checks that `component` fits world `W` and prepares it for fast
-    /// instantiation (imports resolved once).
-    pub fn prepare<W: PatternWorld>(
+    /// Resolves the component's imports against what Prism provides, once
+    /// per component (every world shares the one linker).
+    pub fn link(
         &self,
         component: &Component,
         label: &str,
+    ) -> Result<InstancePre<InstanceState>, RuntimeError> {
+        self.linker
+            .instantiate_pre(component)
+            .map_err(|e| RuntimeError::UnsupportedImport {
+                label: label.to_string(),
+                reason: format!("{e:#}"),
+            })
+    }
+
+    /// Checks that a linked component exports world `W`.
+    pub fn prepare<W: PatternWorld>(
+        &self,
+        pre: &InstancePre<InstanceState>,
+        label: &str,
     ) -> Result<W::Pre, RuntimeError> {
-        let wrong = |e: wasmtime::Error| RuntimeError::WrongWorld {
+        W::pre(pre.clone()).map_err(|e| RuntimeError::WrongWorld {
             label: label.to_string(),
             world: W::NAME,
             reason: format!("{e:#}"),
-        };
-        let pre = self.linker.instantiate_pre(component).map_err(wrong)?;
-        W::pre(pre).map_err(wrong)
+        })
     }
 }

@@ -1,45 +1,52 @@
-//! PatternPool: the instances of one namespace's pattern. A request leases an
-//! idle instance (or a fresh one), calls it with the deadline armed, and gives
-//! it back only if the call returned; a trapped or cancelled call drops the
-//! instance, so no half-run guest state is ever reused.
+//! PatternPool: the instances of one namespace's pattern. A call leases an
+//! idle instance (or a fresh one), runs with its deadline armed, and gives
+//! the instance back only if the call returned; a trapped or cancelled call
+//! drops the instance, so no half-run guest state is ever reused. Idle
+//! instances beyond the namespace's `idle_instances` are dropped once the
+//! namespace has been quiet for a while, so idle tenants cost little.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Store, Trap};
 
-use super::engine::deadline_ticks;
+use super::call::{CallTicket, FIRST_SLICE_TICKS, on_epoch};
+use super::engine::EPOCH_TICK;
+use super::lane;
 use super::state::{InstanceState, Slots};
 use super::world::PatternWorld;
-use super::{RuntimeError, TrapKind};
+use super::{CallError, RuntimeError, TrapKind};
 use crate::config::InstanceLimits;
+
+/// How long an instance may sit idle before it is dropped (down to the
+/// namespace's `idle_instances`).
+pub const IDLE_TTL: Duration = Duration::from_secs(30);
+
+/// A guest future borrowing the store and bindings of one leased instance.
+pub type GuestFuture<'a, T> = Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>;
 
 /// One live instance and the store that owns it.
 pub struct Instance<W> {
     store: Store<InstanceState>,
     bindings: W,
+    last_used: Instant,
 }
 
-/// An instance lent to one request. Dropping it without
-/// [`PatternPool::settle`] (a cancelled request) discards the instance.
-pub struct Lease<'a, W> {
+/// An instance lent to one call. Dropping it without [`PatternPool::settle`]
+/// (a cancelled call) discards the instance.
+struct Lease<W> {
     instance: Instance<W>,
-    _permit: SemaphorePermit<'a>,
-}
-
-impl<W> Lease<'_, W> {
-    /// The store, with a fresh deadline armed for one call, and the bindings.
-    pub fn parts(&mut self, limits: &InstanceLimits) -> (&mut Store<InstanceState>, &W) {
-        self.instance
-            .store
-            .set_epoch_deadline(deadline_ticks(limits.call_deadline));
-        (&mut self.instance.store, &self.instance.bindings)
-    }
+    _permit: OwnedSemaphorePermit,
 }
 
 pub struct PatternPool<W: PatternWorld> {
-    namespace: String,
+    namespace: Arc<str>,
     pre: W::Pre,
     limits: InstanceLimits,
     settings: Vec<(String, String)>,
@@ -47,9 +54,14 @@ pub struct PatternPool<W: PatternWorld> {
     slots: Slots,
     idle: Mutex<Vec<Instance<W>>>,
     /// One permit per instance that may run at once (`limits.max_instances`).
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
+    /// Long calls take turns on these (`limits.compute_slots`).
+    compute: Arc<Semaphore>,
+    /// Where long calls move to; None keeps them on the request threads.
+    lane: Option<Handle>,
     instantiated: AtomicU64,
     discarded: AtomicU64,
+    long_calls: AtomicU64,
 }
 
 /// Counters for logs, tests and the bench.
@@ -58,6 +70,10 @@ pub struct PoolStats {
     pub instantiated: u64,
     pub discarded: u64,
     pub idle: usize,
+    /// Calls currently holding an instance.
+    pub busy: usize,
+    /// Calls that ran past their first slice.
+    pub long_calls: u64,
 }
 
 impl<W: PatternWorld> PatternPool<W> {
@@ -67,17 +83,21 @@ impl<W: PatternWorld> PatternPool<W> {
         limits: InstanceLimits,
         settings: Vec<(String, String)>,
         slots: Slots,
+        lane: Option<Handle>,
     ) -> PatternPool<W> {
         PatternPool {
-            namespace: namespace.to_string(),
+            namespace: namespace.into(),
             pre,
             limits,
             settings,
             slots,
             idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(limits.max_instances as usize),
+            permits: Arc::new(Semaphore::new(limits.max_instances as usize)),
+            compute: Arc::new(Semaphore::new(limits.compute_slots.max(1) as usize)),
+            lane,
             instantiated: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
+            long_calls: AtomicU64::new(0),
         }
     }
 
@@ -94,21 +114,67 @@ impl<W: PatternWorld> PatternPool<W> {
             instantiated: self.instantiated.load(Ordering::Relaxed),
             discarded: self.discarded.load(Ordering::Relaxed),
             idle: self.idle.lock().len(),
+            busy: self.limits.max_instances as usize - self.permits.available_permits(),
+            long_calls: self.long_calls.load(Ordering::Relaxed),
         }
+    }
+
+    /// Runs one export on an instance of this pool: lease, deadline, yields
+    /// at each epoch slice, the background lane for long calls, settle.
+    pub async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T, CallError>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Store<InstanceState>, &'a W) -> GuestFuture<'a, T>
+            + Send
+            + 'static,
+    {
+        let ticket = CallTicket::new(self.limits.call_deadline, self.compute.clone());
+        let pool = self.clone();
+        let job_ticket = ticket.clone();
+        let job = async move {
+            if !job_ticket.admit().await {
+                return Err(RuntimeError::ComputeBusy {
+                    namespace: pool.namespace.to_string(),
+                    slots: pool.limits.compute_slots,
+                    deadline: pool.limits.call_deadline,
+                });
+            }
+            let mut lease = pool.lease().await?;
+            let result = {
+                let Instance {
+                    store, bindings, ..
+                } = &mut lease.instance;
+                store.data_mut().call = Some(job_ticket.clone());
+                store.set_epoch_deadline(FIRST_SLICE_TICKS);
+                // Epochs interrupt guest code only; a guest blocked inside a
+                // host call (a WASI sleep) is bounded by this timer instead.
+                let bound = job_ticket.deadline() + 2 * EPOCH_TICK;
+                match tokio::time::timeout(bound, f(store, bindings)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(wasmtime::Error::from(Trap::Interrupt)),
+                }
+            };
+            job_ticket.release();
+            if job_ticket.is_long() {
+                pool.long_calls.fetch_add(1, Ordering::Relaxed);
+            }
+            pool.settle(lease, result)
+        };
+        Ok(lane::run(self.lane.as_ref(), ticket, job).await??)
     }
 
     /// An instance for one call: idle if there is one, else a new one. Waits
     /// up to the call deadline when all `max_instances` are busy.
-    pub async fn lease(&self) -> Result<Lease<'_, W>, RuntimeError> {
+    async fn lease(&self) -> Result<Lease<W>, RuntimeError> {
         let busy = || RuntimeError::Busy {
-            namespace: self.namespace.clone(),
+            namespace: self.namespace.to_string(),
             max: self.limits.max_instances,
         };
         // Fast path without arming a timer; wait (bounded) only when all are busy.
-        let permit = match self.permits.try_acquire() {
+        let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                let wait = self.permits.acquire();
+                let wait = self.permits.clone().acquire_owned();
                 match tokio::time::timeout(self.limits.call_deadline, wait).await {
                     Ok(Ok(permit)) => permit,
                     Ok(Err(_)) | Err(_) => return Err(busy()),
@@ -128,23 +194,22 @@ impl<W: PatternWorld> PatternPool<W> {
 
     /// Returns the instance to the pool if the call completed, or classifies
     /// the trap and drops the instance.
-    pub fn settle<T>(
-        &self,
-        lease: Lease<'_, W>,
-        result: wasmtime::Result<T>,
-    ) -> Result<T, RuntimeError> {
+    fn settle<T>(&self, lease: Lease<W>, result: wasmtime::Result<T>) -> Result<T, RuntimeError> {
+        let mut instance = lease.instance;
         match result {
             Ok(value) => {
-                self.idle.lock().push(lease.instance);
+                instance.store.data_mut().call = None;
+                instance.last_used = Instant::now();
+                self.idle.lock().push(instance);
                 Ok(value)
             }
             Err(err) => {
                 self.discarded.fetch_add(1, Ordering::Relaxed);
-                let kind = classify(&lease.instance.store, &err, &self.limits);
-                let stderr = lease.instance.store.data().stderr_text();
+                let kind = classify(&instance.store, &err, &self.limits);
+                let stderr = instance.store.data().stderr_text();
                 tracing::warn!(namespace = %self.namespace, %kind, guest_stderr = %stderr, error = %format!("{err:#}"), "pattern trapped; instance discarded");
                 Err(RuntimeError::Trap {
-                    namespace: self.namespace.clone(),
+                    namespace: self.namespace.to_string(),
                     kind,
                 })
             }
@@ -154,11 +219,16 @@ impl<W: PatternWorld> PatternPool<W> {
     /// Creates and configures one instance. Public so start-up can check the
     /// pattern's settings and the bench can time instantiation.
     pub async fn instantiate(&self) -> Result<Instance<W>, RuntimeError> {
-        let state = InstanceState::new(self.limits.memory_bytes, self.slots.clone());
+        let mut state = InstanceState::new(self.limits.memory_bytes, self.slots.clone());
+        // Start functions and `configure` run guest code too: same deadline.
+        state.call = Some(CallTicket::new(
+            self.limits.call_deadline,
+            self.compute.clone(),
+        ));
         let mut store = Store::new(W::engine(&self.pre), state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(deadline_ticks(self.limits.call_deadline));
-        store.epoch_deadline_trap();
+        store.set_epoch_deadline(FIRST_SLICE_TICKS);
+        store.epoch_deadline_callback(on_epoch);
         let bindings = match W::instantiate(&self.pre, &mut store).await {
             Ok(b) => b,
             Err(e)
@@ -169,7 +239,7 @@ impl<W: PatternWorld> PatternPool<W> {
             }
             Err(e) => {
                 return Err(RuntimeError::Instantiate {
-                    namespace: self.namespace.clone(),
+                    namespace: self.namespace.to_string(),
                     reason: classify(&store, &e, &self.limits).to_string(),
                 });
             }
@@ -179,24 +249,50 @@ impl<W: PatternWorld> PatternPool<W> {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {
                 return Err(RuntimeError::Configure {
-                    namespace: self.namespace.clone(),
+                    namespace: self.namespace.to_string(),
                     reason,
                 });
             }
             Err(e) => {
                 return Err(RuntimeError::Instantiate {
-                    namespace: self.namespace.clone(),
+                    namespace: self.namespace.to_string(),
                     reason: format!("configure {}", classify(&store, &e, &self.limits)),
                 });
             }
         }
+        store.data_mut().call = None;
         self.instantiated.fetch_add(1, Ordering::Relaxed);
-        Ok(Instance { store, bindings })
+        Ok(Instance {
+            store,
+            bindings,
+            last_used: Instant::now(),
+        })
     }
 
     /// Puts a fresh instance in the idle list (start-up warm-up).
     pub fn add_idle(&self, instance: Instance<W>) {
         self.idle.lock().push(instance);
+    }
+
+    /// Drops idle instances unused for `ttl`, keeping `idle_instances`;
+    /// returns how many were dropped.
+    pub fn trim(&self, ttl: Duration) -> usize {
+        let keep = self.limits.idle_instances as usize;
+        let dropped: Vec<Instance<W>> = {
+            let mut idle = self.idle.lock();
+            if idle.len() <= keep {
+                return 0;
+            }
+            // Most recently used last (calls push on return): drop from the front.
+            let stale = idle
+                .iter()
+                .take(idle.len() - keep)
+                .take_while(|i| i.last_used.elapsed() >= ttl)
+                .count();
+            idle.drain(..stale).collect()
+        };
+        // Dropped outside the lock: freeing a store is not free.
+        dropped.len()
     }
 }
 
@@ -214,6 +310,7 @@ fn classify(
             TrapKind::Panic(panic_message(&store.data().stderr_text()))
         }
         Some(Trap::StackOverflow) => TrapKind::StackOverflow,
+        Some(Trap::MemoryOutOfBounds) => TrapKind::MemoryFault,
         Some(trap) => TrapKind::Other(trap.to_string()),
         None => TrapKind::Other(format!("{err:#}")),
     }

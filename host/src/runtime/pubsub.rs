@@ -1,7 +1,5 @@
 //! PubSubRuntime: typed calls into a namespace's PubSub pattern.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use wasmtime::Store;
@@ -11,10 +9,8 @@ use super::bindings::pubsub_world::exports::prism::pattern::pubsub_pattern::Gues
 use super::bindings::pubsub_world::{
     Delivery, Outgoing, Published, PubsubWorld, SubscribeRequest, SubscriptionPlan, Verdict,
 };
-use super::pool::PatternPool;
+use super::pool::{GuestFuture, PatternPool};
 use super::state::InstanceState;
-
-type GuestFuture<'a, T> = Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>;
 
 #[derive(Clone)]
 pub struct PubSubRuntime {
@@ -30,15 +26,19 @@ impl PubSubRuntime {
         &self.pool
     }
 
-    /// Leases an instance, runs one export, settles the lease.
+    /// Runs one export on a pooled instance.
     async fn call<T, F>(&self, f: F) -> Result<T, CallError>
     where
-        F: for<'a> FnOnce(&'a mut Store<InstanceState>, &'a PubSubExports) -> GuestFuture<'a, T>,
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Store<InstanceState>, &'a PubSubExports) -> GuestFuture<'a, T>
+            + Send
+            + 'static,
     {
-        let mut lease = self.pool.lease().await?;
-        let (store, bindings) = lease.parts(self.pool.limits());
-        let result = f(store, bindings.prism_pattern_pubsub_pattern()).await;
-        Ok(self.pool.settle(lease, result)?)
+        self.pool
+            .call(move |store, bindings: &PubsubWorld| {
+                f(store, bindings.prism_pattern_pubsub_pattern())
+            })
+            .await
     }
 
     pub async fn publish(

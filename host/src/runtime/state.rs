@@ -1,11 +1,14 @@
 //! What each pattern instance's store holds: a WASI context with no ambient
 //! authority, its memory limiter, and its capability slots.
 
+use std::sync::Arc;
+
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::call::CallTicket;
 use crate::capability::kv::KvSlot;
 use crate::capability::pubsub::PubSubSlot;
 
@@ -35,6 +38,8 @@ pub struct InstanceState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) slots: Slots,
     stderr: MemoryOutputPipe,
+    /// The call running on this instance, for the epoch callback.
+    pub(crate) call: Option<Arc<CallTicket>>,
 }
 
 impl InstanceState {
@@ -57,6 +62,7 @@ impl InstanceState {
             },
             slots,
             stderr,
+            call: None,
         }
     }
 
