@@ -328,7 +328,8 @@ fn default_shutdown_grace_ms() -> u64 {
     10_000
 }
 fn default_total_instances() -> u32 {
-    1024
+    // 1 000 namespaces with a warm instance each, and room to serve them.
+    4096
 }
 fn default_background_threads() -> usize {
     1

@@ -29,6 +29,13 @@ pub fn build_engine(total_instances: u32, max_memory_bytes: usize) -> Result<Eng
         // Keep recently used slots warm so re-instantiation is cheap.
         .max_unused_warm_slots(total_instances.min(64));
     let mut config = Config::new();
+    // Reserve address space per linear memory only up to the largest memory
+    // limit, not the default 4 GiB: thousands of pooled slots stay within a
+    // sane virtual size (bounds checks become explicit, a small cost here).
+    config
+        .memory_reservation(max_memory_bytes as u64)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0);
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
