@@ -21,6 +21,8 @@ test: setup-rust setup-python setup-services
     # One feature set for binary and tests (building -p prism alone would compile twice).
     cargo build --release --workspace --all-targets
     cargo test --release --workspace
+    # The guest patterns' own unit tests, natively (their wasm build is in build.rs).
+    cd guest-patterns && cargo test --workspace --target-dir ../target/guest-native
     PRISM_BIN={{ justfile_directory() }}/target/release/prism {{ venv }}/bin/python -m pytest clients/python/tests -q
 
 # Benchmarks with same-run baselines; writes bench/results.json (`just bench --quick`: a regression guard under a minute).

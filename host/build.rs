@@ -32,6 +32,8 @@ fn compile_protos(root: &Path, out_dir: &Path) -> BuildResult {
     };
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT, not tonic's INTERNAL.
+        .codec_path("crate::api::codec::PrismCodec")
         .file_descriptor_set_path(out_dir.join("prism_descriptor.bin"))
         .compile_with_config(config, &protos, &[proto_dir])?;
     Ok(())

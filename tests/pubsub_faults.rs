@@ -177,3 +177,225 @@ async fn wrong_pattern_and_unbound_errors_are_clear() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Which broker a through-the-restart run uses.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Broker {
+    NatsCore,
+    JetStream,
+    Redis,
+}
+
+/// Everything one publisher and one subscriber saw across a broker kill
+/// and restart, message by message.
+#[derive(Default, Debug)]
+struct Accounting {
+    /// Publishes that returned OK (sequence numbers).
+    acknowledged: Vec<u64>,
+    /// Publishes that failed (UNAVAILABLE expected).
+    failed: Vec<(u64, Code)>,
+    /// Acknowledged publishes made while the broker was down.
+    ok_during_outage: Vec<u64>,
+    /// Sequence numbers as delivered, in order, repeats included.
+    delivered: Vec<u64>,
+}
+
+impl Accounting {
+    fn lost(&self) -> Vec<u64> {
+        let delivered: std::collections::HashSet<u64> = self.delivered.iter().copied().collect();
+        self.acknowledged
+            .iter()
+            .copied()
+            .filter(|s| !delivered.contains(s))
+            .collect()
+    }
+
+    fn duplicates(&self) -> usize {
+        let unique: std::collections::HashSet<u64> = self.delivered.iter().copied().collect();
+        self.delivered.len() - unique.len()
+    }
+
+    /// Delivered without an OK (the broker took it, the answer was lost).
+    fn delivered_unacknowledged(&self) -> usize {
+        let acked: std::collections::HashSet<u64> = self.acknowledged.iter().copied().collect();
+        let unique: std::collections::HashSet<u64> = self.delivered.iter().copied().collect();
+        unique.iter().filter(|s| !acked.contains(s)).count()
+    }
+}
+
+/// Publishes sequence numbers every 2 ms while the broker is killed and
+/// restarted under them; a subscriber (a durable group on JetStream) reads
+/// throughout. Returns what each side saw.
+async fn through_restart(broker: Broker) -> anyhow::Result<Accounting> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let (mut nats, mut redis) = (None, None);
+    let backend = match broker {
+        Broker::NatsCore | Broker::JetStream => {
+            let n = NatsServer::start().await?;
+            let toml = format!(
+                "[backends.bus]\ntype = \"nats\"\nurl = \"{}\"\njetstream = {}\ntimeout_ms = 500\n",
+                n.url(),
+                broker == Broker::JetStream
+            );
+            nats = Some(n);
+            toml
+        }
+        Broker::Redis => {
+            let r = RedisServer::start().await?;
+            let toml = format!(
+                "[backends.bus]\ntype = \"redis\"\nurl = \"{}\"\ntimeout_ms = 500\n",
+                r.url()
+            );
+            redis = Some(r);
+            toml
+        }
+    };
+    let server = start(&pubsub_config(&backend, &["alpha"], "")).await?;
+    let mut client = server.pubsub("alpha");
+    let request = pb::SubscribeRequest {
+        group: if broker == Broker::JetStream {
+            "accounting".into()
+        } else {
+            String::new()
+        },
+        buffer: 10_000,
+        ..subscribe_request("acct")
+    };
+    let mut sub = Sub::open(&mut client, request).await?;
+
+    let down = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (client, down, stop) = (client.clone(), down.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acc = Accounting::default();
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let was_down = down.load(Ordering::Relaxed);
+                let r = client
+                    .clone()
+                    .publish(publish_request("acct", &seq.to_be_bytes()))
+                    .await;
+                match r {
+                    Ok(_) => {
+                        acc.acknowledged.push(seq);
+                        if was_down && down.load(Ordering::Relaxed) {
+                            acc.ok_during_outage.push(seq);
+                        }
+                    }
+                    Err(s) => acc.failed.push((seq, s.code())),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            acc
+        })
+    };
+    let reader = tokio::spawn(async move {
+        let mut delivered = Vec::new();
+        // Reads until nothing new arrives for 5 s after the publisher stopped.
+        while let Ok(Some(m)) = sub.next(Duration::from_secs(5)).await {
+            let seq: [u8; 8] = m.payload.as_slice().try_into().unwrap_or_default();
+            delivered.push(u64::from_be_bytes(seq));
+        }
+        delivered
+    });
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    down.store(true, Ordering::Relaxed);
+    if let Some(n) = nats.as_mut() {
+        n.kill();
+    }
+    if let Some(r) = redis.as_mut() {
+        r.kill();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    if let Some(n) = nats.as_mut() {
+        n.restart().await?;
+    }
+    if let Some(r) = redis.as_mut() {
+        r.restart().await?;
+    }
+    down.store(false, Ordering::Relaxed);
+    // Publish on well past the recovery.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acc = publisher.await?;
+    acc.delivered = reader.await?;
+    server.stop().await?;
+    Ok(acc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_accounted_for_through_a_broker_restart() -> anyhow::Result<()> {
+    for broker in [Broker::JetStream, Broker::NatsCore, Broker::Redis] {
+        let acc = through_restart(broker).await?;
+        let lost = acc.lost();
+        let unavailable = acc
+            .failed
+            .iter()
+            .filter(|(_, c)| *c == Code::Unavailable)
+            .count();
+        // Reported in the test output whatever the outcome.
+        println!(
+            "{broker:?}: {} acknowledged, {} failed ({unavailable} UNAVAILABLE), {} OK while down, \
+             {} delivered ({} duplicates, {} without an OK), {} acknowledged but lost{}",
+            acc.acknowledged.len(),
+            acc.failed.len(),
+            acc.ok_during_outage.len(),
+            acc.delivered.len(),
+            acc.duplicates(),
+            acc.delivered_unacknowledged(),
+            lost.len(),
+            if lost.is_empty() {
+                String::new()
+            } else {
+                format!(" (seq {}..={})", lost[0], lost[lost.len() - 1])
+            }
+        );
+        anyhow::ensure!(
+            acc.acknowledged.len() > 200,
+            "{broker:?}: too few publishes: {acc:?}"
+        );
+        anyhow::ensure!(unavailable > 0, "{broker:?}: the outage was never seen");
+        anyhow::ensure!(
+            acc.failed.iter().all(|(_, c)| *c == Code::Unavailable),
+            "{broker:?}: a publish failed with something other than UNAVAILABLE: {:?}",
+            acc.failed
+        );
+        let first_failure = acc.failed.first().map_or(u64::MAX, |(s, _)| *s);
+        let last_failure = acc.failed.last().map_or(0, |(s, _)| *s);
+        match broker {
+            // At-least-once: nothing acknowledged is ever lost, and the
+            // durable group resumes on its own after the restart.
+            Broker::JetStream => anyhow::ensure!(lost.is_empty(), "JetStream lost {lost:?}"),
+            // At-most-once: losses are confined to the outage (published
+            // while the broker was going down, or before the subscription
+            // was re-made); everything well before and after arrives.
+            Broker::NatsCore | Broker::Redis => {
+                let outside: Vec<u64> = lost
+                    .iter()
+                    .copied()
+                    .filter(|s| *s + 50 < first_failure || *s > last_failure + 500)
+                    .collect();
+                anyhow::ensure!(
+                    outside.is_empty(),
+                    "{broker:?}: lost messages far from the outage: {outside:?}"
+                );
+                anyhow::ensure!(
+                    acc.duplicates() == 0,
+                    "{broker:?}: duplicates on an at-most-once broker"
+                );
+            }
+        }
+        // Nothing published after recovery went missing: the last 200 OKs arrived.
+        let tail: Vec<u64> = acc.acknowledged.iter().rev().take(200).copied().collect();
+        anyhow::ensure!(
+            tail.iter().all(|s| !lost.contains(s)),
+            "{broker:?}: publishes after recovery were lost"
+        );
+    }
+    Ok(())
+}

@@ -688,6 +688,9 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("namespaces.a"), "{err}");
+        assert!(
+            err.contains("prism.toml: namespaces.a.limits.call_deadline_ms: must be positive"),
+            "{err}"
+        );
     }
 }

@@ -310,7 +310,7 @@ impl Namespaces {
     pub fn get(&self, name: &str) -> Result<&Arc<Namespace>, NamespaceError> {
         self.map
             .get(name)
-            .ok_or_else(|| NamespaceError::Unknown(name.to_string()))
+            .ok_or_else(|| NamespaceError::Unknown(shorten(name)))
     }
 
     /// The namespace a request names in its metadata (`default` when absent).
@@ -343,5 +343,14 @@ impl Namespaces {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Namespace>> {
         self.map.values()
+    }
+}
+
+/// A name from a request, as errors quote it: never more than 64
+/// characters, so a huge header is not echoed back.
+pub fn shorten(name: &str) -> String {
+    match name.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &name[..cut], name.len()),
+        None => name.to_string(),
     }
 }

@@ -12,6 +12,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::keyvalue::KeyValueService;
+use crate::api::oversize::OversizeLayer;
 use crate::api::pubsub::PubSubService;
 use crate::api::subscription::Registry;
 use crate::backend::Backends;
@@ -163,6 +164,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     });
     let (shutdown, stop) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
+        .layer(OversizeLayer::new(max_message))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(keyvalue)

@@ -23,6 +23,7 @@ pub use prism::pb;
 
 pub mod backends;
 pub mod binary;
+pub mod raw;
 pub mod servers;
 
 /// A Prism server running in this process, on its own two-worker runtime.
@@ -140,6 +141,12 @@ pub mod pubsub;
 /// Adds `x-prism-namespace` to every request.
 #[derive(Clone)]
 pub struct Namespace(String);
+
+impl Namespace {
+    pub fn new(name: &str) -> Namespace {
+        Namespace(name.to_string())
+    }
+}
 
 impl Interceptor for Namespace {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {

@@ -64,11 +64,13 @@ class Message:
     delivery_attempt: int
     _subscription: Subscription | None = field(default=None, repr=False, compare=False, hash=False)
 
-    async def ack(self) -> None:
-        """Acknowledges this message on the subscription that delivered it."""
+    async def ack(self) -> int:
+        """Acknowledges this message on the subscription that delivered it;
+        returns 1 if the broker was waiting for that ack (at-least-once
+        brokers such as JetStream), else 0."""
         if self._subscription is None:
             raise InvalidArgumentError("this message was not delivered by a subscription; nothing to ack")
-        await self._subscription.ack(self)
+        return await self._subscription.ack(self)
 
 
 def _check_payload(payload: bytes) -> bytes:

@@ -163,10 +163,13 @@ impl PubSub for PubSubService {
             .await
             .map_err(Status::from)?;
         let acker = subscription.acker();
+        // At-least-once brokers hold what the outbox cannot, so nothing is
+        // dropped there; a subscriber that asked to be disconnected when it
+        // falls behind still is (its unacknowledged messages are redelivered).
         let when_full = match (at_least_once, policy) {
-            (true, _) => WhenFull::Wait,
+            (true, SlowConsumerPolicy::DropOldest) => WhenFull::Wait,
+            (_, SlowConsumerPolicy::Disconnect) => WhenFull::Disconnect,
             (false, SlowConsumerPolicy::DropOldest) => WhenFull::DropOldest,
-            (false, SlowConsumerPolicy::Disconnect) => WhenFull::Disconnect,
         };
         let outbox = Outbox::new(plan.buffer as usize, when_full);
         let id = format!("sub-{}", next_id(now_ms()));

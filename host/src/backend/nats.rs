@@ -19,8 +19,8 @@ use tokio::sync::OnceCell;
 
 use super::BackendError;
 use super::pubsub::{
-    Acker, BrokerMessage, BrokerSubscription, Delivery, PubSubBackend, SubscribeOptions, TopicName,
-    envelope,
+    Acker, BrokerMessage, BrokerSubscription, Delivery, PubSubBackend, SlowConsumerPolicy,
+    SubscribeOptions, TopicName, envelope,
 };
 use crate::config::NatsConfig;
 
@@ -165,7 +165,14 @@ impl NatsBroker {
             deliver_policy,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_millis(self.config.ack_wait_ms),
-            max_ack_pending: options.buffer.max(1) as i64,
+            // The broker holds what the subscriber's buffer cannot; with the
+            // disconnect policy it may deliver one more, so a subscriber that
+            // falls a whole buffer behind overflows and is disconnected (what
+            // it had not acknowledged is redelivered to its group).
+            max_ack_pending: match options.policy {
+                SlowConsumerPolicy::DropOldest => options.buffer.max(1) as i64,
+                SlowConsumerPolicy::Disconnect => options.buffer.max(1) as i64 + 1,
+            },
             // An ephemeral consumer outlives a dead Prism by this much only.
             inactive_threshold: Duration::from_secs(30),
             ..Default::default()

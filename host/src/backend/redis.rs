@@ -137,6 +137,14 @@ impl RedisKv {
             unavailable("timed out")
         } else if e.is_connection_dropped() || e.is_io_error() || e.is_unrecoverable_error() {
             unavailable("connection lost")
+        } else if e.code() == Some("EXECABORT") {
+            // Only batches run as MULTI/EXEC; Redis discarded the whole
+            // transaction because it refused a queued command, in practice
+            // for maxmemory.
+            BackendError::CapacityExceeded(format!(
+                "{} refused the whole batch (EXECABORT: a command was rejected while queueing, usually for maxmemory); nothing was written",
+                self.summary
+            ))
         } else if e.code() == Some("OOM") {
             BackendError::CapacityExceeded(format!(
                 "{} is out of memory (maxmemory reached)",

@@ -222,7 +222,10 @@ async fn run_subscriber(
                         },
                     }
                 }
-                delay = (delay * 2).min(Duration::from_secs(1));
+                // Capped low: while this connection is away, messages
+                // published elsewhere miss the local subscribers, so a
+                // restarted Redis is picked up within a quarter second.
+                delay = (delay * 2).min(Duration::from_millis(250));
                 continue;
             }
         };
