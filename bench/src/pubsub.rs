@@ -226,10 +226,7 @@ async fn direct_fanout(
     n: usize,
     payload: &[u8],
 ) -> anyhow::Result<Fanout> {
-    let subject = format!(
-        "bench.direct.{subscribers}.{}",
-        prism::capability::pubsub::now_ms()
-    );
+    let subject = format!("bench.direct.{subscribers}.{}", prism::clock::now_ms());
     let received = counters(subscribers);
     let dropped = counters(subscribers);
     let mut tasks = Vec::new();
@@ -268,10 +265,7 @@ async fn prism_fanout(
     n: usize,
     payload: &[u8],
 ) -> anyhow::Result<Fanout> {
-    let topic = format!(
-        "fanout.{subscribers}.{}",
-        prism::capability::pubsub::now_ms()
-    );
+    let topic = format!("fanout.{subscribers}.{}", prism::clock::now_ms());
     let received = counters(subscribers);
     let dropped = counters(subscribers);
     let mut tasks = Vec::new();

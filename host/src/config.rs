@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// The PubSub namespace of `prism dev`.
 pub const DEV_PUBSUB_NAMESPACE: &str = "events";
+/// The Multicast Registry namespace of `prism dev`.
+pub const DEV_REGISTRY_NAMESPACE: &str = "devices";
 /// The listen address of `prism dev` and of a config without `[server] listen`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8980";
 
@@ -216,12 +218,23 @@ pub enum BackendConfig {
 }
 
 impl BackendConfig {
-    /// The capability slots a backend of this type can serve.
+    /// The capabilities a backend of this type can serve.
     pub fn capabilities(&self) -> &'static [&'static str] {
         match self {
-            BackendConfig::Memstore(_) | BackendConfig::Redis(_) => &["kv", "pubsub"],
+            BackendConfig::Memstore(_) | BackendConfig::Redis(_) => &["kv", "pubsub", "registry"],
             BackendConfig::Nats(_) => &["pubsub"],
         }
+    }
+}
+
+/// The capability a slot name binds (`messaging` is the registry
+/// pattern's name for its pubsub slot); None for an unknown slot.
+pub fn slot_capability(slot: &str) -> Option<&'static str> {
+    match slot {
+        "kv" => Some("kv"),
+        "pubsub" | "messaging" => Some("pubsub"),
+        "registry" => Some("registry"),
+        _ => None,
     }
 }
 
@@ -361,7 +374,8 @@ fn default_nats_max_age_secs() -> u64 {
 
 impl Config {
     /// The configuration of `prism dev`: MemStore, a KeyValue `default`
-    /// namespace and a PubSub `events` namespace.
+    /// namespace, a PubSub `events` namespace and a Multicast Registry
+    /// `devices` namespace.
     pub fn dev(listen: SocketAddr) -> Config {
         let mut backends = BTreeMap::new();
         backends.insert(
@@ -383,6 +397,18 @@ impl Config {
             NamespaceConfig {
                 pattern: "pubsub".into(),
                 slots: BTreeMap::from([("pubsub".to_string(), "mem".to_string())]),
+                settings: BTreeMap::new(),
+                limits: LimitsConfig::default(),
+            },
+        );
+        namespaces.insert(
+            DEV_REGISTRY_NAMESPACE.to_string(),
+            NamespaceConfig {
+                pattern: "multicast-registry".into(),
+                slots: BTreeMap::from([
+                    ("registry".to_string(), "mem".to_string()),
+                    ("messaging".to_string(), "mem".to_string()),
+                ]),
                 settings: BTreeMap::new(),
                 limits: LimitsConfig::default(),
             },
@@ -459,12 +485,18 @@ impl Config {
                         ),
                     ));
                 };
+                let Some(capability) = slot_capability(slot) else {
+                    return Err(invalid(
+                        format!("namespaces.{name}.slots.{slot}"),
+                        "unknown slot (slots are kv, pubsub, registry and messaging)".into(),
+                    ));
+                };
                 let serves = config.capabilities();
-                if !serves.contains(&slot.as_str()) {
+                if !serves.contains(&capability) {
                     return Err(invalid(
                         format!("namespaces.{name}.slots.{slot}"),
                         format!(
-                            "backend '{backend}' cannot serve a {slot} slot (it serves: {})",
+                            "backend '{backend}' cannot serve a {slot} slot, which needs {capability} (it serves: {})",
                             serves.join(", ")
                         ),
                     ));

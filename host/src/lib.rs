@@ -10,6 +10,7 @@ pub mod admission;
 pub mod api;
 pub mod backend;
 pub mod capability;
+pub mod clock;
 pub mod config;
 pub mod health;
 pub mod namespace;

@@ -13,12 +13,15 @@ use wasmtime::component::Component;
 
 use crate::capability::kv::KvSlot;
 use crate::capability::pubsub::PubSubSlot;
-use crate::config::{Config, DEFAULT_NAMESPACE, NamespaceConfig, setting_string};
+use crate::capability::registry::RegistrySlot;
+use crate::config::{Config, DEFAULT_NAMESPACE, NamespaceConfig, setting_string, slot_capability};
 use crate::runtime::bindings::Keyvalue;
 use crate::runtime::bindings::pubsub_world::PubsubWorld;
+use crate::runtime::bindings::registry_world::MulticastRegistry;
 use crate::runtime::state::Slots;
 use crate::runtime::{
-    KeyValueRuntime, PatternPool, PatternWorld, PubSubRuntime, Runtime, RuntimeError, builtin,
+    KeyValueRuntime, PatternPool, PatternWorld, PubSubRuntime, RegistryRuntime, Runtime,
+    RuntimeError, builtin,
 };
 
 /// The request metadata that names the namespace.
@@ -62,6 +65,7 @@ impl StartupError {
 pub enum PatternKind {
     KeyValue(KeyValueRuntime),
     PubSub(PubSubRuntime),
+    Registry(RegistryRuntime),
 }
 
 impl PatternKind {
@@ -70,6 +74,16 @@ impl PatternKind {
         match self {
             PatternKind::KeyValue(kv) => kv.pool().trim(ttl),
             PatternKind::PubSub(ps) => ps.pool().trim(ttl),
+            PatternKind::Registry(r) => r.pool().trim(ttl),
+        }
+    }
+
+    /// The capability bindings of the namespace's instances.
+    pub fn slots(&self) -> &Slots {
+        match self {
+            PatternKind::KeyValue(kv) => kv.pool().slots(),
+            PatternKind::PubSub(ps) => ps.pool().slots(),
+            PatternKind::Registry(r) => r.pool().slots(),
         }
     }
 
@@ -77,6 +91,7 @@ impl PatternKind {
         match self {
             PatternKind::KeyValue(_) => "KeyValue",
             PatternKind::PubSub(_) => "PubSub",
+            PatternKind::Registry(_) => "Registry",
         }
     }
 }
@@ -96,6 +111,7 @@ pub struct Namespace {
 enum Prepared {
     KeyValue(<Keyvalue as PatternWorld>::Pre),
     PubSub(<PubsubWorld as PatternWorld>::Pre),
+    Registry(<MulticastRegistry as PatternWorld>::Pre),
 }
 
 impl Prepared {
@@ -106,17 +122,22 @@ impl Prepared {
             Ok(pre) => return Ok(Prepared::KeyValue(pre)),
             Err(e) => e,
         };
-        match runtime.prepare::<PubsubWorld>(&pre, label) {
-            Ok(pre) => Ok(Prepared::PubSub(pre)),
-            Err(ps) => Err(format!("{kv}; and {ps}")),
+        let ps = match runtime.prepare::<PubsubWorld>(&pre, label) {
+            Ok(pre) => return Ok(Prepared::PubSub(pre)),
+            Err(e) => e,
+        };
+        match runtime.prepare::<MulticastRegistry>(&pre, label) {
+            Ok(pre) => Ok(Prepared::Registry(pre)),
+            Err(reg) => Err(format!("{kv}; {ps}; and {reg}")),
         }
     }
 
-    /// The slot this world's pattern uses.
-    fn slot(&self) -> &'static str {
+    /// The slots this world's pattern uses, by config name.
+    fn slots(&self) -> &'static [&'static str] {
         match self {
-            Prepared::KeyValue(_) => "kv",
-            Prepared::PubSub(_) => "pubsub",
+            Prepared::KeyValue(_) => &["kv"],
+            Prepared::PubSub(_) => &["pubsub"],
+            Prepared::Registry(_) => &["registry", "messaging"],
         }
     }
 
@@ -124,7 +145,36 @@ impl Prepared {
         match self {
             Prepared::KeyValue(_) => "keyvalue",
             Prepared::PubSub(_) => "pubsub",
+            Prepared::Registry(_) => "multicast-registry",
         }
+    }
+}
+
+/// Everything a pool of one namespace is built from.
+struct PoolParts {
+    limits: crate::config::InstanceLimits,
+    settings: Vec<(String, String)>,
+    slots: Slots,
+    lane: Option<tokio::runtime::Handle>,
+}
+
+impl PoolParts {
+    /// A pool for world `W`, with one instance started (and configured).
+    async fn start<W: PatternWorld>(
+        self,
+        name: &str,
+        pre: W::Pre,
+    ) -> Result<Arc<PatternPool<W>>, RuntimeError> {
+        let pool = Arc::new(PatternPool::<W>::new(
+            name,
+            pre,
+            self.limits,
+            self.settings,
+            self.slots,
+            self.lane,
+        ));
+        pool.add_idle(pool.instantiate().await?);
+        Ok(pool)
     }
 }
 
@@ -148,94 +198,95 @@ impl Namespace {
         let prepared = Prepared::of(runtime, &component, &label)
             .map_err(|m| StartupError::new(field("pattern"), m))?;
 
-        let wanted = prepared.slot();
-        if let Some(slot) = ns.slots.keys().find(|s| s.as_str() != wanted) {
+        let wanted = prepared.slots();
+        if let Some(slot) = ns.slots.keys().find(|s| !wanted.contains(&s.as_str())) {
             return Err(StartupError::new(
                 field(&format!("slots.{slot}")),
                 format!(
-                    "the {} pattern has no such slot (it uses: {wanted})",
-                    prepared.world()
+                    "the {} pattern has no such slot (it uses: {})",
+                    prepared.world(),
+                    wanted.join(", ")
                 ),
             ));
         }
-        let backend_name = ns.slots.get(wanted).ok_or_else(|| {
-            StartupError::new(
-                field("slots"),
-                format!(
-                    "the {} pattern needs a {wanted} slot, e.g. slots = {{ {wanted} = \"mem\" }}",
-                    prepared.world()
-                ),
-            )
-        })?;
-        let not_provided = || {
-            StartupError::new(
-                field(&format!("slots.{wanted}")),
-                format!("backend '{backend_name}' does not provide {wanted}"),
-            )
-        };
-        let settings: Vec<(String, String)> = ns
-            .settings
-            .iter()
-            .filter_map(|(k, v)| setting_string(v).map(|v| (k.clone(), v)))
-            .collect();
         let resolved = ns.limits.resolve(&config.runtime.limits);
-        let limits = resolved.instance;
+        let mut slots = Slots::default();
+        let mut summaries = Vec::new();
+        for slot in wanted {
+            let backend = ns.slots.get(*slot).ok_or_else(|| {
+                let example: Vec<String> =
+                    wanted.iter().map(|s| format!("{s} = \"mem\"")).collect();
+                StartupError::new(
+                    field("slots"),
+                    format!(
+                        "the {} pattern needs a {slot} slot, e.g. slots = {{ {} }}",
+                        prepared.world(),
+                        example.join(", ")
+                    ),
+                )
+            })?;
+            let missing = |what: &str| {
+                StartupError::new(
+                    field(&format!("slots.{slot}")),
+                    format!("backend '{backend}' does not provide {what}"),
+                )
+            };
+            match slot_capability(slot) {
+                Some("kv") => {
+                    let kv = backends.kv(backend).ok_or_else(|| missing("kv"))?;
+                    summaries.push(kv.summary());
+                    slots.kv = KvSlot::new(
+                        name,
+                        kv,
+                        resolved.quotas.max_stored_bytes,
+                        resolved.quotas.max_stored_keys,
+                    );
+                }
+                Some("pubsub") => {
+                    let ps = backends.pubsub(backend).ok_or_else(|| missing("pubsub"))?;
+                    summaries.push(ps.summary());
+                    slots.pubsub = PubSubSlot::new(name, ps);
+                }
+                Some("registry") => {
+                    let reg = backends
+                        .registry(backend)
+                        .ok_or_else(|| missing("registry"))?;
+                    summaries.push(reg.summary());
+                    slots.registry = RegistrySlot::new(name, reg);
+                }
+                _ => return Err(missing(slot)),
+            }
+        }
+        let parts = PoolParts {
+            limits: resolved.instance,
+            settings: ns
+                .settings
+                .iter()
+                .filter_map(|(k, v)| setting_string(v).map(|v| (k.clone(), v)))
+                .collect(),
+            slots,
+            lane: runtime.lane(),
+        };
         let configure_error = |e: RuntimeError| match e {
             RuntimeError::Configure { reason, .. } => StartupError::new(field("settings"), reason),
             other => StartupError::new(field("pattern"), other),
         };
-        let (kind, summary) = match prepared {
-            Prepared::KeyValue(pre) => {
-                let backend = backends.kv(backend_name).ok_or_else(not_provided)?;
-                let slots = Slots {
-                    kv: KvSlot::new(
-                        name,
-                        backend.clone(),
-                        resolved.quotas.max_stored_bytes,
-                        resolved.quotas.max_stored_keys,
-                    ),
-                    ..Slots::default()
-                };
-                let pool = Arc::new(PatternPool::<Keyvalue>::new(
-                    name,
-                    pre,
-                    limits,
-                    settings,
-                    slots,
-                    runtime.lane(),
-                ));
-                pool.add_idle(pool.instantiate().await.map_err(configure_error)?);
-                (
-                    PatternKind::KeyValue(KeyValueRuntime::new(pool)),
-                    backend.summary(),
-                )
-            }
-            Prepared::PubSub(pre) => {
-                let backend = backends.pubsub(backend_name).ok_or_else(not_provided)?;
-                let slots = Slots {
-                    pubsub: PubSubSlot::new(name, backend.clone()),
-                    ..Slots::default()
-                };
-                let pool = Arc::new(PatternPool::<PubsubWorld>::new(
-                    name,
-                    pre,
-                    limits,
-                    settings,
-                    slots,
-                    runtime.lane(),
-                ));
-                pool.add_idle(pool.instantiate().await.map_err(configure_error)?);
-                (
-                    PatternKind::PubSub(PubSubRuntime::new(pool)),
-                    backend.summary(),
-                )
-            }
+        let kind = match prepared {
+            Prepared::KeyValue(pre) => PatternKind::KeyValue(KeyValueRuntime::new(
+                parts.start(name, pre).await.map_err(configure_error)?,
+            )),
+            Prepared::PubSub(pre) => PatternKind::PubSub(PubSubRuntime::new(
+                parts.start(name, pre).await.map_err(configure_error)?,
+            )),
+            Prepared::Registry(pre) => PatternKind::Registry(RegistryRuntime::new(
+                parts.start(name, pre).await.map_err(configure_error)?,
+            )),
         };
         tracing::info!(
             namespace = name,
             pattern = %label,
             kind = kind.label(),
-            backend = %summary,
+            backend = %summaries.join(" + "),
             ready_ms = started.elapsed().as_secs_f64() * 1000.0,
             "namespace ready"
         );
@@ -259,6 +310,13 @@ impl Namespace {
         match &self.kind {
             PatternKind::PubSub(ps) => Ok(ps),
             other => Err(self.wrong_pattern(other, "PubSub")),
+        }
+    }
+
+    pub fn registry(&self) -> Result<&RegistryRuntime, NamespaceError> {
+        match &self.kind {
+            PatternKind::Registry(r) => Ok(r),
+            other => Err(self.wrong_pattern(other, "Registry")),
         }
     }
 

@@ -14,6 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::keyvalue::KeyValueService;
 use crate::api::oversize::OversizeLayer;
 use crate::api::pubsub::PubSubService;
+use crate::api::registry::RegistryService;
 use crate::api::subscription::Registry;
 use crate::backend::Backends;
 use crate::config::Config;
@@ -22,6 +23,7 @@ use crate::namespace::{Namespaces, StartupError};
 use crate::pb;
 use crate::pb::key_value_server::KeyValueServer;
 use crate::pb::pub_sub_server::PubSubServer;
+use crate::pb::registry_server::RegistryServer;
 use crate::runtime::Runtime;
 use crate::runtime::pool::IDLE_TTL;
 
@@ -132,6 +134,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     health_reporter
         .set_serving::<PubSubServer<PubSubService>>()
         .await;
+    health_reporter
+        .set_serving::<RegistryServer<RegistryService>>()
+        .await;
     let health_task = tokio::spawn(health::watch(
         backends.clone(),
         namespaces.clone(),
@@ -154,6 +159,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
+    let registry = RegistryServer::new(RegistryService::new(
+        namespaces.clone(),
+        subscriptions.clone(),
+        max_message,
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
 
     // Nagle's algorithm would add tens of milliseconds to small responses.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -168,7 +180,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .add_service(health_service)
         .add_service(reflection)
         .add_service(keyvalue)
-        .add_service(pubsub);
+        .add_service(pubsub)
+        .add_service(registry);
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop.await;
     }));

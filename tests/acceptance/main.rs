@@ -1,17 +1,21 @@
 //! The acceptance suite: every case runs against every backend through
 //! Prism over gRPC, with the same test bodies — the KeyValue part on MemStore
 //! and Redis, the PubSub part on the embedded broker, NATS, NATS JetStream
-//! and Redis. Prints a compliance table per part and fails if any case fails
-//! anywhere.
+//! and Redis, the Registry part on {MemStore, Redis} registries × {embedded,
+//! NATS, JetStream} messaging. Prints a compliance table per part and fails
+//! if any case fails anywhere.
 
 mod kv_cases;
 mod ps_cases;
+mod reg_cases;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use prism_acceptance::backends::BackendUnderTest;
 use prism_acceptance::pubsub::BrokerUnderTest;
+use prism_acceptance::registry::RegistryUnderTest;
+use prism_acceptance::servers::{NatsServer, RedisServer};
 
 /// Longest one case may take before it counts as failed (hung).
 const CASE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -88,6 +92,32 @@ async fn run(filter: &[String]) -> anyhow::Result<bool> {
     print_table("PubSub", &case_names, &names, &results);
     tally(&results, &mut passed, &mut failed);
 
+    let (redis, nats) = (RedisServer::start().await?, NatsServer::start().await?);
+    let pairs = RegistryUnderTest::all(&redis, &nats);
+    let names: Vec<&str> = pairs.iter().map(|p| p.name).collect();
+    let cases: Vec<&reg_cases::Case> = reg_cases::CASES
+        .iter()
+        .filter(|c| selected(c.name))
+        .collect();
+    let mut results: Vec<Vec<Result<(), String>>> = Vec::new();
+    for case in &cases {
+        let mut row = Vec::new();
+        for (i, pair) in pairs.iter().enumerate() {
+            let outcome = run_reg_case(case, pair, i).await;
+            report(pair.name, case.name, &outcome);
+            row.push(outcome);
+        }
+        results.push(row);
+    }
+    let case_names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+    print_table(
+        "Registry (registry+messaging)",
+        &case_names,
+        &names,
+        &results,
+    );
+    tally(&results, &mut passed, &mut failed);
+
     println!("\n{passed} passed, {failed} failed");
     Ok(failed == 0 && passed > 0)
 }
@@ -128,6 +158,34 @@ async fn run_ps_case(case: &ps_cases::Case, broker: &BrokerUnderTest) -> Result<
     outcome
 }
 
+async fn run_reg_case(
+    case: &reg_cases::Case,
+    pair: &RegistryUnderTest<'_>,
+    index: usize,
+) -> Result<(), String> {
+    // Namespaces of the pair's own: inbox subjects differ between pairs.
+    let (alpha, beta) = (format!("alpha{index}"), format!("beta{index}"));
+    let server = pair
+        .start_prism(&[&alpha, &beta], "")
+        .await
+        .map_err(|e| format!("prism did not start: {e:#}"))?;
+    let ctx = reg_cases::Ctx {
+        a: server.registry(&alpha),
+        b: server.registry(&beta),
+        at_least_once: pair.at_least_once(),
+    };
+    let outcome = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(&ctx)).await {
+        Ok(result) => result.map_err(|e| format!("{e:#}")),
+        Err(_) => Err(format!("timed out after {} s", CASE_TIMEOUT.as_secs())),
+    };
+    drop(ctx);
+    server
+        .stop()
+        .await
+        .map_err(|e| format!("prism did not stop cleanly: {e:#}"))?;
+    outcome
+}
+
 async fn run_case(case: &kv_cases::Case, backend: &BackendUnderTest) -> Result<(), String> {
     let server = backend
         .start_prism(&["alpha", "beta"])
@@ -151,15 +209,16 @@ async fn run_case(case: &kv_cases::Case, backend: &BackendUnderTest) -> Result<(
 
 fn print_table(part: &str, cases: &[&str], backends: &[&str], results: &[Vec<Result<(), String>>]) {
     let width = cases.iter().map(|c| c.len()).max().unwrap_or(4).max(5);
+    let col = backends.iter().map(|b| b.len()).max().unwrap_or(9).max(9);
     print!("\n{part} compliance\n{:<width$}", "case");
     for b in backends {
-        print!("  {b:^9}");
+        print!("  {b:^col$}");
     }
     println!();
     for (case, row) in cases.iter().zip(results) {
         print!("{case:<width$}");
         for r in row {
-            print!("  {:^9}", if r.is_ok() { "pass" } else { "FAIL" });
+            print!("  {:^col$}", if r.is_ok() { "pass" } else { "FAIL" });
         }
         println!();
     }
@@ -169,7 +228,7 @@ fn print_table(part: &str, cases: &[&str], backends: &[&str], results: &[Vec<Res
             .iter()
             .filter(|row| row.get(i).is_some_and(|r| r.is_ok()))
             .count();
-        print!("  {:^9}", format!("{ok}/{}", results.len()));
+        print!("  {:^col$}", format!("{ok}/{}", results.len()));
     }
     println!();
 }

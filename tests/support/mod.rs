@@ -12,6 +12,7 @@ use prism::config::Config;
 use prism::namespace::{NAMESPACE_METADATA, Namespaces};
 use prism::pb::key_value_client::KeyValueClient;
 use prism::pb::pub_sub_client::PubSubClient;
+use prism::pb::registry_client::RegistryClient;
 use tokio::sync::oneshot;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
@@ -24,6 +25,7 @@ pub use prism::pb;
 pub mod backends;
 pub mod binary;
 pub mod raw;
+pub mod registry;
 pub mod servers;
 
 /// A Prism server running in this process, on its own two-worker runtime.
@@ -97,6 +99,13 @@ impl TestServer {
             .max_encoding_message_size(64 << 20)
     }
 
+    /// A Registry client whose requests name `namespace`.
+    pub fn registry(&self, namespace: &str) -> RegClient {
+        RegistryClient::with_interceptor(self.channel.clone(), Namespace(namespace.to_string()))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
@@ -135,6 +144,7 @@ impl Drop for TestServer {
 
 pub type KvClient = KeyValueClient<InterceptedService<Channel, Namespace>>;
 pub type PsClient = PubSubClient<InterceptedService<Channel, Namespace>>;
+pub type RegClient = RegistryClient<InterceptedService<Channel, Namespace>>;
 
 pub mod pubsub;
 

@@ -2,6 +2,7 @@
 
 from .client import PrismClient
 from .errors import (
+    AlreadyExistsError,
     DeadlineExceededError,
     FailedPreconditionError,
     InternalError,
@@ -17,21 +18,28 @@ from .errors import (
 )
 from .keyvalue import KeyValue
 from .pubsub import Message, PubSub, Subscription
+from .registry import Identity, Inbox, InboxMessage, MulticastResult, Registry
 
 __all__ = [
+    "AlreadyExistsError",
     "DeadlineExceededError",
     "FailedPreconditionError",
+    "Identity",
+    "Inbox",
+    "InboxMessage",
     "InternalError",
     "InvalidArgumentError",
     "KeyNotFoundError",
     "KeyValue",
     "Message",
+    "MulticastResult",
     "NamespaceNotFoundError",
     "NotFoundError",
     "PermissionDeniedError",
     "PrismClient",
     "PrismError",
     "PubSub",
+    "Registry",
     "ResourceExhaustedError",
     "Subscription",
     "UnauthenticatedError",

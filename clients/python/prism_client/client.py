@@ -8,8 +8,10 @@ import grpc
 
 from ._pb.keyvalue_pb2_grpc import KeyValueStub
 from ._pb.pubsub_pb2_grpc import PubSubStub
+from ._pb.registry_pb2_grpc import RegistryStub
 from .keyvalue import KeyValue
 from .pubsub import PubSub
+from .registry import Registry
 
 NAMESPACE_METADATA = "x-prism-namespace"
 
@@ -22,7 +24,8 @@ class PrismClient:
     call `await client.close()` when done.
 
     `timeout` (seconds) bounds every call; None waits as long as the server takes.
-    Subscriptions (`client.pubsub.subscribe`) are long-lived and not bounded by it.
+    Subscriptions (`client.pubsub.subscribe`) and inboxes (`client.registry.listen`)
+    are long-lived and not bounded by it.
     """
 
     def __init__(
@@ -48,10 +51,13 @@ class PrismClient:
         self.keyvalue = KeyValue(stub, self._metadata, timeout)
         pubsub_stub = PubSubStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.pubsub = PubSub(pubsub_stub, self._metadata, timeout)
+        registry_stub = RegistryStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self.registry = Registry(registry_stub, self._metadata, timeout)
 
     async def close(self) -> None:
-        """Closes open subscriptions and releases the channel; calls after this fail."""
+        """Closes open subscriptions and inboxes and releases the channel; calls after this fail."""
         await self.pubsub.close()
+        await self.registry.close()
         await self._channel.close()
 
     async def __aenter__(self) -> PrismClient:

@@ -23,7 +23,7 @@ class NotFoundError(PrismError):
 
 
 class KeyNotFoundError(NotFoundError, KeyError):
-    """The key is absent or expired."""
+    """The key (or registry identity) is absent or expired."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.message
@@ -31,6 +31,11 @@ class KeyNotFoundError(NotFoundError, KeyError):
 
 class NamespaceNotFoundError(NotFoundError):
     """The server has no such namespace."""
+
+
+class AlreadyExistsError(PrismError):
+    """The thing to create exists already (a registry identity registered
+    with `replace=False`)."""
 
 
 class InvalidArgumentError(PrismError, ValueError):
@@ -67,6 +72,7 @@ class InternalError(PrismError):
 
 _BY_CODE: dict[grpc.StatusCode, type[PrismError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,

@@ -13,19 +13,14 @@ delivers the message to all three subscriptions, always.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final, Literal
-
-import grpc
 
 from ._pb import pubsub_pb2 as pb
 from ._pb.pubsub_pb2_grpc import PubSubStub
-from .errors import InvalidArgumentError, PrismError, from_rpc_error
+from ._rpc import Metadata, ServerStream, StreamSet, unary
+from .errors import InvalidArgumentError
 
 SlowConsumer = Literal["drop_oldest", "disconnect"]
 
@@ -34,20 +29,8 @@ _SLOW_CONSUMER: Final[dict[str, pb.SlowConsumerPolicy]] = {
     "disconnect": pb.SLOW_CONSUMER_POLICY_DISCONNECT,
 }
 
-# Messages a subscription holds client-side before it stops reading its
-# stream. Kept small so that a consumer that falls behind pushes back on the
-# server (through gRPC flow control), where the namespace's slow-consumer
-# policy applies, instead of growing memory here.
-_LOCAL_BUFFER = 256
-
 # Upper bound of the Unsubscribe call `aclose()` makes before cancelling.
 _UNSUBSCRIBE_TIMEOUT = 5.0
-
-_Metadata = tuple[tuple[str, str], ...]
-
-
-def _closed_client_error(err: grpc.aio.UsageError) -> PrismError:
-    return PrismError(f"the client is closed ({err})")
 
 
 @dataclass(frozen=True)
@@ -90,14 +73,7 @@ def _check_str_map(value: Mapping[str, str] | None, what: str) -> dict[str, str]
     return dict(value)
 
 
-class _Wake:
-    """Queued to wake a reader blocked on an empty queue when the stream ends."""
-
-
-_WAKE: Final = _Wake()
-
-
-class Subscription:
+class Subscription(ServerStream[Message]):
     """A live subscription: an async iterator of `Message`s.
 
     The stream starts as soon as `PubSub.subscribe()` returns. Iterate it with
@@ -107,52 +83,19 @@ class Subscription:
     (or leaving `async with`) unsubscribes.
     """
 
+    _CONFIRMATION = "subscribed"
+
     def __init__(self, pubsub: PubSub, request: pb.SubscribeRequest) -> None:
         self._pubsub = pubsub
         self.topic: str = request.topic
         self.manual_ack: bool = request.manual_ack
-        self._subscription_id: str | None = None
-        self._dropped = 0
-        self._queue: asyncio.Queue[Message | _Wake] = asyncio.Queue(maxsize=_LOCAL_BUFFER)
-        self._settled = asyncio.Event()  # confirmed by the server, or ended before that
-        self._ended = False  # the stream is over (no more items will be queued)
-        self._error: PrismError | None = None  # why it ended, if it failed
-        self._error_raised = False
-        self._closed = False  # aclose() was called
-        self._call: grpc.aio.UnaryStreamCall[pb.SubscribeRequest, pb.SubscribeResponse] | None = None
-        self._task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
-            self._read(request), name=f"prism-subscribe-{request.topic}"
+        super().__init__(
+            pubsub._streams,
+            # Long-lived: not bounded by the client's unary timeout.
+            lambda: pubsub._stub.Subscribe(request, metadata=pubsub._metadata, timeout=None),
+            what=f"subscription to '{request.topic}'",
+            task_name=f"prism-subscribe-{request.topic}",
         )
-
-    # -- public API -----------------------------------------------------------
-
-    @property
-    def subscription_id(self) -> str | None:
-        """The server's id of this subscription, once it is live (else None)."""
-        return self._subscription_id
-
-    @property
-    def dropped(self) -> int:
-        """Total messages the server reported as dropped for this subscriber
-        (its buffer overflowed under the drop_oldest policy)."""
-        return self._dropped
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def ready(self) -> None:
-        """Waits until the server confirms the subscription is live: a message
-        published after this returns is delivered. Raises the subscription's
-        error if it failed instead."""
-        await self._settled.wait()
-        if self._subscription_id is not None:
-            return
-        if self._error is not None:
-            raise self._error
-        if self._closed:
-            raise PrismError(f"subscription to '{self.topic}' was closed before the server confirmed it")
-        raise PrismError(f"subscription to '{self.topic}' ended before the server confirmed it")
 
     async def ack(self, *messages: Message | str) -> int:
         """Acknowledges messages (or message ids) of this subscription; returns
@@ -167,136 +110,43 @@ class Subscription:
         assert self._subscription_id is not None
         return await self._pubsub._ack(self._subscription_id, ids)
 
-    async def aclose(self) -> None:
-        """Unsubscribes and stops the background stream. Idempotent; never
-        raises. Messages not yet consumed are discarded."""
-        if self._closed:
-            return
-        self._closed = True
-        self._pubsub._forget(self)
-        try:
-            if self._subscription_id is not None and not self._ended:
-                # Ends the subscription on the server before we return, so that
-                # a publish after aclose() is never routed to this subscriber.
-                with contextlib.suppress(PrismError):
-                    await self._pubsub._unsubscribe(self._subscription_id, _UNSUBSCRIBE_TIMEOUT)
-        finally:
-            if self._call is not None:
-                self._call.cancel()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        # (A task cancelled before it ever ran skipped _read's `finally`.)
-        self._ended = True
-        self._settled.set()
-        # Wake any reader blocked in __anext__ on the (now unfed) queue.
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(_WAKE)
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Message:
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._queue.empty() and self._ended:
-                if self._error is not None and not self._error_raised:
-                    self._error_raised = True
-                    raise self._error
-                raise StopAsyncIteration
-            item = await self._queue.get()
-            if isinstance(item, Message):
-                if self._closed:
-                    raise StopAsyncIteration
-                return item
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "ended" if self._ended else "live" if self._subscription_id else "pending"
-        return f"<Subscription topic={self.topic!r} id={self._subscription_id!r} {state}>"
+        return f"<Subscription topic={self.topic!r} id={self._subscription_id!r} {self._state()}>"
 
-    # -- background stream ----------------------------------------------------
+    def _item(self, m: pb.Message) -> Message:
+        return Message(
+            id=m.id,
+            topic=m.topic,
+            payload=m.payload,
+            metadata=dict(m.metadata),
+            timestamp_ms=m.timestamp_ms,
+            delivery_attempt=m.delivery_attempt,
+            _subscription=self,
+        )
 
-    async def _read(self, request: pb.SubscribeRequest) -> None:
-        try:
-            # Long-lived: not bounded by the client's unary timeout.
-            call: grpc.aio.UnaryStreamCall[pb.SubscribeRequest, pb.SubscribeResponse] = self._pubsub._stub.Subscribe(
-                request, metadata=self._pubsub._metadata, timeout=None
-            )
-            self._call = call
-            async for response in call:
-                event = response.WhichOneof("event")
-                if event == "subscribed":
-                    self._subscription_id = response.subscribed.subscription_id
-                    self._settle()
-                elif event == "messages":
-                    batch = response.messages
-                    self._dropped += batch.dropped
-                    for m in batch.messages:
-                        await self._queue.put(
-                            Message(
-                                id=m.id,
-                                topic=m.topic,
-                                payload=m.payload,
-                                metadata=dict(m.metadata),
-                                timestamp_ms=m.timestamp_ms,
-                                delivery_attempt=m.delivery_attempt,
-                                _subscription=self,
-                            )
-                        )
-        except grpc.aio.AioRpcError as err:
-            if not self._closed:
-                self._error = from_rpc_error(err)
-        except grpc.aio.UsageError as err:
-            if not self._closed:
-                self._error = _closed_client_error(err)
-        except Exception as err:  # noqa: BLE001  (no foreign error may escape the client)
-            if not self._closed:
-                self._error = PrismError(f"subscription to '{self.topic}' failed: {err!r}")
-        finally:
-            # Runs on every exit, cancellation included, without awaiting.
-            self._ended = True
-            self._settle()
-            with contextlib.suppress(asyncio.QueueFull):
-                # A reader blocks in __anext__ only on an empty queue, so when
-                # the queue is full nobody needs waking.
-                self._queue.put_nowait(_WAKE)
-
-    def _settle(self) -> None:
-        self._settled.set()
-        self._pubsub._pending.discard(self)
+    async def _end_on_server(self) -> None:
+        # Ends the subscription on the server before aclose() returns, so that
+        # a publish after aclose() is never routed to this subscriber.
+        assert self._subscription_id is not None
+        await self._pubsub._unsubscribe(self._subscription_id, _UNSUBSCRIBE_TIMEOUT)
 
 
 class PubSub:
     """Publish/subscribe on one namespace."""
 
-    def __init__(self, stub: PubSubStub, metadata: _Metadata, timeout: float | None) -> None:
+    def __init__(self, stub: PubSubStub, metadata: Metadata, timeout: float | None) -> None:
         self._stub = stub
         self._metadata = metadata
         self._timeout = timeout
-        # Subscriptions not yet confirmed by the server; publish waits for them.
-        self._pending: set[Subscription] = set()
-        # Every subscription not yet closed, for close().
-        self._open: set[Subscription] = set()
+        # Subscriptions this client started; publish waits for the unconfirmed ones.
+        self._streams = StreamSet(timeout)
 
     async def publish(self, topic: str, payload: bytes, metadata: Mapping[str, str] | None = None) -> str:
         """Publishes one message; returns its id once the broker accepted it."""
         request = pb.PublishRequest(
             topic=topic, payload=_check_payload(payload), metadata=_check_str_map(metadata, "metadata")
         )
-        await self._await_pending()
+        await self._streams.await_pending()
         reply = await self._unary(self._stub.Publish, request, self._timeout)
         message_id: str = reply.id
         return message_id
@@ -320,7 +170,7 @@ class PubSub:
             )
         if not messages:
             return []
-        await self._await_pending()
+        await self._streams.await_pending()
         request = pb.PublishBatchRequest(topic=topic, messages=messages)
         reply = await self._unary(self._stub.PublishBatch, request, self._timeout)
         return [p.id for p in reply.published]
@@ -363,17 +213,11 @@ class PubSub:
             slow_consumer=policy,
             filter=_check_str_map(filter, "filter"),
         )
-        subscription = Subscription(self, request)
-        if not subscription._settled.is_set():
-            self._pending.add(subscription)
-        self._open.add(subscription)
-        return subscription
+        return Subscription(self, request)
 
     async def close(self) -> None:
         """Closes every open subscription of this client."""
-        subscriptions = list(self._open)
-        if subscriptions:
-            await asyncio.gather(*(s.aclose() for s in subscriptions))
+        await self._streams.close()
 
     async def unsubscribe(self, subscription_id: str) -> None:
         """Ends a subscription by its id (its iterator then finishes normally).
@@ -387,28 +231,7 @@ class PubSub:
         await self._unary(self._stub.Unsubscribe, request, timeout)
 
     async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
-        """Calls a unary RPC of the (untyped) generated stub, mapping its errors."""
-        try:
-            return await method(request, metadata=self._metadata, timeout=timeout)
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
-        except grpc.aio.UsageError as err:
-            raise _closed_client_error(err) from None
-
-    async def _await_pending(self) -> None:
-        """Waits until every subscription made on this client is confirmed (or
-        has failed: its error surfaces on its own iterator). Bounded by the
-        client's timeout, after which the publish goes ahead anyway."""
-        if not self._pending:
-            return
-        waits = [asyncio.ensure_future(s._settled.wait()) for s in list(self._pending)]
-        _, not_done = await asyncio.wait(waits, timeout=self._timeout)
-        for w in not_done:
-            w.cancel()
-
-    def _forget(self, subscription: Subscription) -> None:
-        self._pending.discard(subscription)
-        self._open.discard(subscription)
+        return await unary(method, request, self._metadata, timeout)
 
     async def _ack(self, subscription_id: str, ids: list[str]) -> int:
         request = pb.AckRequest(subscription_id=subscription_id, message_ids=ids)

@@ -4,7 +4,9 @@ config written to a temp dir, stopped with SIGTERM (which must be graceful).
 Every KeyValue test runs twice: with its namespaces on MemStore and on Redis (a
 real redis-server this session starts on a free port), with the same test code.
 Every PubSub test runs on MemStore, Redis, core NATS and NATS JetStream (a real
-nats-server with JetStream, also started once per session)."""
+nats-server with JetStream, also started once per session). Every Multicast
+Registry test runs with both slots on MemStore, and with identities on Redis
+and multicasts on NATS JetStream."""
 
 from __future__ import annotations
 
@@ -226,6 +228,65 @@ def pubsub_addr(tmp_path: Path, broker_toml: str) -> Iterator[str]:
 async def pubsub_client(pubsub_addr: str) -> AsyncIterator[PrismClient]:
     """A client of the PubSub `default` namespace."""
     async with PrismClient(pubsub_addr) as c:
+        yield c
+
+
+REGISTRY_NAMESPACES = """
+[namespaces.default]
+pattern = "multicast-registry"
+slots = {{ registry = "{registry}", messaging = "{messaging}" }}
+
+[namespaces.other]
+pattern = "multicast-registry"
+slots = {{ registry = "{registry}", messaging = "{messaging}" }}
+
+[namespaces.kv]
+pattern = "keyvalue"
+slots = {{ kv = "{registry}" }}
+"""
+
+
+@pytest.fixture(params=[("memstore", "memstore"), ("redis", "jetstream")], ids=lambda p: "-".join(dict.fromkeys(p)))
+def registry_backends(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The backends behind the registry namespaces' (`registry`, `messaging`)
+    slots: each registry test runs on both pairs."""
+    pair: tuple[str, str] = request.param
+    return pair
+
+
+@pytest.fixture
+def registry_toml(request: pytest.FixtureRequest, registry_backends: tuple[str, str]) -> str:
+    """Backends plus namespaces `default` and `other` (Multicast Registry) and
+    `kv` (KeyValue, on the registry slot's backend)."""
+    if registry_backends == ("memstore", "memstore"):
+        backends = '[backends.mem]\ntype = "memstore"\n'
+        registry, messaging = "mem", "mem"
+    else:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        redis.flush()
+        nats: NatsServer = request.getfixturevalue("nats_server")
+        nats.reset()
+        backends = (
+            f'[backends.cache]\ntype = "redis"\nurl = "redis://127.0.0.1:{redis.port}"\n\n'
+            f'[backends.bus]\ntype = "nats"\nurl = "{nats.url}"\njetstream = true\n'
+        )
+        registry, messaging = "cache", "bus"
+    return backends + REGISTRY_NAMESPACES.format(registry=registry, messaging=messaging)
+
+
+@pytest.fixture
+def registry_addr(tmp_path: Path, registry_toml: str) -> Iterator[str]:
+    """Address of a fresh prism server whose `default` and `other` namespaces
+    are Multicast Registries on one pair of backends and whose `kv` namespace
+    is KeyValue."""
+    with run_prism(tmp_path, registry_toml) as addr:
+        yield addr
+
+
+@pytest.fixture
+async def registry_client(registry_addr: str) -> AsyncIterator[PrismClient]:
+    """A client of the registry `default` namespace."""
+    async with PrismClient(registry_addr) as c:
         yield c
 
 

@@ -15,6 +15,8 @@ from prism_client._pb import keyvalue_pb2 as kv_pb
 from prism_client._pb import keyvalue_pb2_grpc as kv_grpc
 from prism_client._pb import pubsub_pb2 as ps_pb
 from prism_client._pb import pubsub_pb2_grpc as ps_grpc
+from prism_client._pb import registry_pb2 as reg_pb
+from prism_client._pb import registry_pb2_grpc as reg_grpc
 
 
 @pytest.fixture
@@ -78,3 +80,69 @@ async def test_subscribe_arguments_the_client_would_refuse(pubsub_addr: str) -> 
         publish = ps_pb.PublishRequest(topic="", payload=b"x")
         assert await code_of(ps.Publish(publish, metadata=DEFAULT)) == invalid
         assert await code_of(ps.Ack(ps_pb.AckRequest(subscription_id="sub-nope", message_ids=["x"]), metadata=DEFAULT)) == grpc.StatusCode.NOT_FOUND
+
+
+def deeply_nested(identity: str, depth: int) -> reg_pb.RegisterRequest:
+    """A Register whose metadata nests `depth` maps (built in place: the
+    Python protobuf runtime does not copy messages nested that deep)."""
+    request = reg_pb.RegisterRequest(identity=identity, replace=True)
+    inner = request.metadata
+    for _ in range(depth - 1):
+        inner = inner.fields["n"].map_value
+    inner.fields["leaf"].int_value = 1
+    return request
+
+
+async def test_registry_arguments_the_client_would_refuse(registry_addr: str) -> None:
+    async with grpc.aio.insecure_channel(registry_addr) as channel:
+        reg = reg_grpc.RegistryStub(channel)
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        ok = reg_pb.MapValue(fields={"type": reg_pb.Value(string_value="sensor")})
+
+        # An empty identity, in every call that names one.
+        assert await code_of(reg.Register(reg_pb.RegisterRequest(identity="", metadata=ok, replace=True), metadata=DEFAULT)) == invalid
+        assert await code_of(reg.Get(reg_pb.GetIdentityRequest(identity=""), metadata=DEFAULT)) == invalid
+        assert await code_of(reg.Heartbeat(reg_pb.HeartbeatRequest(identity=""), metadata=DEFAULT)) == invalid
+        assert await code_of(reg.Unregister(reg_pb.UnregisterRequest(identity=""), metadata=DEFAULT)) == invalid
+        listen = reg.Listen(reg_pb.ListenRequest(identity=""), metadata=DEFAULT)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await listen.read()
+        assert info.value.code() == invalid
+
+        # A TTL of 0 ms, and metadata JSON cannot hold (NaN, infinity) or
+        # nested deeper than the client allows (32 levels; the namespace's
+        # max_metadata_depth is 16 by default): refused, and nothing is registered.
+        for request in [
+            reg_pb.RegisterRequest(identity="refused", metadata=ok, ttl_ms=0, replace=True),
+            reg_pb.RegisterRequest(
+                identity="refused", metadata=reg_pb.MapValue(fields={"x": reg_pb.Value(double_value=float("nan"))}), replace=True
+            ),
+            reg_pb.RegisterRequest(
+                identity="refused",
+                metadata=reg_pb.MapValue(fields={"x": reg_pb.Value(double_value=float("-inf"))}),
+                replace=True,
+            ),
+            deeply_nested("refused", 33),
+        ]:
+            assert await code_of(reg.Register(request, metadata=DEFAULT)) == invalid, request
+        assert await code_of(reg.Get(reg_pb.GetIdentityRequest(identity="refused"), metadata=DEFAULT)) == grpc.StatusCode.NOT_FOUND
+
+        # Malformed filters: INVALID_ARGUMENT naming the offending key.
+        await reg.Register(reg_pb.RegisterRequest(identity="sensor-1", metadata=ok, replace=True), metadata=DEFAULT)
+        for bad, key in [
+            ({"$or": reg_pb.Value(string_value="sensor")}, "$or"),
+            ({"floor.in": reg_pb.Value(int_value=1)}, "floor.in"),
+            ({"floor.gte": reg_pb.Value(double_value=float("nan"))}, "floor.gte"),
+        ]:
+            for call in [
+                reg.Multicast(reg_pb.MulticastRequest(filter=bad, payload=b"x"), metadata=DEFAULT),
+                reg.Enumerate(reg_pb.EnumerateRequest(filter=bad), metadata=DEFAULT),
+            ]:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call
+                assert info.value.code() == invalid
+                assert key in (info.value.details() or ""), info.value.details()
+
+        # `replace` false (the proto3 default) on a registered identity.
+        again = reg_pb.RegisterRequest(identity="sensor-1", metadata=ok)
+        assert await code_of(reg.Register(again, metadata=DEFAULT)) == grpc.StatusCode.ALREADY_EXISTS

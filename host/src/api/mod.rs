@@ -2,8 +2,10 @@
 
 pub mod codec;
 pub mod keyvalue;
+pub mod metadata;
 pub mod oversize;
 pub mod pubsub;
+pub mod registry;
 pub mod response;
 pub mod status;
 pub mod subscription;

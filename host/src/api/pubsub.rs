@@ -6,13 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
-use super::subscription::{Batch, Outbox, Registered, Registry, StreamGuard, WhenFull, pump};
+use super::subscription::{Held, Hook, Registry, open_stream};
 use crate::admission::CallGuard;
-use crate::backend::pubsub::{BrokerMessage, SlowConsumerPolicy, SubscribeOptions};
-use crate::capability::pubsub::{next_id, now_ms};
+use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
 use crate::namespace::{Namespace, Namespaces};
 use crate::pb;
 use crate::pb::pub_sub_server::PubSub;
@@ -55,17 +53,6 @@ fn published(p: Published) -> pb::PublishResponse {
     pb::PublishResponse {
         id: p.id,
         timestamp_ms: p.timestamp_ms,
-    }
-}
-
-fn wire(topic: &str, message: &BrokerMessage, attempt: u32) -> pb::Message {
-    pb::Message {
-        id: message.id.clone(),
-        topic: topic.to_string(),
-        payload: message.payload.to_vec(),
-        metadata: message.metadata.iter().cloned().collect(),
-        timestamp_ms: message.timestamp_ms,
-        delivery_attempt: attempt,
     }
 }
 
@@ -156,87 +143,35 @@ impl PubSub for PubSubService {
             buffer: plan.buffer as usize,
             policy,
         };
-        let slot = &runtime.pool().slots().pubsub;
-        let at_least_once = slot.backend().at_least_once();
-        let subscription = slot
-            .subscribe(&plan.topic, &options)
-            .await
-            .map_err(Status::from)?;
-        let acker = subscription.acker();
-        // At-least-once brokers hold what the outbox cannot, so nothing is
-        // dropped there; a subscriber that asked to be disconnected when it
-        // falls behind still is (its unacknowledged messages are redelivered).
-        let when_full = match (at_least_once, policy) {
-            (true, SlowConsumerPolicy::DropOldest) => WhenFull::Wait,
-            (_, SlowConsumerPolicy::Disconnect) => WhenFull::Disconnect,
-            (false, SlowConsumerPolicy::DropOldest) => WhenFull::DropOldest,
-        };
-        let outbox = Outbox::new(plan.buffer as usize, when_full);
-        let id = format!("sub-{}", next_id(now_ms()));
-        self.subscriptions.insert(
-            id.clone(),
-            Registered {
-                namespace: ns.name.clone(),
-                outbox: outbox.clone(),
-                acker: acker.clone(),
-            },
-        );
-        tokio::spawn(pump(
-            subscription,
-            outbox.clone(),
-            runtime,
-            wit_request,
-            plan.inspect,
-            acker.clone(),
-        ));
-        tracing::debug!(namespace = %ns.name, topic = %client_topic, subscription = %id, "subscribed");
-
-        let first = pb::SubscribeResponse {
-            event: Some(pb::subscribe_response::Event::Subscribed(pb::Subscribed {
-                subscription_id: id.clone(),
-                topic: client_topic.clone(),
-            })),
-        };
-        let guard = StreamGuard {
-            id,
-            registry: self.subscriptions.clone(),
-            outbox,
-            _admitted: stream_slot,
-        };
-        let auto_ack = if manual_ack { None } else { acker };
-        let rest = futures::stream::unfold(Some((guard, auto_ack)), move |state| {
-            let topic = client_topic.clone();
-            async move {
-                let (guard, auto_ack) = state?;
-                match guard.outbox.next_batch().await {
-                    Batch::Messages { messages, dropped } => {
-                        if let Some(acker) = &auto_ack {
-                            // Acked once handed to the client's stream (auto-ack mode).
-                            let ids: Vec<String> =
-                                messages.iter().map(|m| m.message.id.clone()).collect();
-                            if let Err(e) = acker.ack(&ids).await {
-                                tracing::warn!(error = %e, "auto-ack failed; the broker will redeliver");
-                            }
-                        }
-                        let batch = pb::MessageBatch {
-                            messages: messages
-                                .iter()
-                                .map(|m| wire(&topic, &m.message, m.attempt))
-                                .collect(),
-                            dropped,
-                        };
-                        let frame = pb::SubscribeResponse {
-                            event: Some(pb::subscribe_response::Event::Messages(batch)),
-                        };
-                        Some((Ok(frame), Some((guard, auto_ack))))
-                    }
-                    Batch::Failed(status) => Some((Err(status), None)),
-                    Batch::Finished => None,
-                }
-            }
+        let slot = runtime.pool().slots().pubsub.clone();
+        let hook = plan.inspect.then(|| Hook {
+            runtime: runtime.clone(),
+            request: wit_request,
         });
-        let stream = futures::stream::once(async move { Ok(first) }).chain(rest);
-        Ok(Response::new(Box::pin(stream)))
+        let stream = open_stream(
+            &self.subscriptions,
+            Held {
+                namespace: &ns.name,
+                slot: &slot,
+                topic: &plan.topic,
+                options,
+                hook,
+                manual_ack,
+                client_topic: client_topic.clone(),
+                admitted: stream_slot,
+            },
+            |id| pb::SubscribeResponse {
+                event: Some(pb::subscribe_response::Event::Subscribed(pb::Subscribed {
+                    subscription_id: id.to_string(),
+                    topic: client_topic.clone(),
+                })),
+            },
+            |batch| pb::SubscribeResponse {
+                event: Some(pb::subscribe_response::Event::Messages(batch)),
+            },
+        )
+        .await?;
+        Ok(Response::new(stream))
     }
 
     async fn unsubscribe(

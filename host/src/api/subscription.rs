@@ -6,14 +6,21 @@
 //! held up by a slow client.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tonic::Status;
 
-use crate::backend::pubsub::{Acker, BrokerMessage, BrokerSubscription, Delivery};
+use crate::backend::pubsub::{
+    Acker, BrokerMessage, BrokerSubscription, Delivery, SlowConsumerPolicy, SubscribeOptions,
+};
+use crate::capability::pubsub::PubSubSlot;
+use crate::clock::{next_id, now_ms};
+use crate::pb;
 use crate::runtime::PubSubRuntime;
 use crate::runtime::bindings::pubsub_world::{self, SubscribeRequest, Verdict};
 
@@ -186,13 +193,18 @@ impl Outbox {
     }
 }
 
+/// A PubSub pattern's delivery hook for one subscription.
+pub struct Hook {
+    pub runtime: PubSubRuntime,
+    /// The subscription as the client asked for it.
+    pub request: SubscribeRequest,
+}
+
 /// Reads the broker into the outbox until stopped or the broker ends.
-pub async fn pump(
+async fn pump(
     mut subscription: Box<dyn BrokerSubscription>,
     outbox: Arc<Outbox>,
-    runtime: PubSubRuntime,
-    request: SubscribeRequest,
-    inspect: bool,
+    hook: Option<Hook>,
     acker: Option<Arc<dyn Acker>>,
 ) {
     loop {
@@ -214,24 +226,25 @@ pub async fn pump(
                 return;
             }
             Some(Delivery::Message { message, attempt }) => {
-                let message = if inspect {
-                    let id = message.id.clone();
-                    match hook(&runtime, &request, message).await {
-                        Ok(Some(m)) => m,
-                        Ok(None) => {
-                            // Filtered out: settled as far as the broker is concerned.
-                            if let Some(acker) = &acker {
-                                let _ = acker.ack(&[id]).await;
+                let message = match &hook {
+                    Some(hook) => {
+                        let id = message.id.clone();
+                        match run_hook(hook, message).await {
+                            Ok(Some(m)) => m,
+                            Ok(None) => {
+                                // Filtered out: settled as far as the broker is concerned.
+                                if let Some(acker) = &acker {
+                                    let _ = acker.ack(&[id]).await;
+                                }
+                                continue;
                             }
-                            continue;
-                        }
-                        Err(status) => {
-                            outbox.finish(Err(status));
-                            return;
+                            Err(status) => {
+                                outbox.finish(Err(status));
+                                return;
+                            }
                         }
                     }
-                } else {
-                    message
+                    None => message,
                 };
                 outbox.push(Outgoing { message, attempt }).await;
             }
@@ -240,9 +253,8 @@ pub async fn pump(
 }
 
 /// The pattern's delivery hook: keep, drop or replace one message.
-async fn hook(
-    runtime: &PubSubRuntime,
-    request: &SubscribeRequest,
+async fn run_hook(
+    hook: &Hook,
     message: Arc<BrokerMessage>,
 ) -> Result<Option<Arc<BrokerMessage>>, Status> {
     let delivery = pubsub_world::Delivery {
@@ -250,8 +262,9 @@ async fn hook(
         payload: message.payload.to_vec(),
         metadata: message.metadata.clone(),
     };
-    match runtime
-        .deliver(request, delivery)
+    match hook
+        .runtime
+        .deliver(&hook.request, delivery)
         .await
         .map_err(Status::from)?
     {
@@ -322,5 +335,121 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.outbox.stop();
         self.registry.remove(&self.id);
+    }
+}
+
+/// What a stream holds on a broker: a subscription (PubSub) or an inbox
+/// listener (Registry) — the same machinery either way.
+pub struct Held<'a> {
+    pub namespace: &'a str,
+    pub slot: &'a PubSubSlot,
+    /// The pattern-planned topic (the slot scopes it).
+    pub topic: &'a str,
+    pub options: SubscribeOptions,
+    pub hook: Option<Hook>,
+    pub manual_ack: bool,
+    /// The topic as the client named it (set on every delivered message).
+    pub client_topic: String,
+    pub admitted: crate::admission::StreamGuard,
+}
+
+pub type FrameStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
+
+/// Subscribes on the broker, registers the subscription (so Unsubscribe,
+/// Ack and shutdown find it), starts its pump, and returns the response
+/// stream: `first(id)` once live, then `frame(batch)` per batch.
+pub async fn open_stream<R, First, Frame>(
+    subscriptions: &Arc<Registry>,
+    held: Held<'_>,
+    first: First,
+    frame: Frame,
+) -> Result<FrameStream<R>, Status>
+where
+    R: Send + 'static,
+    First: FnOnce(&str) -> R,
+    Frame: Fn(pb::MessageBatch) -> R + Send + Sync + 'static,
+{
+    let at_least_once = held.slot.backend().at_least_once();
+    let policy = held.options.policy;
+    let buffer = held.options.buffer;
+    let subscription = held
+        .slot
+        .subscribe(held.topic, &held.options)
+        .await
+        .map_err(Status::from)?;
+    let acker = subscription.acker();
+    // At-least-once brokers hold what the outbox cannot, so nothing is
+    // dropped there; a subscriber that asked to be disconnected when it
+    // falls behind still is (its unacknowledged messages are redelivered).
+    let when_full = match (at_least_once, policy) {
+        (true, SlowConsumerPolicy::DropOldest) => WhenFull::Wait,
+        (_, SlowConsumerPolicy::Disconnect) => WhenFull::Disconnect,
+        (false, SlowConsumerPolicy::DropOldest) => WhenFull::DropOldest,
+    };
+    let outbox = Outbox::new(buffer, when_full);
+    let id = format!("sub-{}", next_id(now_ms()));
+    subscriptions.insert(
+        id.clone(),
+        Registered {
+            namespace: held.namespace.to_string(),
+            outbox: outbox.clone(),
+            acker: acker.clone(),
+        },
+    );
+    tokio::spawn(pump(subscription, outbox.clone(), held.hook, acker.clone()));
+    tracing::debug!(namespace = %held.namespace, topic = %held.client_topic, subscription = %id, "subscribed");
+
+    let first = first(&id);
+    let guard = StreamGuard {
+        id,
+        registry: subscriptions.clone(),
+        outbox,
+        _admitted: held.admitted,
+    };
+    let auto_ack = if held.manual_ack { None } else { acker };
+    let topic = held.client_topic;
+    let frame = Arc::new(frame);
+    let rest = futures::stream::unfold(Some((guard, auto_ack)), move |state| {
+        let topic = topic.clone();
+        let frame = frame.clone();
+        async move {
+            let (guard, auto_ack) = state?;
+            match guard.outbox.next_batch().await {
+                Batch::Messages { messages, dropped } => {
+                    if let Some(acker) = &auto_ack {
+                        // Acked once handed to the client's stream (auto-ack mode).
+                        let ids: Vec<String> =
+                            messages.iter().map(|m| m.message.id.clone()).collect();
+                        if let Err(e) = acker.ack(&ids).await {
+                            tracing::warn!(error = %e, "auto-ack failed; the broker will redeliver");
+                        }
+                    }
+                    let batch = pb::MessageBatch {
+                        messages: messages
+                            .iter()
+                            .map(|m| wire(&topic, &m.message, m.attempt))
+                            .collect(),
+                        dropped,
+                    };
+                    Some((Ok(frame(batch)), Some((guard, auto_ack))))
+                }
+                Batch::Failed(status) => Some((Err(status), None)),
+                Batch::Finished => None,
+            }
+        }
+    });
+    Ok(Box::pin(
+        futures::stream::once(async move { Ok(first) }).chain(rest),
+    ))
+}
+
+fn wire(topic: &str, message: &BrokerMessage, attempt: u32) -> pb::Message {
+    pb::Message {
+        id: message.id.clone(),
+        topic: topic.to_string(),
+        payload: message.payload.to_vec(),
+        metadata: message.metadata.iter().cloned().collect(),
+        timestamp_ms: message.timestamp_ms,
+        delivery_attempt: attempt,
     }
 }

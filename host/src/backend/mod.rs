@@ -1,6 +1,7 @@
 //! Backends: one trait per capability over plain types, so capability code
 //! never depends on a backend crate. Built from config in [`build`].
 
+pub mod mem_registry;
 pub mod membroker;
 pub mod memstore;
 pub mod nats;
@@ -8,6 +9,8 @@ pub mod pubsub;
 pub mod redis;
 pub mod redis_pubsub;
 mod redis_quota;
+pub mod redis_registry;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ pub use membroker::MemBroker;
 pub use memstore::MemStore;
 pub use pubsub::PubSubBackend;
 pub use redis::RedisKv;
+pub use registry::RegistryBackend;
 
 /// Ring size of the embedded broker's topics (subscribers asking for more get more).
 const MEMBROKER_BUFFER: usize = 1024;
@@ -169,6 +173,7 @@ pub struct BackendBuildError {
 struct Backend {
     kv: Option<Arc<dyn KvBackend>>,
     pubsub: Option<Arc<dyn PubSubBackend>>,
+    registry: Option<Arc<dyn RegistryBackend>>,
 }
 
 /// The backends named in config, shared by every namespace bound to them.
@@ -201,6 +206,7 @@ impl Backends {
                 BackendConfig::Memstore(c) => Backend {
                     kv: Some(MemStore::new(name, c)),
                     pubsub: Some(MemBroker::new(name, MEMBROKER_BUFFER)),
+                    registry: Some(mem_registry::MemRegistry::new(name)),
                 },
                 BackendConfig::Redis(c) => {
                     let conn = match connections.get(&c.url) {
@@ -216,12 +222,14 @@ impl Backends {
                         redis_pubsub::RedisBroker::new(name, c, kv.clone(), MEMBROKER_BUFFER)
                             .map_err(url_error)?;
                     Backend {
+                        registry: Some(redis_registry::RedisRegistry::new(kv.clone())),
                         kv: Some(kv),
                         pubsub: Some(pubsub),
                     }
                 }
                 BackendConfig::Nats(c) => Backend {
                     kv: None,
+                    registry: None,
                     pubsub: Some(Arc::new(nats::NatsBroker::new(name, c).map_err(|e| {
                         BackendBuildError {
                             field: format!("backends.{name}.url"),
@@ -268,5 +276,9 @@ impl Backends {
 
     pub fn pubsub(&self, name: &str) -> Option<Arc<dyn PubSubBackend>> {
         self.by_name.get(name).and_then(|b| b.pubsub.clone())
+    }
+
+    pub fn registry(&self, name: &str) -> Option<Arc<dyn RegistryBackend>> {
+        self.by_name.get(name).and_then(|b| b.registry.clone())
     }
 }

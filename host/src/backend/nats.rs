@@ -145,6 +145,13 @@ impl NatsBroker {
     ) -> Result<T, BackendError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) => Ok(v),
+            // Too big for the server: retrying cannot help; say so plainly.
+            Ok(Err(e)) if e.to_string().contains("max payload") => {
+                Err(BackendError::InvalidArgument(format!(
+                    "{}: the message is larger than the NATS server accepts (its max_payload)",
+                    self.summary
+                )))
+            }
             Ok(Err(e)) => Err(self.unavailable(format!("{what}: {e}"))),
             Err(_) => Err(self.unavailable(format!(
                 "{what} timed out after {} ms",
@@ -294,6 +301,57 @@ impl PubSubBackend for Arc<NatsBroker> {
         self.bounded("flushing", client.flush()).await
     }
 
+    async fn publish_each(
+        &self,
+        items: Vec<(TopicName, BrokerMessage)>,
+    ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
+        if self.config.jetstream {
+            // Every publish goes out before any ack is awaited: the stream
+            // stores them in parallel, and each ack is its message's result.
+            let (context, _) = self.jetstream().await?;
+            let mut pending = Vec::with_capacity(items.len());
+            for (topic, message) in &items {
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(envelope::encode(message))
+                    .message_id(&message.id);
+                pending.push(
+                    self.bounded(
+                        "publishing",
+                        context.send_publish(self.subject(topic), publish),
+                    )
+                    .await,
+                );
+            }
+            let acks = pending.into_iter().map(|sent| async move {
+                match sent {
+                    Ok(ack) => self
+                        .bounded(
+                            "waiting for the stream to store the message",
+                            std::future::IntoFuture::into_future(ack),
+                        )
+                        .await
+                        .map(drop),
+                    Err(e) => Err(e),
+                }
+            });
+            return super::pubsub::all_unavailable_is_an_outage(
+                futures::future::join_all(acks).await,
+            );
+        }
+        // Core NATS has no per-message answer: all are written, then one
+        // flush says the server has them.
+        let client = self.connected().await?;
+        for (topic, message) in &items {
+            self.bounded(
+                "publishing",
+                client.publish(self.subject(topic), envelope::encode(message)),
+            )
+            .await?;
+        }
+        self.bounded("flushing", client.flush()).await?;
+        Ok(items.iter().map(|_| Ok(())).collect())
+    }
+
     async fn subscribe(
         &self,
         topic: &TopicName,
@@ -343,7 +401,7 @@ impl BrokerSubscription for CoreSubscription {
 }
 
 fn foreign_id() -> String {
-    format!("nats-{}", crate::capability::pubsub::now_ms())
+    format!("nats-{}", crate::clock::now_ms())
 }
 
 struct JetStreamSubscription {

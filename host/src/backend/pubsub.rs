@@ -116,6 +116,19 @@ pub trait PubSubBackend: Send + Sync {
         topic: &TopicName,
         messages: Vec<BrokerMessage>,
     ) -> Result<(), BackendError>;
+    /// Fan-out: each message to its own topic, together (one round trip
+    /// where the broker allows). Err: the whole call failed (broker down);
+    /// Ok: one result per message, in order.
+    async fn publish_each(
+        &self,
+        items: Vec<(TopicName, BrokerMessage)>,
+    ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
+        let mut results = Vec::with_capacity(items.len());
+        for (topic, message) in items {
+            results.push(self.publish(&topic, vec![message]).await);
+        }
+        all_unavailable_is_an_outage(results)
+    }
     /// Returns once the subscription is live: a message published through
     /// this backend after it returns is delivered.
     async fn subscribe(
@@ -123,6 +136,21 @@ pub trait PubSubBackend: Send + Sync {
         topic: &TopicName,
         options: &SubscribeOptions,
     ) -> Result<Box<dyn BrokerSubscription>, BackendError>;
+}
+
+/// A fan-out where every message failed for the broker being unavailable
+/// is an outage of the whole call, not per-message failures.
+pub fn all_unavailable_is_an_outage(
+    results: Vec<Result<(), BackendError>>,
+) -> Result<Vec<Result<(), BackendError>>, BackendError> {
+    let outage = !results.is_empty()
+        && results
+            .iter()
+            .all(|r| matches!(r, Err(BackendError::Unavailable { .. })));
+    if outage && let Some(Err(e)) = results.first() {
+        return Err(e.clone());
+    }
+    Ok(results)
 }
 
 /// How Prism messages travel over brokers that carry only bytes (NATS,
@@ -178,7 +206,7 @@ pub mod envelope {
             topic: topic.to_string(),
             payload: bytes,
             metadata: Vec::new(),
-            timestamp_ms: crate::capability::pubsub::now_ms(),
+            timestamp_ms: crate::clock::now_ms(),
         }
     }
 }

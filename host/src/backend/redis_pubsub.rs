@@ -113,6 +113,22 @@ impl PubSubBackend for RedisBroker {
         self.kv.query_pipeline::<()>(&pipe).await
     }
 
+    async fn publish_each(
+        &self,
+        items: Vec<(TopicName, BrokerMessage)>,
+    ) -> Result<Vec<Result<(), BackendError>>, BackendError> {
+        // One pipeline, one round trip; PUBLISH cannot fail per message.
+        let mut pipe = redis::pipe();
+        for (topic, message) in &items {
+            pipe.cmd("PUBLISH")
+                .arg(topic.scoped())
+                .arg(envelope::encode(message).as_ref())
+                .ignore();
+        }
+        self.kv.query_pipeline::<()>(&pipe).await?;
+        Ok(items.iter().map(|_| Ok(())).collect())
+    }
+
     async fn subscribe(
         &self,
         topic: &TopicName,
@@ -267,7 +283,7 @@ async fn run_subscriber(
                         let topic = channel.split_once('/').map(|(_, t)| t).unwrap_or(channel);
                         let bytes = Bytes::copy_from_slice(msg.get_payload_bytes());
                         let message = envelope::decode(topic, bytes, || {
-                            format!("redis-{}", crate::capability::pubsub::now_ms())
+                            format!("redis-{}", crate::clock::now_ms())
                         });
                         local.publish(channel, Arc::new(message));
                     }

@@ -3,6 +3,7 @@
 
 pub mod kv;
 pub mod pubsub;
+pub mod registry;
 
 use crate::backend::BackendError;
 use crate::runtime::bindings::CapabilityError;

@@ -3,8 +3,6 @@
 //! timestamp here, so patterns cannot forge or collide them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,10 +12,11 @@ use crate::backend::BackendError;
 use crate::backend::pubsub::{
     BrokerMessage, BrokerSubscription, PubSubBackend, SubscribeOptions, TopicName,
 };
+use crate::clock::{next_id, now_ms};
 use crate::runtime::bindings::CapabilityError;
 use crate::runtime::bindings::prism::pattern::types;
 use crate::runtime::bindings::pubsub_world::prism::pattern::pubsub;
-use crate::runtime::bindings::pubsub_world::{Outgoing, Published};
+use crate::runtime::bindings::pubsub_world::{Addressed, Outgoing, Published};
 
 /// Hard bounds on what any guest (user patterns included) may hand the
 /// host in one import call; patterns apply their own (smaller) limits first.
@@ -35,6 +34,10 @@ pub const MAX_PUBLISH_BYTES: usize = 64 << 20;
 
 /// Checks one publish call against the host bounds before the broker sees it.
 fn check_publish(messages: &[Outgoing]) -> Result<(), CapabilityError> {
+    check_publish_refs(&messages.iter().collect::<Vec<_>>())
+}
+
+fn check_publish_refs(messages: &[&Outgoing]) -> Result<(), CapabilityError> {
     let invalid = |m: String| Err(CapabilityError::InvalidArgument(m));
     if messages.len() > MAX_MESSAGES {
         return invalid(format!(
@@ -157,35 +160,45 @@ impl pubsub::Host for PubSubSlot {
             .map_err(guest_error)?;
         Ok(published)
     }
-}
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
-/// Message ids: publish time, a per-process random part and a counter, so
-/// ids from two Prism processes on one broker never collide and ids from
-/// one process sort by publish order.
-pub(crate) fn next_id(timestamp_ms: u64) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let process = *PROCESS.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default(),
-        );
-        h.write_u32(std::process::id());
-        h.finish() as u32
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{timestamp_ms:012x}{process:08x}{n:010x}")
+    async fn publish_each(
+        &mut self,
+        messages: Vec<Addressed>,
+    ) -> Result<Vec<Result<Published, CapabilityError>>, CapabilityError> {
+        let outgoing: Vec<&Outgoing> = messages.iter().map(|m| &m.message).collect();
+        check_publish_refs(&outgoing)?;
+        let timestamp_ms = now_ms();
+        let mut published = Vec::with_capacity(messages.len());
+        let mut items = Vec::with_capacity(messages.len());
+        for m in messages {
+            let topic = self.topic(&m.topic)?;
+            let id = next_id(timestamp_ms);
+            published.push(Published {
+                id: id.clone(),
+                timestamp_ms,
+            });
+            items.push((
+                topic.clone(),
+                BrokerMessage {
+                    id,
+                    topic: topic.topic,
+                    payload: Bytes::from(m.message.payload),
+                    metadata: m.message.metadata,
+                    timestamp_ms,
+                },
+            ));
+        }
+        let results = self
+            .backend
+            .publish_each(items)
+            .await
+            .map_err(guest_error)?;
+        Ok(results
+            .into_iter()
+            .zip(published)
+            .map(|(result, p)| result.map(|()| p).map_err(guest_error))
+            .collect())
+    }
 }
 
 /// The broker behind an unbound slot.
@@ -212,19 +225,5 @@ fn unbound() -> BackendError {
     BackendError::Unavailable {
         backend: "pubsub slot".into(),
         reason: "this namespace binds no backend to it".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_unique_and_ordered() {
-        let a = next_id(5);
-        let b = next_id(5);
-        assert_ne!(a, b);
-        assert!(a < b, "{a} < {b}");
-        assert_eq!(a.len(), 30);
     }
 }

@@ -10,6 +10,7 @@ pub mod keyvalue;
 mod lane;
 pub mod pool;
 pub mod pubsub;
+pub mod registry;
 pub mod state;
 pub mod world;
 
@@ -24,11 +25,13 @@ pub use engine::EPOCH_TICK;
 pub use keyvalue::KeyValueRuntime;
 pub use pool::PatternPool;
 pub use pubsub::PubSubRuntime;
+pub use registry::RegistryRuntime;
 use state::InstanceState;
 pub use world::PatternWorld;
 
 use crate::capability::kv::KvSlot;
 use crate::capability::pubsub::PubSubSlot;
+use crate::capability::registry::RegistrySlot;
 use crate::config::RuntimeConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,13 @@ impl HasData for HasPubSub {
     type Data<'a> = &'a mut PubSubSlot;
 }
 
+/// Projects a store's state onto its `registry` slot.
+struct HasRegistry;
+
+impl HasData for HasRegistry {
+    type Data<'a> = &'a mut RegistrySlot;
+}
+
 /// The engine, its epoch ticker, the component cache and the linker every
 /// pattern instance is created with.
 pub struct Runtime {
@@ -160,6 +170,11 @@ impl Runtime {
         bindings::pubsub_world::prism::pattern::pubsub::add_to_linker::<_, HasPubSub>(
             &mut linker,
             |s: &mut InstanceState| &mut s.slots.pubsub,
+        )
+        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        bindings::registry_world::prism::pattern::registry::add_to_linker::<_, HasRegistry>(
+            &mut linker,
+            |s: &mut InstanceState| &mut s.slots.registry,
         )
         .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let ticker = engine::EpochTicker::start(&engine)?;

@@ -11,13 +11,16 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::call::CallTicket;
 use crate::capability::kv::KvSlot;
 use crate::capability::pubsub::PubSubSlot;
+use crate::capability::registry::RegistrySlot;
 
 /// A namespace's capability bindings, one per WIT capability; a slot the
 /// namespace does not bind answers "unavailable" rather than trapping.
 #[derive(Clone)]
 pub struct Slots {
     pub kv: KvSlot,
+    /// Bound to `pubsub` (PubSub patterns) or `messaging` (registries).
     pub pubsub: PubSubSlot,
+    pub registry: RegistrySlot,
 }
 
 impl Default for Slots {
@@ -25,6 +28,7 @@ impl Default for Slots {
         Slots {
             kv: KvSlot::unbound(),
             pubsub: PubSubSlot::unbound(),
+            registry: RegistrySlot::unbound(),
         }
     }
 }

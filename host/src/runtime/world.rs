@@ -8,6 +8,7 @@ use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store};
 
 use super::bindings::pubsub_world::{PubsubWorld, PubsubWorldPre};
+use super::bindings::registry_world::{MulticastRegistry, MulticastRegistryPre};
 use super::bindings::{Keyvalue, KeyvaluePre};
 use super::state::InstanceState;
 
@@ -35,64 +36,55 @@ pub trait PatternWorld: Sized + Send + Sync + 'static {
     ) -> BoxFuture<'a, wasmtime::Result<Result<(), String>>>;
 }
 
-impl PatternWorld for Keyvalue {
-    const NAME: &'static str = "prism:pattern/keyvalue";
-    type Pre = KeyvaluePre<InstanceState>;
+/// One `PatternWorld` impl per world: the generated bindings differ only in
+/// names, so a macro states each world in one line instead of three copies.
+macro_rules! pattern_world {
+    ($world:ty, $pre:ident, $name:literal, $exports:ident) => {
+        impl PatternWorld for $world {
+            const NAME: &'static str = $name;
+            type Pre = $pre<InstanceState>;
 
-    fn pre(pre: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
-        KeyvaluePre::new(pre)
-    }
+            fn pre(pre: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
+                $pre::new(pre)
+            }
 
-    fn engine(pre: &Self::Pre) -> &Engine {
-        pre.engine()
-    }
+            fn engine(pre: &Self::Pre) -> &Engine {
+                pre.engine()
+            }
 
-    fn instantiate<'a>(
-        pre: &'a Self::Pre,
-        store: &'a mut Store<InstanceState>,
-    ) -> BoxFuture<'a, wasmtime::Result<Self>> {
-        Box::pin(pre.instantiate_async(store))
-    }
+            fn instantiate<'a>(
+                pre: &'a Self::Pre,
+                store: &'a mut Store<InstanceState>,
+            ) -> BoxFuture<'a, wasmtime::Result<Self>> {
+                Box::pin(pre.instantiate_async(store))
+            }
 
-    fn configure<'a>(
-        &'a self,
-        store: &'a mut Store<InstanceState>,
-        settings: &'a Vec<(String, String)>,
-    ) -> BoxFuture<'a, wasmtime::Result<Result<(), String>>> {
-        Box::pin(
-            self.prism_pattern_keyvalue_pattern()
-                .call_configure(store, settings),
-        )
-    }
+            fn configure<'a>(
+                &'a self,
+                store: &'a mut Store<InstanceState>,
+                settings: &'a Vec<(String, String)>,
+            ) -> BoxFuture<'a, wasmtime::Result<Result<(), String>>> {
+                Box::pin(self.$exports().call_configure(store, settings))
+            }
+        }
+    };
 }
 
-impl PatternWorld for PubsubWorld {
-    const NAME: &'static str = "prism:pattern/pubsub-world";
-    type Pre = PubsubWorldPre<InstanceState>;
-
-    fn pre(pre: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
-        PubsubWorldPre::new(pre)
-    }
-
-    fn engine(pre: &Self::Pre) -> &Engine {
-        pre.engine()
-    }
-
-    fn instantiate<'a>(
-        pre: &'a Self::Pre,
-        store: &'a mut Store<InstanceState>,
-    ) -> BoxFuture<'a, wasmtime::Result<Self>> {
-        Box::pin(pre.instantiate_async(store))
-    }
-
-    fn configure<'a>(
-        &'a self,
-        store: &'a mut Store<InstanceState>,
-        settings: &'a Vec<(String, String)>,
-    ) -> BoxFuture<'a, wasmtime::Result<Result<(), String>>> {
-        Box::pin(
-            self.prism_pattern_pubsub_pattern()
-                .call_configure(store, settings),
-        )
-    }
-}
+pattern_world!(
+    Keyvalue,
+    KeyvaluePre,
+    "prism:pattern/keyvalue",
+    prism_pattern_keyvalue_pattern
+);
+pattern_world!(
+    PubsubWorld,
+    PubsubWorldPre,
+    "prism:pattern/pubsub-world",
+    prism_pattern_pubsub_pattern
+);
+pattern_world!(
+    MulticastRegistry,
+    MulticastRegistryPre,
+    "prism:pattern/multicast-registry",
+    prism_pattern_registry_pattern
+);

@@ -1,0 +1,220 @@
+//! `prism.v1.Registry`: every operation goes through the namespace's
+//! Multicast Registry pattern (filters, TTL policy, limits and fan-out live
+//! there); a listener is planned by the pattern and held by the host like a
+//! subscription, on the namespace's messaging slot.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::metadata::{filter_to_json, json_to_map, map_to_json};
+use super::response::bounded;
+use super::subscription::{FrameStream, Held, Registry as Subscriptions, open_stream};
+use crate::admission::CallGuard;
+use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
+use crate::namespace::{Namespaces, shorten};
+use crate::pb;
+use crate::pb::registry_server::Registry;
+use crate::runtime::RegistryRuntime;
+use crate::runtime::bindings::registry_world::{
+    EnumerateRequest, IdentityRecord, MulticastRequest, RegisterOutcome, RegisterRequest,
+};
+
+pub struct RegistryService {
+    namespaces: Arc<Namespaces>,
+    subscriptions: Arc<Subscriptions>,
+    /// `server.max_message_bytes`: responses larger than this are refused.
+    max_response: usize,
+}
+
+impl RegistryService {
+    /// `subscriptions` is shared with the server, which ends listeners on shutdown.
+    pub fn new(
+        namespaces: Arc<Namespaces>,
+        subscriptions: Arc<Subscriptions>,
+        max_response: usize,
+    ) -> RegistryService {
+        RegistryService {
+            namespaces,
+            subscriptions,
+            max_response,
+        }
+    }
+
+    /// The request's registry pattern, once the namespace's quotas admit it.
+    fn runtime<T>(&self, request: &Request<T>) -> Result<(RegistryRuntime, CallGuard), Status> {
+        let (ns, admitted) = self.namespaces.admit_call(request.metadata())?;
+        Ok((ns.registry()?.clone(), admitted))
+    }
+}
+
+fn identity(record: IdentityRecord) -> Result<pb::Identity, Status> {
+    Ok(pb::Identity {
+        metadata: Some(json_to_map(&record.metadata)?),
+        identity: record.identity,
+        registered_at_ms: record.registered_at_ms,
+        expires_at_ms: record.expires_at_ms,
+        ttl_ms: record.ttl_ms,
+    })
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let (registry, _admitted) = self.runtime(&request)?;
+        let r = request.into_inner();
+        let metadata = match &r.metadata {
+            Some(map) => map_to_json(map, "metadata")?,
+            None => "{}".to_string(),
+        };
+        let outcome = registry
+            .register(RegisterRequest {
+                identity: r.identity,
+                metadata,
+                ttl_ms: r.ttl_ms,
+                replace: r.replace,
+            })
+            .await?;
+        match outcome {
+            RegisterOutcome::Registered(record) => Ok(Response::new(pb::RegisterResponse {
+                identity: Some(identity(record)?),
+            })),
+            RegisterOutcome::AlreadyExists(record) => Err(Status::already_exists(format!(
+                "identity '{}' is already registered; register with replace to overwrite it",
+                shorten(&record.identity)
+            ))),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let (registry, _admitted) = self.runtime(&request)?;
+        let record = registry.heartbeat(request.into_inner().identity).await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            identity: Some(identity(record)?),
+        }))
+    }
+
+    async fn unregister(
+        &self,
+        request: Request<pb::UnregisterRequest>,
+    ) -> Result<Response<pb::UnregisterResponse>, Status> {
+        let (registry, _admitted) = self.runtime(&request)?;
+        let existed = registry.unregister(request.into_inner().identity).await?;
+        Ok(Response::new(pb::UnregisterResponse { existed }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetIdentityRequest>,
+    ) -> Result<Response<pb::GetIdentityResponse>, Status> {
+        let (registry, _admitted) = self.runtime(&request)?;
+        let record = registry.get(request.into_inner().identity).await?;
+        bounded(
+            pb::GetIdentityResponse {
+                identity: Some(identity(record)?),
+            },
+            self.max_response,
+        )
+    }
+
+    async fn enumerate(
+        &self,
+        request: Request<pb::EnumerateRequest>,
+    ) -> Result<Response<pb::EnumerateResponse>, Status> {
+        let (registry, _admitted) = self.runtime(&request)?;
+        let r = request.into_inner();
+        let page = registry
+            .enumerate(EnumerateRequest {
+                filter: filter_to_json(&r.filter)?,
+                cursor: Some(r.cursor).filter(|c| !c.is_empty()),
+                limit: r.limit,
+            })
+            .await?;
+        let identities = page
+            .identities
+            .into_iter()
+            .map(identity)
+            .collect::<Result<_, _>>()?;
+        bounded(
+            pb::EnumerateResponse {
+                identities,
+                next_cursor: page.cursor.unwrap_or_default(),
+            },
+            self.max_response,
+        )
+    }
+
+    async fn multicast(
+        &self,
+        request: Request<pb::MulticastRequest>,
+    ) -> Result<Response<pb::MulticastResponse>, Status> {
+        let (registry, _admitted) = self.runtime(&request)?;
+        let r = request.into_inner();
+        let mut metadata: Vec<(String, String)> = r.metadata.into_iter().collect();
+        metadata.sort();
+        let result = registry
+            .multicast(MulticastRequest {
+                filter: filter_to_json(&r.filter)?,
+                payload: r.payload,
+                metadata,
+            })
+            .await?;
+        Ok(Response::new(pb::MulticastResponse {
+            target_count: result.target_count,
+            delivered_count: result.delivered_count,
+            failed: result
+                .failures
+                .into_iter()
+                .map(|f| (f.identity, f.reason))
+                .collect(),
+        }))
+    }
+
+    type ListenStream = FrameStream<pb::ListenResponse>;
+
+    async fn listen(
+        &self,
+        request: Request<pb::ListenRequest>,
+    ) -> Result<Response<Self::ListenStream>, Status> {
+        let (ns, admitted) = self.namespaces.admit_stream(request.metadata())?;
+        let (ns, registry) = (ns.clone(), ns.registry()?.clone());
+        let r = request.into_inner();
+        let plan = registry.listen(r.identity.clone(), r.buffer).await?;
+        let slot = registry.pool().slots().pubsub.clone();
+        let listening_identity = r.identity.clone();
+        let stream = open_stream(
+            &self.subscriptions,
+            Held {
+                namespace: &ns.name,
+                slot: &slot,
+                topic: &plan.topic,
+                options: SubscribeOptions {
+                    group: plan.group,
+                    buffer: plan.buffer as usize,
+                    policy: SlowConsumerPolicy::DropOldest,
+                },
+                hook: None,
+                manual_ack: false,
+                client_topic: r.identity,
+                admitted,
+            },
+            |id| pb::ListenResponse {
+                event: Some(pb::listen_response::Event::Listening(pb::Listening {
+                    subscription_id: id.to_string(),
+                    identity: listening_identity,
+                })),
+            },
+            |batch| pb::ListenResponse {
+                event: Some(pb::listen_response::Event::Messages(batch)),
+            },
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
+}
