@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use prism::pb;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prism::pb::key_value_client::KeyValueClient;
+use prism::pb::registry_client::RegistryClient;
 use tonic::transport::Channel;
 
 pub const BENCH_KEY: &str = "bench:key";
@@ -93,6 +97,9 @@ pub enum Target {
     Grpc(Channel),
     /// redis-rs on one multiplexed connection, on the key Prism stores for `BENCH_KEY`.
     Redis(redis::aio::MultiplexedConnection, String),
+    /// Registry.Register in namespace `devices` (whatever the op), cycling
+    /// over 1 000 identities so registrations replace as well as add.
+    Register(Channel, Arc<AtomicU64>),
 }
 
 impl Target {
@@ -123,6 +130,30 @@ impl Target {
                     .arg(&*key)
                     .arg(payload)
                     .query_async(conn)
+                    .await?;
+            }
+            (Target::Register(channel, counter), _) => {
+                let n = counter.fetch_add(1, Ordering::Relaxed) % 1000;
+                let mut request = tonic::Request::new(pb::RegisterRequest {
+                    identity: format!("device-{n}"),
+                    metadata: Some(pb::MapValue {
+                        fields: [(
+                            "floor".to_string(),
+                            pb::Value {
+                                kind: Some(pb::value::Kind::IntValue((n % 10) as i64)),
+                            },
+                        )]
+                        .into(),
+                    }),
+                    ttl_ms: None,
+                    replace: true,
+                });
+                request.metadata_mut().insert(
+                    prism::namespace::NAMESPACE_METADATA,
+                    tonic::metadata::MetadataValue::from_static("devices"),
+                );
+                RegistryClient::new(channel.clone())
+                    .register(request)
                     .await?;
             }
         }

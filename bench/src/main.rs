@@ -8,6 +8,9 @@
 //!   guest-less path and redis-rs direct, at concurrency 1 and 64.
 //! - `pubsub`: delivered msg/s to 1, 10, 100 subscribers and publish→deliver
 //!   p50, through Prism (NATS, embedded broker) vs async-nats direct.
+//! - `registry`: enumerate 1 000 identities by filter vs Redis read
+//!   directly, multicast to 100 / 1 000 listeners vs async-nats, register
+//!   throughput vs KV SET.
 //! - `tenancy`: a healthy namespace beside a CPU-bound neighbour, and 1 000
 //!   namespaces (start-up, memory).
 //! - `inprocess`: the wasm hop, instantiation, namespace start-up, quota check.
@@ -21,6 +24,7 @@ mod kv;
 mod load;
 mod procs;
 mod pubsub;
+mod registry;
 mod report;
 mod tenancy;
 
@@ -39,7 +43,7 @@ struct Args {
     /// Short measurements everywhere (a regression guard, under a minute).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated: kv, pubsub, tenancy, inprocess).
+    /// Run only these sections (comma-separated: kv, pubsub, registry, tenancy, inprocess).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Value size in bytes for GET/SET.
@@ -103,6 +107,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     if run("pubsub") {
         pubsub::rows(&mut report, &payload, args.quick).await?;
+    }
+    if run("registry") {
+        registry::rows(&mut report, args.quick).await?;
     }
     if run("tenancy") {
         let measure = measure.max(Duration::from_secs(1));

@@ -6,15 +6,6 @@ use crate::shorten;
 
 /// The most records one `registry::list` call asks for.
 pub const MAX_LIST_BATCH: u32 = 1000;
-/// The fewest records one `registry::list` call asks for, whatever the
-/// metadata limit (a floor so huge metadata limits do not mean one host call
-/// per identity).
-const MIN_LIST_BATCH: u32 = 16;
-/// Worst-case bytes of identities plus metadata one listing may bring into
-/// guest memory. Instances default to 64 MiB of linear memory, and a full
-/// batch of maximum-size metadata (1000 × 64 KiB) would not fit.
-const LIST_BUDGET_BYTES: usize = 16 * 1024 * 1024;
-
 /// Limits one namespace applies to every registry request.
 /// `[namespaces.X.settings]` overrides the defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -186,15 +177,11 @@ impl Limits {
         }
     }
 
-    /// Records per `registry::list` call: as many as fit the memory budget
-    /// when every record carries maximum-size metadata.
+    /// Records per `registry::list` call. The host bounds each listing page
+    /// by bytes too (4 MiB), so a full batch of large metadata still fits
+    /// instance memory; asking for many keeps host calls few.
     pub fn list_batch(&self) -> u32 {
-        let per_record = self
-            .max_metadata_bytes
-            .saturating_add(self.max_identity_bytes)
-            .saturating_add(64);
-        let fit = u32::try_from(LIST_BUDGET_BYTES / per_record).unwrap_or(MAX_LIST_BATCH);
-        fit.clamp(MIN_LIST_BATCH, MAX_LIST_BATCH)
+        MAX_LIST_BATCH
     }
 
     /// Refuses a multicast payload over `max_payload_bytes` (nothing is sent).
@@ -539,17 +526,5 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn list_batch_fits_the_memory_budget() {
-        // 16 MiB / (64 KiB + 256 + 64) with the defaults
-        assert_eq!(Limits::default().list_batch(), 254);
-        let small = parse(&[("max_metadata_bytes", "1024")]).unwrap();
-        assert_eq!(small.list_batch(), 1000);
-        let huge = parse(&[("max_metadata_bytes", "100000000")]).unwrap();
-        assert_eq!(huge.list_batch(), 16);
-        let max = parse(&[("max_metadata_bytes", &usize::MAX.to_string())]).unwrap();
-        assert_eq!(max.list_batch(), 16);
     }
 }

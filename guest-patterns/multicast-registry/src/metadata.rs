@@ -61,10 +61,44 @@ pub fn for_identity(request: &[(String, String)], identity: &str) -> Vec<(String
     pairs
 }
 
+/// Source bytes of metadata kept parsed per instance. Parsing dominates a
+/// scan (every enumerate and multicast reads every identity), while
+/// metadata rarely changes: a scan over the same registry then only hashes
+/// and compares text. Parsed values take a few times their source size, so
+/// this keeps an instance well inside its memory limit.
+const PARSED_CACHE_BYTES: usize = 2 << 20;
+
+/// Metadata text → its parse (None: not JSON). Instances are pooled and
+/// single-threaded, so a thread-local is this instance's own.
+#[derive(Default)]
+struct ParsedCache {
+    map: std::collections::HashMap<String, Option<Value>>,
+    bytes: usize,
+}
+
+thread_local! {
+    static PARSED: std::cell::RefCell<ParsedCache> = std::cell::RefCell::new(ParsedCache::default());
+}
+
 /// Whether a stored record's metadata satisfies `filter`. Metadata the
 /// pattern did not write (not JSON) never matches; it must not trap a scan.
 pub fn matches(filter: &Filter, stored: &str) -> bool {
-    serde_json::from_str::<Value>(stored).is_ok_and(|md| filter.matches(&md))
+    PARSED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(parsed) = cache.map.get(stored) {
+            return parsed.as_ref().is_some_and(|md| filter.matches(md));
+        }
+        let parsed = serde_json::from_str::<Value>(stored).ok();
+        let matched = parsed.as_ref().is_some_and(|md| filter.matches(md));
+        if cache.bytes + stored.len() > PARSED_CACHE_BYTES {
+            // Simplest bound: start over (a registry this large re-warms).
+            cache.map.clear();
+            cache.bytes = 0;
+        }
+        cache.bytes += stored.len();
+        cache.map.insert(stored.to_string(), parsed);
+        matched
+    })
 }
 
 fn invalid(message: String) -> PatternError {

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 
 use super::BackendError;
+use super::redis_registry::LIST_BYTES;
 use super::registry::{
     IdentityRecord, NewIdentity, PutOutcome, RegistryBackend, RegistryPage, registry_full,
 };
@@ -207,7 +208,15 @@ impl RegistryBackend for MemRegistry {
             .range::<str, _>((start, Bound::Unbounded))
             .map(|(_, record)| record)
             .filter(|record| record.live(now_ms));
-        let records: Vec<IdentityRecord> = live.by_ref().take(limit).cloned().collect();
+        let mut records: Vec<IdentityRecord> = Vec::new();
+        let mut bytes = 0;
+        for record in live.by_ref().take(limit) {
+            bytes += record.metadata.len() + record.identity.len();
+            records.push(record.clone());
+            if bytes >= LIST_BYTES {
+                break;
+            }
+        }
         // A cursor only when another live record follows.
         let cursor = match live.next() {
             Some(_) => records.last().map(|r| r.identity.clone()),

@@ -3,7 +3,9 @@
 //! - `ids`: a sorted set of identities (all score 0), so a namespace is
 //!   listed in identity order with ZRANGEBYLEX from a cursor — exactly once
 //!   across pages, and never a keyspace-wide SCAN;
-//! - `records`: a hash identity → `{"m": metadata, "r": registered_at, "t": ttl}`;
+//! - `records`: a hash identity → `<registered_at>:<ttl or empty>:<metadata>`
+//!   (plain text: the metadata is stored as the pattern gave it, with no
+//!   JSON-in-JSON escaping to undo on every listing);
 //! - `exp`: a sorted set identity → expiry (ms), for identities with a TTL.
 //!
 //! Every write is one Lua script, so several Prism processes on one Redis
@@ -14,7 +16,6 @@ use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use redis::Script;
-use serde::{Deserialize, Serialize};
 
 use super::BackendError;
 use super::redis::RedisKv;
@@ -26,12 +27,14 @@ pub struct RedisRegistry {
     kv: Arc<RedisKv>,
 }
 
+/// Bytes of records one listing page carries at most (a page may be short
+/// of its limit and carry a cursor because of it).
+pub const LIST_BYTES: usize = 4 << 20;
+
 /// A record as stored in the `records` hash (the expiry lives in `exp`).
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    m: String,
-    r: u64,
-    t: Option<u64>,
+fn encode(record: &IdentityRecord) -> String {
+    let ttl = record.ttl_ms.map(|t| t.to_string()).unwrap_or_default();
+    format!("{}:{ttl}:{}", record.registered_at_ms, record.metadata)
 }
 
 /// Forgets up to 256 identities whose TTL has passed. KEYS: ids, records,
@@ -121,21 +124,29 @@ return 0
     )
 });
 
-/// ARGV: now, after ('' = from the start), limit. Returns a flat list of
-/// identity, record, expiry ('' = none), one round trip.
+/// ARGV: now, after ('' = from the start), limit, byte budget. Returns
+/// {identities, records, expiries, n} — one round trip, three commands
+/// (per-identity `redis.call`s cost more than the data) — where only the
+/// first n entries fit the byte budget.
 static LIST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local start = '-'
 if ARGV[2] ~= '' then start = '(' .. ARGV[2] end
 local ids = redis.call('ZRANGEBYLEX', KEYS[1], start, '+', 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for _, id in ipairs(ids) do
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGET', KEYS[2], id) or ''
-  out[#out + 1] = redis.call('ZSCORE', KEYS[3], id) or ''
+if #ids == 0 then return {{}, {}, {}, 0} end
+local records = redis.call('HMGET', KEYS[2], unpack(ids))
+local expiries = redis.call('ZMSCORE', KEYS[3], unpack(ids))
+local budget = tonumber(ARGV[4])
+local n = #ids
+for i = 1, #ids do
+  budget = budget - #ids[i] - (records[i] and #records[i] or 0)
+  if budget <= 0 then
+    n = i
+    break
+  end
 end
-return out
+return {ids, records, expiries, n}
 ",
     )
 });
@@ -167,18 +178,28 @@ impl RedisRegistry {
         stored: &str,
         expiry: &str,
     ) -> Result<IdentityRecord, BackendError> {
-        let stored: Stored = serde_json::from_str(stored).map_err(|_| {
+        let malformed = || {
             BackendError::Internal(format!(
                 "{}: a registry record is not in Prism's format",
                 self.kv.summary_text()
             ))
-        })?;
+        };
+        let mut parts = stored.splitn(3, ':');
+        let (Some(registered), Some(ttl), Some(metadata)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
         Ok(IdentityRecord {
             identity,
-            metadata: stored.m,
-            registered_at_ms: stored.r,
+            metadata: metadata.to_string(),
+            registered_at_ms: registered.parse().map_err(|_| malformed())?,
             expires_at_ms: expiry.parse::<f64>().ok().map(|e| e as u64),
-            ttl_ms: stored.t,
+            ttl_ms: if ttl.is_empty() {
+                None
+            } else {
+                Some(ttl.parse().map_err(|_| malformed())?)
+            },
         })
     }
 
@@ -217,12 +238,7 @@ impl RegistryBackend for RedisRegistry {
         now_ms: u64,
     ) -> Result<PutOutcome, BackendError> {
         let record = entry.record(now_ms);
-        let stored = serde_json::to_string(&Stored {
-            m: record.metadata.clone(),
-            r: record.registered_at_ms,
-            t: record.ttl_ms,
-        })
-        .map_err(|e| BackendError::Internal(e.to_string()))?;
+        let stored = encode(&record);
         let answer: Vec<String> = self
             .run(
                 &PUT,
@@ -322,7 +338,8 @@ impl RegistryBackend for RedisRegistry {
         now_ms: u64,
     ) -> Result<RegistryPage, BackendError> {
         let limit = limit.max(1);
-        let flat: Vec<String> = self
+        type Listed = (Vec<String>, Vec<Option<String>>, Vec<Option<String>>, usize);
+        let (identities, stored, expiries, fit): Listed = self
             .run(
                 &LIST,
                 namespace,
@@ -330,28 +347,33 @@ impl RegistryBackend for RedisRegistry {
                     now_ms.to_string(),
                     after.unwrap_or("").to_string(),
                     limit.to_string(),
+                    LIST_BYTES.to_string(),
                 ],
             )
             .await?;
-        let looked_at = flat.len() / 3;
-        let mut records = Vec::with_capacity(looked_at);
+        let looked_at = identities.len();
+        let mut records = Vec::with_capacity(fit);
         let mut last = None;
-        for triple in flat.chunks_exact(3) {
-            let [identity, stored, expiry] = triple else {
+        for ((identity, stored), expiry) in
+            identities.into_iter().zip(stored).zip(expiries).take(fit)
+        {
+            last = Some(identity.clone());
+            // An identity removed between the index and the record.
+            let Some(stored) = stored else {
                 continue;
             };
-            last = Some(identity.clone());
-            // An identity removed between the index and the record, or expired.
-            if stored.is_empty() {
-                continue;
-            }
-            let record = self.decode(identity.clone(), stored, expiry)?;
+            let record = self.decode(identity, &stored, expiry.as_deref().unwrap_or(""))?;
             if record.live(now_ms) {
                 records.push(record);
             }
         }
-        // A full page may have more after it; resume after the last identity looked at.
-        let cursor = if looked_at == limit { last } else { None };
+        // A full (or byte-bounded) page may have more after it; resume after
+        // the last identity looked at.
+        let cursor = if looked_at == limit || fit < looked_at {
+            last
+        } else {
+            None
+        };
         Ok(RegistryPage { records, cursor })
     }
 
