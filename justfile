@@ -17,7 +17,7 @@ build: setup-rust
     cargo build --release -p prism
 
 # Every test: Rust unit + integration + sandbox suites, then the Python client suite.
-test: setup-rust setup-python setup-services
+test: setup-rust setup-python setup-services setup-node
     # One feature set for binary and tests (building -p prism alone would compile twice).
     cargo build --release --workspace --all-targets
     cargo test --release --workspace
@@ -26,7 +26,7 @@ test: setup-rust setup-python setup-services
     PRISM_BIN={{ justfile_directory() }}/target/release/prism {{ venv }}/bin/python -m pytest clients/python/tests -q
 
 # Benchmarks with same-run baselines; writes bench/results.json (`just bench --quick`: a regression guard under a minute).
-bench *args: setup-rust setup-services
+bench *args: setup-rust setup-services setup-node
     # The same build as `just test`; servers under test run as their own processes.
     cargo build --release --workspace --all-targets
     PRISM_BIN={{ justfile_directory() }}/target/release/prism {{ justfile_directory() }}/target/release/prism-bench {{ args }}
@@ -67,6 +67,23 @@ setup-services:
         echo "installing ${missing[*]} (apt)"
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+    fi
+
+# The test OIDC issuer (oidc-provider on Node) the auth tests and bench start; from the committed lockfile.
+setup-node:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing nodejs and npm (apt)"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm
+    fi
+    cd tests/oidc
+    # Reinstall only when the lockfile changed since the last install.
+    if [ ! -f node_modules/.package-lock.json ] || ! cmp -s package-lock.json node_modules/.prism-installed-lock; then
+        npm ci --no-audit --no-fund --loglevel=error
+        cp package-lock.json node_modules/.prism-installed-lock
     fi
 
 # A virtualenv with the Python client (editable) and its test tools.

@@ -24,6 +24,7 @@ async fn help_on_every_command() -> anyhow::Result<()> {
         (vec!["--help"], vec!["dev", "serve"]),
         (vec!["dev", "--help"], vec!["--listen"]),
         (vec!["serve", "--help"], vec!["--config", "--listen"]),
+        (vec!["health", "--help"], vec!["--addr", "--service"]),
     ] {
         let out = run(&args, WAIT).await?;
         assert!(out.status.success(), "prism {args:?}: {}", out.stderr);
@@ -71,6 +72,13 @@ async fn dev_serves_keyvalue_and_pubsub_and_drains_on_sigterm() -> anyhow::Resul
         .await?
         .into_inner();
     assert!(!published.id.is_empty());
+    // `prism health` (the container health check) sees it serving.
+    let addr = prism.addr.to_string();
+    let out = run(&["health", "--addr", &addr], WAIT).await?;
+    assert!(out.status.success(), "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.trim(), "SERVING");
+    let out = run(&["health", "--addr", &addr, "--service", "devices"], WAIT).await?;
+    assert!(out.status.success(), "{} {}", out.stdout, out.stderr);
     let status = prism.terminate(WAIT).await?;
     assert!(status.success(), "prism dev exited with {status}");
     Ok(())
@@ -146,6 +154,13 @@ async fn startup_errors_name_file_and_field_and_exit_2() -> anyhow::Result<()> {
         );
         assert!(out.stdout.is_empty(), "{config}: stdout: {}", out.stdout);
     }
+    // `prism health` against nothing listening: exit 1 naming the address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let out = run(&["health", "--addr", &closed, "--timeout-ms", "2000"], WAIT).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains(&closed), "{}", out.stderr);
     // A taken port: exit 2 naming the address.
     let blocker = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = blocker.local_addr()?.to_string();

@@ -97,6 +97,11 @@ pub enum Target {
     Grpc(Channel),
     /// redis-rs on one multiplexed connection, on the key Prism stores for `BENCH_KEY`.
     Redis(redis::aio::MultiplexedConnection, String),
+    /// Like `Grpc`, with this `authorization` value (built once) on every call.
+    GrpcAuth(
+        Channel,
+        tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ),
     /// Registry.Register in namespace `devices` (whatever the op), cycling
     /// over 1 000 identities so registrations replace as well as add.
     Register(Channel, Arc<AtomicU64>),
@@ -121,6 +126,28 @@ impl Target {
                     ttl_ms: None,
                 };
                 client.set(request).await?;
+            }
+            (Target::GrpcAuth(channel, bearer), op) => {
+                let bearer = bearer.clone();
+                let mut client = KeyValueClient::new(channel.clone());
+                match op {
+                    Op::Get => {
+                        let mut request = tonic::Request::new(pb::GetRequest {
+                            key: BENCH_KEY.into(),
+                        });
+                        request.metadata_mut().insert("authorization", bearer);
+                        client.get(request).await?;
+                    }
+                    Op::Set => {
+                        let mut request = tonic::Request::new(pb::SetRequest {
+                            key: BENCH_KEY.into(),
+                            value: payload.to_vec(),
+                            ttl_ms: None,
+                        });
+                        request.metadata_mut().insert("authorization", bearer);
+                        client.set(request).await?;
+                    }
+                }
             }
             (Target::Redis(conn, key), Op::Get) => {
                 let _: Option<Vec<u8>> = redis::cmd("GET").arg(&*key).query_async(conn).await?;

@@ -6,6 +6,8 @@
 //!
 //! - `kv`: gRPC KV GET/SET through Prism (MemStore, Redis) vs the echo, the
 //!   guest-less path and redis-rs direct, at concurrency 1 and 64.
+//! - `auth`: KV GET with JWT auth on vs off; first-sight vs cached token
+//!   verification.
 //! - `pubsub`: delivered msg/s to 1, 10, 100 subscribers and publish→deliver
 //!   p50, through Prism (NATS, embedded broker) vs async-nats direct.
 //! - `registry`: enumerate 1 000 identities by filter vs Redis read
@@ -18,6 +20,7 @@
 //! `--quick` runs every section with short measurements (under a minute),
 //! printing the same table: a perf regression guard.
 
+mod auth;
 mod echo;
 mod inprocess;
 mod kv;
@@ -43,7 +46,7 @@ struct Args {
     /// Short measurements everywhere (a regression guard, under a minute).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated: kv, pubsub, registry, tenancy, inprocess).
+    /// Run only these sections (comma-separated: kv, auth, pubsub, registry, tenancy, inprocess).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Value size in bytes for GET/SET.
@@ -104,6 +107,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         for server in [servers.echo, servers.prism, servers.direct] {
             server.stop().await?;
         }
+    }
+    if run("auth") {
+        auth::rows(&mut report, &payload, measure).await?;
     }
     if run("pubsub") {
         pubsub::rows(&mut report, &payload, args.quick).await?;

@@ -45,6 +45,8 @@ pub struct Config {
     pub backends: BTreeMap<String, BackendConfig>,
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Where relative pattern paths are resolved from: the config file's directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -71,6 +73,97 @@ impl Default for ServerConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
         }
     }
+}
+
+/// Who may call: `none` (any caller reaches any namespace; `prism dev`) or
+/// `jwt` (bearer tokens from OIDC issuers, grants per namespace).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Jwt,
+}
+
+/// `[auth]`: one issuer inline (`issuer`, `audience`), more as `[[auth.issuers]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// OIDC issuer URL; discovery is `<issuer>/.well-known/openid-configuration`.
+    pub issuer: Option<String>,
+    /// The `aud` tokens must carry.
+    pub audience: Option<String>,
+    /// The claim listing a token's grants (`"orders"`, `"orders:read"`, `"*"`...).
+    #[serde(default = "default_namespaces_claim")]
+    pub namespaces_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+    /// Further trusted issuers.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Shortest time between two JWKS fetches of one issuer (an unknown `kid`
+    /// triggers a refetch: this bounds what forged tokens can cost the issuer).
+    #[serde(default = "default_jwks_refetch_secs")]
+    pub jwks_refetch_secs: u64,
+    /// Longest wait for the issuer's discovery document or keys.
+    #[serde(default = "default_fetch_timeout_ms")]
+    pub fetch_timeout_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            issuer: None,
+            audience: None,
+            namespaces_claim: default_namespaces_claim(),
+            leeway_secs: default_leeway_secs(),
+            issuers: Vec::new(),
+            jwks_refetch_secs: default_jwks_refetch_secs(),
+            fetch_timeout_ms: default_fetch_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// Overrides `[auth] namespaces_claim` for this issuer.
+    pub namespaces_claim: Option<String>,
+}
+
+impl AuthConfig {
+    /// Every trusted issuer, the inline one first.
+    pub fn trusted(&self) -> Vec<IssuerConfig> {
+        let mut all = Vec::new();
+        if let (Some(issuer), Some(audience)) = (&self.issuer, &self.audience) {
+            all.push(IssuerConfig {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                namespaces_claim: None,
+            });
+        }
+        all.extend(self.issuers.iter().cloned());
+        all
+    }
+}
+
+fn default_namespaces_claim() -> String {
+    "prism_namespaces".into()
+}
+fn default_leeway_secs() -> u64 {
+    30
+}
+fn default_jwks_refetch_secs() -> u64 {
+    10
+}
+fn default_fetch_timeout_ms() -> u64 {
+    5000
 }
 
 /// Sandbox limits; each namespace may override the per-instance ones.
@@ -421,6 +514,7 @@ impl Config {
             runtime: RuntimeConfig::default(),
             backends,
             namespaces,
+            auth: AuthConfig::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -534,6 +628,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_auth(&invalid)?;
         for (name, backend) in &self.backends {
             match backend {
                 BackendConfig::Memstore(m) => {
@@ -593,6 +688,53 @@ impl Config {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn validate_auth(
+        &self,
+        invalid: &impl Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if auth.issuer.is_some() != auth.audience.is_some() {
+            return Err(invalid(
+                "auth".into(),
+                "issuer and audience go together; set both (or use [[auth.issuers]])".into(),
+            ));
+        }
+        let trusted = auth.trusted();
+        if auth.mode == AuthMode::Jwt && trusted.is_empty() {
+            return Err(invalid(
+                "auth.issuer".into(),
+                "mode = \"jwt\" needs an issuer and audience (or [[auth.issuers]])".into(),
+            ));
+        }
+        for (i, issuer) in trusted.iter().enumerate() {
+            let field = if auth.issuer.as_deref() == Some(&issuer.issuer) && i == 0 {
+                "auth.issuer".to_string()
+            } else {
+                format!(
+                    "auth.issuers[{}].issuer",
+                    i - usize::from(auth.issuer.is_some())
+                )
+            };
+            let ok = issuer.issuer.starts_with("https://") || issuer.issuer.starts_with("http://");
+            if !ok {
+                return Err(invalid(field, "must be an http(s):// URL".into()));
+            }
+            if issuer.audience.is_empty() {
+                return Err(invalid(
+                    field.replace("issuer", "audience"),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+        if auth.jwks_refetch_secs == 0 || auth.fetch_timeout_ms == 0 {
+            return Err(invalid(
+                "auth".into(),
+                "jwks_refetch_secs and fetch_timeout_ms must be positive".into(),
+            ));
         }
         Ok(())
     }

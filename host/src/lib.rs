@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod capability;
 pub mod clock;

@@ -27,6 +27,19 @@ enum Command {
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
     },
+    /// Ask a running Prism whether it is serving (grpc.health.v1): exit 0
+    /// if SERVING, 1 otherwise. For container and orchestrator health checks.
+    Health {
+        /// The server to ask.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        addr: SocketAddr,
+        /// A service to check (a namespace name, or `prism.v1.KeyValue`); empty = the server.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Serve everything a TOML config file describes.
     Serve {
         /// The config file (see README.md for its shape).
@@ -46,8 +59,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Health {
+        addr,
+        service,
+        timeout_ms,
+    } = &cli.command
+    {
+        return health(*addr, service, *timeout_ms);
+    }
     // Start-up errors name a config field; prefix the file they are in.
     let (config, source) = match cli.command {
+        Command::Health { .. } => return ExitCode::FAILURE,
         Command::Dev { listen } => (Config::dev(listen), "prism dev".to_string()),
         Command::Serve {
             config: path,
@@ -134,5 +156,56 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `prism health`: one grpc.health.v1 Check, exit 0 only for SERVING.
+fn health(addr: SocketAddr, service: &str, timeout_ms: u64) -> ExitCode {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("prism health: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let check = async {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await?;
+        anyhow::Ok(reply.into_inner().status)
+    };
+    let outcome = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), check).await
+    });
+    match outcome {
+        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            let name = ServingStatus::try_from(status)
+                .map(|s| s.as_str_name())
+                .unwrap_or("UNKNOWN");
+            println!("{name}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("prism health: {addr}: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("prism health: {addr}: no answer within {timeout_ms} ms");
+            ExitCode::FAILURE
+        }
     }
 }

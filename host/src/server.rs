@@ -16,6 +16,8 @@ use crate::api::oversize::OversizeLayer;
 use crate::api::pubsub::PubSubService;
 use crate::api::registry::RegistryService;
 use crate::api::subscription::Registry;
+use crate::auth::Authenticator;
+use crate::auth::layer::AuthLayer;
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::health;
@@ -40,6 +42,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("auth: {0}")]
+    Auth(String),
     #[error("reflection service: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -175,8 +179,16 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         conn
     });
     let (shutdown, stop) = oneshot::channel::<()>();
+    let auth = Authenticator::from_config(&config.auth).map_err(ServerError::Auth)?;
+    match &auth {
+        None => tracing::warn!(
+            "auth mode is none: any caller reaches any namespace (set [auth] mode = \"jwt\" for production)"
+        ),
+        Some(_) => tracing::info!(issuers = config.auth.trusted().len(), "auth mode is jwt"),
+    }
     let router = tonic::transport::Server::builder()
         .layer(OversizeLayer::new(max_message))
+        .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(keyvalue)

@@ -24,6 +24,7 @@ pub use prism::pb;
 
 pub mod backends;
 pub mod binary;
+pub mod oidc;
 pub mod raw;
 pub mod registry;
 pub mod servers;

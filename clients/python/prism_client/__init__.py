@@ -1,15 +1,19 @@
 """Asyncio client for the Prism data access gateway."""
 
+from .auth import DeviceAuthorization, DeviceLogin, OidcTokenProvider, TokenProvider, TokenSet, TokenStore
 from .client import PrismClient
 from .errors import (
     AlreadyExistsError,
+    AuthError,
     DeadlineExceededError,
     FailedPreconditionError,
     InternalError,
     InvalidArgumentError,
     KeyNotFoundError,
+    LoginRequiredError,
     NamespaceNotFoundError,
     NotFoundError,
+    OAuthError,
     PermissionDeniedError,
     PrismError,
     ResourceExhaustedError,
@@ -22,7 +26,10 @@ from .registry import Identity, Inbox, InboxMessage, MulticastResult, Registry
 
 __all__ = [
     "AlreadyExistsError",
+    "AuthError",
     "DeadlineExceededError",
+    "DeviceAuthorization",
+    "DeviceLogin",
     "FailedPreconditionError",
     "Identity",
     "Inbox",
@@ -31,10 +38,13 @@ __all__ = [
     "InvalidArgumentError",
     "KeyNotFoundError",
     "KeyValue",
+    "LoginRequiredError",
     "Message",
     "MulticastResult",
     "NamespaceNotFoundError",
     "NotFoundError",
+    "OAuthError",
+    "OidcTokenProvider",
     "PermissionDeniedError",
     "PrismClient",
     "PrismError",
@@ -42,6 +52,9 @@ __all__ = [
     "Registry",
     "ResourceExhaustedError",
     "Subscription",
+    "TokenProvider",
+    "TokenSet",
+    "TokenStore",
     "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -1,17 +1,24 @@
 """Calling the generated stubs: unary calls with their errors mapped, and the
 server streams behind `pubsub.subscribe()` and `registry.listen()`.
 
+Every call goes through one `Calls` object per client, which computes its
+metadata (namespace, and `authorization: Bearer <token>` from the client's
+credentials, refreshed when near expiry) just before the call starts.
+
 A `ServerStream` starts its gRPC stream in a background task the moment it is
 created. The stream's first frame confirms it is live on the server; the
 `StreamSet` of the API object that started it remembers streams not yet
 confirmed, so that a send on the same client (publish, multicast) can wait
-for them first and reach them, always.
+for them first and reach them, always. A stream the server ends because the
+token it was opened with expired is opened again with a fresh token, when
+the client has a token provider.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ClassVar, Final, Generic, TypeVar
@@ -19,9 +26,17 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 import grpc
 
 from ._pb import pubsub_pb2
-from .errors import PrismError, from_rpc_error
+from .auth import BearerToken, Credentials
+from .errors import PrismError, UnauthenticatedError, from_rpc_error
 
 Metadata = tuple[tuple[str, str], ...]
+
+NAMESPACE_METADATA = "x-prism-namespace"
+AUTHORIZATION_METADATA = "authorization"
+
+# A stream ending with UNAUTHENTICATED this close to (or after) its token's
+# `exp`, by this host's clock, ended because the token expired.
+_EXPIRY_SLACK = 5.0
 
 # Items a stream holds client-side before it stops reading. Kept small so
 # that a consumer that falls behind pushes back on the server (through gRPC
@@ -37,17 +52,57 @@ def closed_client_error(err: grpc.aio.UsageError) -> PrismError:
     return PrismError(f"the client is closed ({err})")
 
 
-async def unary(
-    method: Any, request: Any, metadata: Metadata, timeout: float | None, *, key: str | None = None
-) -> Any:
-    """Calls a unary RPC of an (untyped) generated stub, mapping its errors;
-    `key` makes NOT_FOUND a KeyNotFoundError."""
-    try:
-        return await method(request, metadata=metadata, timeout=timeout)
-    except grpc.aio.AioRpcError as err:
-        raise from_rpc_error(err, key=key) from None
-    except grpc.aio.UsageError as err:
-        raise closed_client_error(err) from None
+class _Default:
+    """The client's own timeout (a sentinel: None means no timeout)."""
+
+
+_DEFAULT: Final = _Default()
+
+
+class Calls:
+    """How every call of one client is made: the metadata it carries (the
+    namespace, and the bearer token of the client's credentials, asked for
+    per call so that it is refreshed before it expires) and its timeout."""
+
+    def __init__(self, namespace: str, credentials: Credentials | None, timeout: float | None) -> None:
+        self.namespace = namespace
+        self.timeout = timeout
+        self.credentials = credentials
+        self._base: Metadata = ((NAMESPACE_METADATA, namespace),)
+
+    async def metadata(self) -> tuple[Metadata, BearerToken | None]:
+        """The metadata for a call starting now, and the token in it (if any).
+        Raises UnauthenticatedError (or the provider's PrismError) when no
+        token can be had."""
+        if self.credentials is None:
+            return self._base, None
+        token = await self.credentials.get()
+        return self._base + ((AUTHORIZATION_METADATA, f"Bearer {token.value}"),), token
+
+    async def unary(
+        self, method: Any, request: Any, *, timeout: float | None | _Default = _DEFAULT, key: str | None = None
+    ) -> Any:
+        """Calls a unary RPC of an (untyped) generated stub, mapping its
+        errors; `key` makes NOT_FOUND a KeyNotFoundError."""
+        metadata, _ = await self.metadata()
+        try:
+            return await method(
+                request, metadata=metadata, timeout=self.timeout if isinstance(timeout, _Default) else timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err, key=key) from None
+        except grpc.aio.UsageError as err:
+            raise closed_client_error(err) from None
+
+    def expired_stream(self, err: grpc.aio.AioRpcError, token: BearerToken | None) -> bool:
+        """Whether a live stream opened with `token` ended with `err` because
+        that token expired, and a fresh one can be asked for."""
+        if err.code() != grpc.StatusCode.UNAUTHENTICATED or token is None:
+            return False
+        if self.credentials is None or not self.credentials.refreshable:
+            return False
+        said_so = "has expired" in (err.details() or "")
+        return said_so or (token.expires_at is not None and token.expires_at <= time.time() + _EXPIRY_SLACK)
 
 
 class _Wake:
@@ -74,6 +129,11 @@ class StreamSet:
 
     def settled(self, stream: ServerStream[Any]) -> None:
         self._pending.discard(stream)
+
+    def reopening(self, stream: ServerStream[Any]) -> None:
+        """The stream is being opened again: sends wait for it once more."""
+        if stream in self._open:
+            self._pending.add(stream)
 
     def forget(self, stream: ServerStream[Any]) -> None:
         self._pending.discard(stream)
@@ -105,6 +165,12 @@ class ServerStream(Generic[_ItemT]):
     Errors of the stream are raised from the iterator as `PrismError`s (once),
     and the end of the stream ends the iteration. `aclose()` (or leaving
     `async with`) ends it.
+
+    When the server ends the live stream because the token it was opened
+    with expired (UNAUTHENTICATED at the token's `exp`) and the client has a
+    token provider, the stream is opened again with a fresh token and the
+    iteration goes on (`reopens` counts this); any other UNAUTHENTICATED is
+    raised.
     """
 
     # The `event` oneof's field that confirms the stream is live.
@@ -113,15 +179,18 @@ class ServerStream(Generic[_ItemT]):
     def __init__(
         self,
         streams: StreamSet,
-        open_call: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]],
+        calls: Calls,
+        open_call: Callable[[Metadata], grpc.aio.UnaryStreamCall[Any, Any]],
         *,
         what: str,
         task_name: str,
     ) -> None:
         self._streams = streams
+        self._calls = calls
         self._what = what  # names the stream in errors: "subscription to 't'"
         self._subscription_id: str | None = None
         self._dropped = 0
+        self._reopens = 0
         self._queue: asyncio.Queue[_ItemT | _Wake] = asyncio.Queue(maxsize=_LOCAL_BUFFER)
         self._settled = asyncio.Event()  # confirmed by the server, or ended before that
         self._ended = False  # the stream is over (no more items will be queued)
@@ -160,6 +229,12 @@ class ServerStream(Generic[_ItemT]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def reopens(self) -> int:
+        """How many times the stream was opened again with a fresh token
+        after the server ended it because its token expired."""
+        return self._reopens
 
     async def ready(self) -> None:
         """Waits until the server confirms the stream is live: a message sent
@@ -237,23 +312,24 @@ class ServerStream(Generic[_ItemT]):
 
     # -- background stream ----------------------------------------------------
 
-    async def _read(self, open_call: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]]) -> None:
+    async def _read(self, open_call: Callable[[Metadata], grpc.aio.UnaryStreamCall[Any, Any]]) -> None:
         try:
-            call = open_call()
-            self._call = call
-            async for response in call:
-                event = response.WhichOneof("event")
-                if event == self._CONFIRMATION:
-                    self._subscription_id = getattr(response, event).subscription_id
-                    self._settle()
-                elif event == "messages":
-                    batch = response.messages
-                    self._dropped += batch.dropped
-                    for m in batch.messages:
-                        await self._queue.put(self._item(m))
-        except grpc.aio.AioRpcError as err:
+            metadata, token = await self._calls.metadata()
+            while True:
+                try:
+                    await self._stream(open_call(metadata))
+                    return
+                except grpc.aio.AioRpcError as err:
+                    if self._closed:
+                        return
+                    live = self._subscription_id is not None
+                    if not (live and self._calls.expired_stream(err, token)):
+                        self._error = from_rpc_error(err)
+                        return
+                    metadata, token = await self._reopen_metadata(err, token)
+        except PrismError as err:
             if not self._closed:
-                self._error = from_rpc_error(err)
+                self._error = err
         except grpc.aio.UsageError as err:
             if not self._closed:
                 self._error = closed_client_error(err)
@@ -268,6 +344,47 @@ class ServerStream(Generic[_ItemT]):
                 # A reader blocks in __anext__ only on an empty queue, so when
                 # the queue is full nobody needs waking.
                 self._queue.put_nowait(_WAKE)
+
+    async def _stream(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+        """Reads one gRPC stream until it ends (errors propagate)."""
+        self._call = call
+        async for response in call:
+            event = response.WhichOneof("event")
+            if event == self._CONFIRMATION:
+                self._subscription_id = getattr(response, event).subscription_id
+                self._settle()
+            elif event == "messages":
+                batch = response.messages
+                self._dropped += batch.dropped
+                for m in batch.messages:
+                    await self._queue.put(self._item(m))
+
+    async def _reopen_metadata(
+        self, err: grpc.aio.AioRpcError, old: BearerToken | None
+    ) -> tuple[Metadata, BearerToken | None]:
+        """The stream's token expired: until it is live again, sends on this
+        client wait for it (as for a new stream). Returns the metadata with a
+        fresh token; raises the stream's error if the provider has none."""
+        assert old is not None and self._calls.credentials is not None
+        self._subscription_id = None
+        self._settled.clear()
+        self._streams.reopening(self)
+        self._calls.credentials.invalidate(old)
+        metadata, token = await self._calls.metadata()
+        fresher = (
+            token is not None
+            and token.value != old.value
+            and (token.expires_at is None or token.expires_at > time.time())
+            and (old.expires_at is None or token.expires_at is None or token.expires_at > old.expires_at)
+        )
+        if not fresher:
+            raise UnauthenticatedError(
+                f"{err.details() or 'the stream token expired'} (the token provider gave no fresher token "
+                "to open it again with)",
+                err.code(),
+            )
+        self._reopens += 1
+        return metadata, token
 
     def _settle(self) -> None:
         self._settled.set()

@@ -51,7 +51,31 @@ class UnavailableError(PrismError):
 
 
 class UnauthenticatedError(PrismError):
-    """The request carried no valid credentials."""
+    """The request carried no valid credentials: no token, a malformed,
+    expired or untrusted one, or the client could not obtain one (see
+    `AuthError`)."""
+
+
+class AuthError(UnauthenticatedError):
+    """Obtaining a token failed on the client side: the token provider
+    failed, the issuer could not be reached, or answered an error."""
+
+
+class OAuthError(AuthError):
+    """The OAuth 2.0 / OpenID Connect issuer answered an error
+    (`{"error": ..., "error_description": ...}`): `error` is its code, for
+    example `access_denied`, `expired_token` or `invalid_grant`."""
+
+    def __init__(self, message: str, error: str, description: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+        self.description = description
+        self.status = status
+
+
+class LoginRequiredError(AuthError):
+    """There is no usable stored token and no interactive login may be run:
+    log in first (`prism-login`)."""
 
 
 class PermissionDeniedError(PrismError):

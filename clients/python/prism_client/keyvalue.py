@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-import grpc
-
 from ._pb import keyvalue_pb2 as pb
 from ._pb.keyvalue_pb2_grpc import KeyValueStub
-from .errors import InvalidArgumentError, from_rpc_error
+from ._rpc import Calls
+from .errors import InvalidArgumentError
 
 
 def _ttl_ms(ttl: float | None) -> int | None:
@@ -30,17 +29,13 @@ def _check_value(value: bytes) -> bytes:
 class KeyValue:
     """Key-value operations on one namespace."""
 
-    def __init__(self, stub: KeyValueStub, metadata: tuple[tuple[str, str], ...], timeout: float | None) -> None:
+    def __init__(self, stub: KeyValueStub, calls: Calls) -> None:
         self._stub = stub
-        self._metadata = metadata
-        self._timeout = timeout
+        self._calls = calls
 
     async def get(self, key: str) -> bytes:
         """The value of `key`; raises KeyNotFoundError if it is absent or expired."""
-        try:
-            reply = await self._stub.Get(pb.GetRequest(key=key), metadata=self._metadata, timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, key=key) from None
+        reply = await self._calls.unary(self._stub.Get, pb.GetRequest(key=key), key=key)
         value: bytes = reply.value
         return value
 
@@ -50,35 +45,23 @@ class KeyValue:
         ttl_ms = _ttl_ms(ttl)
         if ttl_ms is not None:
             request.ttl_ms = ttl_ms
-        try:
-            await self._stub.Set(request, metadata=self._metadata, timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        await self._calls.unary(self._stub.Set, request)
 
     async def delete(self, key: str) -> bool:
         """Removes `key`; returns whether it existed. A missing key is not an error."""
-        try:
-            reply = await self._stub.Delete(pb.DeleteRequest(key=key), metadata=self._metadata, timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        reply = await self._calls.unary(self._stub.Delete, pb.DeleteRequest(key=key))
         existed: bool = reply.existed
         return existed
 
     async def exists(self, key: str) -> bool:
-        try:
-            reply = await self._stub.Exists(pb.ExistsRequest(key=key), metadata=self._metadata, timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        reply = await self._calls.unary(self._stub.Exists, pb.ExistsRequest(key=key))
         exists: bool = reply.exists
         return exists
 
     async def scan_page(self, prefix: str, cursor: str = "", limit: int = 0) -> tuple[list[str], str]:
         """One page of keys starting with `prefix`, and the cursor of the next ("" when done)."""
         request = pb.ScanRequest(prefix=prefix, cursor=cursor, limit=limit)
-        try:
-            reply = await self._stub.Scan(request, metadata=self._metadata, timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        reply = await self._calls.unary(self._stub.Scan, request)
         return list(reply.keys), reply.next_cursor
 
     async def scan(self, prefix: str = "", page_size: int = 0) -> list[str]:
@@ -93,12 +76,7 @@ class KeyValue:
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Values of the keys that exist, in one round trip."""
-        try:
-            reply = await self._stub.BatchGet(
-                pb.BatchGetRequest(keys=list(keys)), metadata=self._metadata, timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        reply = await self._calls.unary(self._stub.BatchGet, pb.BatchGetRequest(keys=list(keys)))
         return {item.key: item.value for item in reply.items if item.found}
 
     async def set_many(self, entries: Mapping[str, bytes] | Iterable[tuple[str, bytes]], ttl: float | None = None) -> None:
@@ -111,20 +89,10 @@ class KeyValue:
             if ttl_ms is not None:
                 request.ttl_ms = ttl_ms
             requests.append(request)
-        try:
-            await self._stub.BatchSet(
-                pb.BatchSetRequest(entries=requests), metadata=self._metadata, timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        await self._calls.unary(self._stub.BatchSet, pb.BatchSetRequest(entries=requests))
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """Removes the keys; returns how many existed."""
-        try:
-            reply = await self._stub.BatchDelete(
-                pb.BatchDeleteRequest(keys=list(keys)), metadata=self._metadata, timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        reply = await self._calls.unary(self._stub.BatchDelete, pb.BatchDeleteRequest(keys=list(keys)))
         deleted: int = reply.deleted
         return deleted

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from ._pb import pubsub_pb2 as pb
 from ._pb.pubsub_pb2_grpc import PubSubStub
-from ._rpc import Metadata, ServerStream, StreamSet, unary
+from ._rpc import Calls, ServerStream, StreamSet
 from .errors import InvalidArgumentError
 
 SlowConsumer = Literal["drop_oldest", "disconnect"]
@@ -91,8 +91,9 @@ class Subscription(ServerStream[Message]):
         self.manual_ack: bool = request.manual_ack
         super().__init__(
             pubsub._streams,
+            pubsub._calls,
             # Long-lived: not bounded by the client's unary timeout.
-            lambda: pubsub._stub.Subscribe(request, metadata=pubsub._metadata, timeout=None),
+            lambda metadata: pubsub._stub.Subscribe(request, metadata=metadata, timeout=None),
             what=f"subscription to '{request.topic}'",
             task_name=f"prism-subscribe-{request.topic}",
         )
@@ -134,12 +135,11 @@ class Subscription(ServerStream[Message]):
 class PubSub:
     """Publish/subscribe on one namespace."""
 
-    def __init__(self, stub: PubSubStub, metadata: Metadata, timeout: float | None) -> None:
+    def __init__(self, stub: PubSubStub, calls: Calls) -> None:
         self._stub = stub
-        self._metadata = metadata
-        self._timeout = timeout
+        self._calls = calls
         # Subscriptions this client started; publish waits for the unconfirmed ones.
-        self._streams = StreamSet(timeout)
+        self._streams = StreamSet(calls.timeout)
 
     async def publish(self, topic: str, payload: bytes, metadata: Mapping[str, str] | None = None) -> str:
         """Publishes one message; returns its id once the broker accepted it."""
@@ -147,7 +147,7 @@ class PubSub:
             topic=topic, payload=_check_payload(payload), metadata=_check_str_map(metadata, "metadata")
         )
         await self._streams.await_pending()
-        reply = await self._unary(self._stub.Publish, request, self._timeout)
+        reply = await self._calls.unary(self._stub.Publish, request)
         message_id: str = reply.id
         return message_id
 
@@ -172,7 +172,7 @@ class PubSub:
             return []
         await self._streams.await_pending()
         request = pb.PublishBatchRequest(topic=topic, messages=messages)
-        reply = await self._unary(self._stub.PublishBatch, request, self._timeout)
+        reply = await self._calls.unary(self._stub.PublishBatch, request)
         return [p.id for p in reply.published]
 
     def subscribe(
@@ -222,19 +222,16 @@ class PubSub:
     async def unsubscribe(self, subscription_id: str) -> None:
         """Ends a subscription by its id (its iterator then finishes normally).
         For your own `Subscription`s, `aclose()` does this and more."""
-        await self._unsubscribe(subscription_id, self._timeout)
+        await self._unsubscribe(subscription_id, self._calls.timeout)
 
     # -- internals ------------------------------------------------------------
 
     async def _unsubscribe(self, subscription_id: str, timeout: float | None) -> None:
         request = pb.UnsubscribeRequest(subscription_id=subscription_id)
-        await self._unary(self._stub.Unsubscribe, request, timeout)
-
-    async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
-        return await unary(method, request, self._metadata, timeout)
+        await self._calls.unary(self._stub.Unsubscribe, request, timeout=timeout)
 
     async def _ack(self, subscription_id: str, ids: list[str]) -> int:
         request = pb.AckRequest(subscription_id=subscription_id, message_ids=ids)
-        reply = await self._unary(self._stub.Ack, request, self._timeout)
+        reply = await self._calls.unary(self._stub.Ack, request)
         acknowledged: int = reply.acknowledged
         return acknowledged

@@ -28,7 +28,7 @@ from typing import Any
 from ._pb import pubsub_pb2
 from ._pb import registry_pb2 as pb
 from ._pb.registry_pb2_grpc import RegistryStub
-from ._rpc import Metadata, ServerStream, StreamSet, unary
+from ._rpc import Calls, ServerStream, StreamSet
 from .errors import InvalidArgumentError
 from .keyvalue import _ttl_ms
 from .pubsub import _check_str_map
@@ -203,8 +203,9 @@ class Inbox(ServerStream[InboxMessage]):
         self.identity: str = request.identity
         super().__init__(
             registry._streams,
+            registry._calls,
             # Long-lived: not bounded by the client's unary timeout.
-            lambda: registry._stub.Listen(request, metadata=registry._metadata, timeout=None),
+            lambda metadata: registry._stub.Listen(request, metadata=metadata, timeout=None),
             what=f"inbox of '{request.identity}'",
             task_name=f"prism-listen-{request.identity}",
         )
@@ -230,12 +231,11 @@ class Registry:
     the offending key.
     """
 
-    def __init__(self, stub: RegistryStub, metadata: Metadata, timeout: float | None) -> None:
+    def __init__(self, stub: RegistryStub, calls: Calls) -> None:
         self._stub = stub
-        self._metadata = metadata
-        self._timeout = timeout
+        self._calls = calls
         # Inboxes this client opened; multicast waits for the unconfirmed ones.
-        self._streams = StreamSet(timeout)
+        self._streams = StreamSet(calls.timeout)
 
     async def register(
         self,
@@ -355,4 +355,4 @@ class Registry:
         await self._streams.close()
 
     async def _unary(self, method: Any, request: Any, *, key: str | None = None) -> Any:
-        return await unary(method, request, self._metadata, self._timeout, key=key)
+        return await self._calls.unary(method, request, key=key)

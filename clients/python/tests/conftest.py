@@ -6,7 +6,11 @@ real redis-server this session starts on a free port), with the same test code.
 Every PubSub test runs on MemStore, Redis, core NATS and NATS JetStream (a real
 nats-server with JetStream, also started once per session). Every Multicast
 Registry test runs with both slots on MemStore, and with identities on Redis
-and multicasts on NATS JetStream."""
+and multicasts on NATS JetStream.
+
+Auth tests use a real OpenID Connect issuer (`tests/oidc/issuer.mjs`, driven by
+`oidc_issuer.py`) and a prism with `[auth] mode = "jwt"` trusting it, both
+started once per session; a second pair issues short-lived tokens."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from oidc_issuer import ISSUER_DIR, OidcIssuer
 
 from prism_client import PrismClient
 
@@ -338,3 +343,75 @@ def prism_addr(tmp_path: Path, backend_toml: str) -> Iterator[str]:
 async def client(prism_addr: str) -> AsyncIterator[PrismClient]:
     async with PrismClient(prism_addr) as c:
         yield c
+
+
+# -- auth: a real OIDC issuer and a prism that trusts it ------------------------------
+
+AUTH_NAMESPACES = """
+[backends.mem]
+type = "memstore"
+
+[namespaces.orders]
+pattern = "keyvalue"
+slots = { kv = "mem" }
+
+[namespaces.events]
+pattern = "pubsub"
+slots = { pubsub = "mem" }
+
+[namespaces.devices]
+pattern = "multicast-registry"
+slots = { registry = "mem", messaging = "mem" }
+"""
+
+#: Access token lifetime of the `short_issuer` (seconds): long enough for a
+#: device flow (one 5 s poll), short enough to wait out in a test.
+SHORT_ACCESS_TTL = 8
+
+
+def auth_toml(issuer: str, *, leeway_secs: int | None = None) -> str:
+    """A config with `[auth] mode = "jwt"` trusting `issuer` (audience `prism`,
+    JWKS refetched at most every second) and namespaces `orders` (KeyValue),
+    `events` (PubSub) and `devices` (Multicast Registry), all on MemStore."""
+    leeway = f"leeway_secs = {leeway_secs}\n" if leeway_secs is not None else ""
+    return (
+        f'[auth]\nmode = "jwt"\nissuer = "{issuer}"\naudience = "prism"\njwks_refetch_secs = 1\n{leeway}'
+        + AUTH_NAMESPACES
+    )
+
+
+def _start_issuer(keys_file: Path, access_ttl: int | None = None) -> OidcIssuer:
+    if not (ISSUER_DIR / "node_modules" / "oidc-provider").is_dir():
+        pytest.fail(f"the test OIDC issuer is not installed: run `npm ci` in {ISSUER_DIR}")
+    return OidcIssuer.start(keys_file, access_ttl=access_ttl)
+
+
+@pytest.fixture(scope="session")
+def oidc_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcIssuer]:
+    """The test OIDC issuer (access tokens valid 300 s), for the whole session."""
+    issuer = _start_issuer(tmp_path_factory.mktemp("oidc") / "keys.json")
+    yield issuer
+    issuer.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_addr(oidc_issuer: OidcIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Address of a prism with JWT auth trusting `oidc_issuer` (see `auth_toml`)."""
+    with run_prism(tmp_path_factory.mktemp("prism-auth"), auth_toml(oidc_issuer.issuer)) as addr:
+        yield addr
+
+
+@pytest.fixture(scope="session")
+def short_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcIssuer]:
+    """A second issuer whose access tokens live `SHORT_ACCESS_TTL` seconds."""
+    issuer = _start_issuer(tmp_path_factory.mktemp("oidc-short") / "keys.json", access_ttl=SHORT_ACCESS_TTL)
+    yield issuer
+    issuer.stop()
+
+
+@pytest.fixture(scope="session")
+def short_auth_addr(short_issuer: OidcIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A prism trusting `short_issuer` with no clock leeway: a token is refused
+    from its `exp` on."""
+    with run_prism(tmp_path_factory.mktemp("prism-auth-short"), auth_toml(short_issuer.issuer, leeway_secs=0)) as addr:
+        yield addr

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::subscription::{Held, Hook, Registry, open_stream};
+use super::subscription::{Held, Hook, Registry, open_stream, token_expiry};
 use crate::admission::CallGuard;
 use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
 use crate::namespace::{Namespace, Namespaces};
@@ -112,6 +112,7 @@ impl PubSub for PubSubService {
     ) -> Result<Response<SubscribeStream>, Status> {
         let (ns, stream_slot) = self.namespaces.admit_stream(request.metadata())?;
         let (ns, runtime) = (ns.clone(), ns.pubsub()?.clone());
+        let expires_at_ms = token_expiry(&request);
         let r = request.into_inner();
         let client_topic = r.topic.clone();
         let manual_ack = r.manual_ack;
@@ -159,6 +160,7 @@ impl PubSub for PubSubService {
                 manual_ack,
                 client_topic: client_topic.clone(),
                 admitted: stream_slot,
+                expires_at_ms,
             },
             |id| pb::SubscribeResponse {
                 event: Some(pb::subscribe_response::Event::Subscribed(pb::Subscribed {

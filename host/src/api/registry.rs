@@ -9,7 +9,9 @@ use tonic::{Request, Response, Status};
 
 use super::metadata::{filter_to_json, json_to_map, map_to_json};
 use super::response::bounded;
-use super::subscription::{FrameStream, Held, Registry as Subscriptions, open_stream};
+use super::subscription::{
+    FrameStream, Held, Registry as Subscriptions, open_stream, token_expiry,
+};
 use crate::admission::CallGuard;
 use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
 use crate::namespace::{Namespaces, shorten};
@@ -184,6 +186,7 @@ impl Registry for RegistryService {
     ) -> Result<Response<Self::ListenStream>, Status> {
         let (ns, admitted) = self.namespaces.admit_stream(request.metadata())?;
         let (ns, registry) = (ns.clone(), ns.registry()?.clone());
+        let expires_at_ms = token_expiry(&request);
         let r = request.into_inner();
         let plan = registry.listen(r.identity.clone(), r.buffer).await?;
         let slot = registry.pool().slots().pubsub.clone();
@@ -203,6 +206,7 @@ impl Registry for RegistryService {
                 manual_ack: false,
                 client_topic: r.identity,
                 admitted,
+                expires_at_ms,
             },
             |id| pb::ListenResponse {
                 event: Some(pb::listen_response::Event::Listening(pb::Listening {

@@ -351,6 +351,9 @@ pub struct Held<'a> {
     /// The topic as the client named it (set on every delivered message).
     pub client_topic: String,
     pub admitted: crate::admission::StreamGuard,
+    /// When the caller's token expires (ms since the epoch): the stream ends
+    /// then with UNAUTHENTICATED, so no subscription outlives its credentials.
+    pub expires_at_ms: Option<u64>,
 }
 
 pub type FrameStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
@@ -409,12 +412,24 @@ where
     let auto_ack = if held.manual_ack { None } else { acker };
     let topic = held.client_topic;
     let frame = Arc::new(frame);
+    let expiry = held.expires_at_ms.map(|at| {
+        let left = at.saturating_sub(now_ms());
+        tokio::time::Instant::now() + std::time::Duration::from_millis(left)
+    });
     let rest = futures::stream::unfold(Some((guard, auto_ack)), move |state| {
         let topic = topic.clone();
         let frame = frame.clone();
         async move {
             let (guard, auto_ack) = state?;
-            match guard.outbox.next_batch().await {
+            let next = guard.outbox.next_batch();
+            let batch = match expiry {
+                None => next.await,
+                Some(at) => tokio::select! {
+                    batch = next => batch,
+                    _ = tokio::time::sleep_until(at) => Batch::Failed(token_expired()),
+                },
+            };
+            match batch {
                 Batch::Messages { messages, dropped } => {
                     if let Some(acker) = &auto_ack {
                         // Acked once handed to the client's stream (auto-ack mode).
@@ -452,4 +467,27 @@ fn wire(topic: &str, message: &BrokerMessage, attempt: u32) -> pb::Message {
         timestamp_ms: message.timestamp_ms,
         delivery_attempt: attempt,
     }
+}
+
+/// Until when the caller's token is accepted, if the call was authenticated.
+pub fn token_expiry<T>(request: &tonic::Request<T>) -> Option<u64> {
+    request
+        .extensions()
+        .get::<Arc<crate::auth::Principal>>()
+        .map(|p| p.valid_until_ms)
+}
+
+/// The end of a stream whose token expired; `x-prism-auth: token-expired`
+/// lets clients reopen it with a fresh token without parsing the message.
+fn token_expired() -> Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(
+        "x-prism-auth",
+        tonic::metadata::MetadataValue::from_static("token-expired"),
+    );
+    Status::with_metadata(
+        tonic::Code::Unauthenticated,
+        "the token this stream was opened with has expired; open it again with a fresh token",
+        metadata,
+    )
 }

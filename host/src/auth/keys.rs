@@ -1,0 +1,194 @@
+//! An issuer's signing keys: found through OIDC discovery, fetched from its
+//! JWKS, cached, and fetched again when a token names a key Prism does not
+//! have — at most once per `jwks_refetch_secs`, so forged `kid`s cannot turn
+//! Prism into a load generator against the issuer. Key rotation needs no
+//! restart, and an issuer that is down does not stop Prism: keys already
+//! fetched keep working.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::DecodingKey;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use parking_lot::RwLock;
+use serde::Deserialize;
+
+use crate::config::IssuerConfig;
+
+pub struct IssuerKeys {
+    pub config: IssuerConfig,
+    http: reqwest::Client,
+    refetch_every: Duration,
+    state: RwLock<KeySet>,
+    /// One fetch at a time; callers arriving meanwhile see its result.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct KeySet {
+    keys: HashMap<String, Arc<DecodingKey>>,
+    /// From discovery, once found.
+    jwks_uri: Option<String>,
+    fetched_at: Option<Instant>,
+    /// Why the last fetch failed, for the refusal message.
+    last_error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+impl IssuerKeys {
+    pub fn new(config: IssuerConfig, http: reqwest::Client, refetch_every: Duration) -> IssuerKeys {
+        IssuerKeys {
+            config,
+            http,
+            refetch_every,
+            state: RwLock::new(KeySet::default()),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The key `kid` names; Err says why there is none (safe to show).
+    pub async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, String> {
+        if let Some(key) = self.state.read().keys.get(kid) {
+            return Ok(key.clone());
+        }
+        let _one_fetch = self.fetching.lock().await;
+        // Fetched while we waited, or too recently to fetch again?
+        {
+            let state = self.state.read();
+            if let Some(key) = state.keys.get(kid) {
+                return Ok(key.clone());
+            }
+            if state
+                .fetched_at
+                .is_some_and(|at| at.elapsed() < self.refetch_every)
+            {
+                return Err(self.missing(kid, &state));
+            }
+        }
+        let fetched = self.fetch().await;
+        let mut state = self.state.write();
+        state.fetched_at = Some(Instant::now());
+        match fetched {
+            Ok((jwks_uri, keys)) => {
+                tracing::info!(issuer = %self.config.issuer, keys = keys.len(), "fetched the issuer's signing keys");
+                state.jwks_uri = Some(jwks_uri);
+                state.keys = keys;
+                state.last_error = None;
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.config.issuer, error = %e, "cannot fetch the issuer's signing keys; keeping the ones already known");
+                state.last_error = Some(e);
+            }
+        }
+        match state.keys.get(kid) {
+            Some(key) => Ok(key.clone()),
+            None => Err(self.missing(kid, &state)),
+        }
+    }
+
+    /// Fetches in the background (start-up), so the first request is quick.
+    pub async fn warm(&self) {
+        let _ = self.key("").await;
+    }
+
+    fn missing(&self, kid: &str, state: &KeySet) -> String {
+        match &state.last_error {
+            Some(e) => format!(
+                "no signing key '{}' is known for issuer {}, and its keys cannot be fetched now ({e})",
+                crate::namespace::shorten(kid),
+                self.config.issuer
+            ),
+            None => format!(
+                "the issuer {} has no signing key '{}' (checked its keys just now)",
+                self.config.issuer,
+                crate::namespace::shorten(kid)
+            ),
+        }
+    }
+
+    async fn fetch(&self) -> Result<(String, HashMap<String, Arc<DecodingKey>>), String> {
+        let known = self.state.read().jwks_uri.clone();
+        let jwks_uri = match known {
+            Some(uri) => uri,
+            None => self.discover().await?,
+        };
+        let set: JwkSet = self
+            .get_json(&jwks_uri)
+            .await
+            .map_err(|e| format!("JWKS {jwks_uri}: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            // Only asymmetric keys: a shared secret in a JWKS would let
+            // anyone who read it sign tokens (and invite HS*-with-public-key).
+            if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+                continue;
+            }
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(kid, Arc::new(key));
+            }
+        }
+        Ok((jwks_uri, keys))
+    }
+
+    async fn discover(&self) -> Result<String, String> {
+        let issuer = self.config.issuer.trim_end_matches('/');
+        let url = format!("{issuer}/.well-known/openid-configuration");
+        let discovery: Discovery = self
+            .get_json(&url)
+            .await
+            .map_err(|e| format!("discovery {url}: {e}"))?;
+        // OIDC discovery: the document must name the issuer it belongs to.
+        if discovery.issuer.trim_end_matches('/') != issuer {
+            return Err(format!(
+                "discovery {url} names issuer {} instead",
+                discovery.issuer
+            ));
+        }
+        Ok(discovery.jwks_uri)
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let response = self.http.get(url).send().await.map_err(|e| describe(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        response.json::<T>().await.map_err(|e| describe(&e))
+    }
+}
+
+/// A reqwest error without the URL (given separately) or its query.
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "cannot connect".into()
+    } else if e.is_decode() {
+        "not the expected JSON".into()
+    } else {
+        e.without_url_ref().to_string()
+    }
+}
+
+trait WithoutUrl {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        let text = self.to_string();
+        match self.url() {
+            Some(url) => text.replace(url.as_str(), "<url>"),
+            None => text,
+        }
+    }
+}

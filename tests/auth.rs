@@ -1,0 +1,482 @@
+//! Authentication and authorization against a real OIDC issuer
+//! (oidc-provider, started by the harness): tokens from its token endpoint
+//! read and write within their grants; every attack on the token is
+//! UNAUTHENTICATED with a reason and never echoes the token; grants that do
+//! not cover the call are PERMISSION_DENIED with nothing written; ES256
+//! works; the issuer rotating its keys, or being down and coming back,
+//! needs no Prism restart; health and reflection need no token; a stream
+//! ends when its token expires.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use prism::pb;
+use prism::pb::key_value_client::KeyValueClient;
+use prism::pb::pub_sub_client::PubSubClient;
+use prism_acceptance::oidc::{Issuer, IssuerKey};
+use prism_acceptance::{TestServer, start};
+use serde_json::json;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Status};
+
+fn config(issuer: &Issuer) -> String {
+    format!(
+        r#"
+[auth]
+mode = "jwt"
+issuer = "{}"
+audience = "prism"
+leeway_secs = 5
+jwks_refetch_secs = 1
+
+[backends.mem]
+type = "memstore"
+
+[namespaces.orders]
+pattern = "keyvalue"
+slots = {{ kv = "mem" }}
+
+[namespaces.users]
+pattern = "keyvalue"
+slots = {{ kv = "mem" }}
+
+[namespaces.events]
+pattern = "pubsub"
+slots = {{ pubsub = "mem" }}
+"#,
+        issuer.url
+    )
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// A request naming `namespace`, with `authorization` metadata when given.
+fn request<T>(message: T, namespace: &str, token: Option<&str>) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut().insert(
+        prism::namespace::NAMESPACE_METADATA,
+        namespace
+            .parse()
+            .unwrap_or_else(|_| MetadataValue::from_static("x")),
+    );
+    if let Some(token) = token
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        r.metadata_mut().insert("authorization", value);
+    }
+    r
+}
+
+async fn set(t: &TestServer, ns: &str, token: Option<&str>, key: &str) -> Result<(), Status> {
+    KeyValueClient::new(t.channel())
+        .set(request(
+            pb::SetRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ttl_ms: None,
+            },
+            ns,
+            token,
+        ))
+        .await
+        .map(drop)
+}
+
+async fn get(t: &TestServer, ns: &str, token: Option<&str>, key: &str) -> Result<Vec<u8>, Status> {
+    KeyValueClient::new(t.channel())
+        .get(request(pb::GetRequest { key: key.into() }, ns, token))
+        .await
+        .map(|r| r.into_inner().value)
+}
+
+/// A token signed with `key` (PEM), header alg/kid as given, these claims.
+fn mint(
+    key: &IssuerKey,
+    alg: Algorithm,
+    kid: &str,
+    claims: &serde_json::Value,
+) -> anyhow::Result<String> {
+    let encoding = match alg {
+        Algorithm::ES256 | Algorithm::ES384 => {
+            EncodingKey::from_ec_pem(key.private_pem.as_bytes())?
+        }
+        _ => EncodingKey::from_rsa_pem(key.private_pem.as_bytes())?,
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_string());
+    Ok(jsonwebtoken::encode(&header, claims, &encoding)?)
+}
+
+fn claims(issuer: &Issuer, grants: &[&str]) -> serde_json::Value {
+    json!({
+        "iss": issuer.url, "aud": "prism", "sub": "minted", "iat": now(),
+        "exp": now() + 300, "prism_namespaces": grants,
+    })
+}
+
+fn expect(outcome: Result<(), Status>, code: Code, reason: &str, token: &str, case: &str) {
+    let refused = outcome.err();
+    assert!(refused.is_some(), "{case}: the call succeeded");
+    let Some(status) = refused else { return };
+    assert_eq!(status.code(), code, "{case}: {status:?}");
+    assert!(
+        status.message().contains(reason),
+        "{case}: expected {reason:?} in {:?}",
+        status.message()
+    );
+    if token.len() > 16 {
+        assert!(
+            !status.message().contains(token),
+            "{case}: the token was echoed"
+        );
+        assert!(
+            !status.message().contains(&token[token.len() - 16..]),
+            "{case}: part of the token was echoed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_the_issuer_work_within_their_grants() -> anyhow::Result<()> {
+    let issuer = Issuer::start(None).await?;
+    let t = start(&config(&issuer)).await?;
+    let all = issuer.token("prism-test-all", "urn:prism").await?;
+    let orders = issuer.token("prism-test-orders", "urn:prism").await?;
+    let reader = issuer.token("prism-test-orders-read", "urn:prism").await?;
+    let nothing = issuer.token("prism-test-none", "urn:prism").await?;
+    let admin = issuer.token("prism-test-admin", "urn:prism").await?;
+
+    // "*": every namespace, read and write.
+    set(&t, "orders", Some(&all), "k").await?;
+    set(&t, "users", Some(&all), "u").await?;
+    assert_eq!(get(&t, "users", Some(&all), "u").await?, b"v");
+    // "orders": orders only.
+    set(&t, "orders", Some(&orders), "k2").await?;
+    assert_eq!(get(&t, "orders", Some(&orders), "k2").await?, b"v");
+    expect(
+        set(&t, "users", Some(&orders), "nope").await,
+        Code::PermissionDenied,
+        "may not write namespace 'users' (its grants: orders)",
+        &orders,
+        "other namespace",
+    );
+    // "orders:read": reads, and a write is refused with nothing written.
+    assert_eq!(get(&t, "orders", Some(&reader), "k").await?, b"v");
+    expect(
+        set(&t, "orders", Some(&reader), "written-by-reader").await,
+        Code::PermissionDenied,
+        "may not write namespace 'orders' (its grants: orders:read)",
+        &reader,
+        "read grant writing",
+    );
+    assert_eq!(
+        get(&t, "orders", Some(&all), "written-by-reader")
+            .await
+            .err()
+            .map(|s| s.code()),
+        Some(Code::NotFound),
+        "a refused write was written"
+    );
+    // No grants, or admin only: no data access.
+    for (token, case) in [(&nothing, "no grants"), (&admin, "admin only")] {
+        expect(
+            get(&t, "orders", Some(token), "k").await.map(drop),
+            Code::PermissionDenied,
+            "may not read namespace 'orders'",
+            token,
+            case,
+        );
+    }
+    // PubSub: publish is a write, subscribe a read.
+    let publish = |token: String| {
+        let channel = t.channel();
+        async move {
+            PubSubClient::new(channel)
+                .publish(request(
+                    pb::PublishRequest {
+                        topic: "t".into(),
+                        payload: b"p".to_vec(),
+                        metadata: Default::default(),
+                    },
+                    "events",
+                    Some(&token),
+                ))
+                .await
+                .map(drop)
+        }
+    };
+    publish(all.clone()).await?;
+    expect(
+        publish(orders.clone()).await,
+        Code::PermissionDenied,
+        "'events'",
+        &orders,
+        "publish",
+    );
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_on_the_token_are_unauthenticated() -> anyhow::Result<()> {
+    let issuer = Issuer::start(None).await?;
+    // A second, unrelated issuer: its keys are "foreign" keys with real material.
+    let stranger = Issuer::start(None).await?;
+    let t = start(&config(&issuer)).await?;
+    let rs = issuer.key("RS256")?;
+    let foreign = stranger.key("RS256")?;
+    let valid = issuer.token("prism-test-all", "urn:prism").await?;
+    set(&t, "orders", Some(&valid), "k").await?;
+
+    let mut cases: Vec<(String, Option<String>, &str)> = Vec::new();
+    cases.push(("missing".into(), None, "no credentials"));
+    cases.push(("garbage".into(), Some("not-a-jwt".into()), "malformed"));
+    cases.push((
+        "empty bearer".into(),
+        Some(String::new()),
+        "not 'Bearer <token>'",
+    ));
+    let mut c = claims(&issuer, &["*"]);
+    c["exp"] = json!(now() - 120);
+    cases.push((
+        "expired".into(),
+        Some(mint(&rs, Algorithm::RS256, &rs.kid, &c)?),
+        "expired",
+    ));
+    let mut c = claims(&issuer, &["*"]);
+    c["nbf"] = json!(now() + 600);
+    cases.push((
+        "not yet valid".into(),
+        Some(mint(&rs, Algorithm::RS256, &rs.kid, &c)?),
+        "not valid yet",
+    ));
+    let mut c = claims(&issuer, &["*"]);
+    c["iss"] = json!("http://127.0.0.1:1");
+    cases.push((
+        "wrong iss".into(),
+        Some(mint(&rs, Algorithm::RS256, &rs.kid, &c)?),
+        "not trusted",
+    ));
+    cases.push((
+        "wrong aud (issued for another resource)".into(),
+        Some(issuer.token("prism-test-all", "urn:not-prism").await?),
+        "aud must be 'prism'",
+    ));
+    let mut c = claims(&issuer, &["*"]);
+    if let Some(map) = c.as_object_mut() {
+        map.remove("exp");
+    }
+    cases.push((
+        "missing exp".into(),
+        Some(mint(&rs, Algorithm::RS256, &rs.kid, &c)?),
+        "no exp claim",
+    ));
+    // alg none: header and claims, no signature.
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT", "kid": rs.kid}).to_string()),
+        URL_SAFE_NO_PAD.encode(claims(&issuer, &["*"]).to_string())
+    );
+    cases.push(("alg none".into(), Some(none), "malformed"));
+    // HS256 with the issuer's public key as the shared secret.
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(rs.kid.clone());
+    let hs = jsonwebtoken::encode(
+        &header,
+        &claims(&issuer, &["*"]),
+        &EncodingKey::from_secret(rs.public_pem.as_bytes()),
+    )?;
+    cases.push((
+        "HS256 signed with the public key".into(),
+        Some(hs),
+        "does not accept",
+    ));
+    // Tampered claims: a real token with its grants rewritten.
+    let parts: Vec<&str> = valid.split('.').collect();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1])?)?;
+    payload["prism_namespaces"] = json!(["*", "*:admin"]);
+    payload["sub"] = json!("mallory");
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(payload.to_string()),
+        parts[2]
+    );
+    cases.push((
+        "tampered claims".into(),
+        Some(tampered),
+        "signature does not verify",
+    ));
+    // A key the issuer never published.
+    cases.push((
+        "unknown kid".into(),
+        Some(mint(
+            &foreign,
+            Algorithm::RS256,
+            &foreign.kid,
+            &claims(&issuer, &["*"]),
+        )?),
+        "has no signing key",
+    ));
+    // A foreign key reusing the issuer's kid.
+    cases.push((
+        "foreign key reusing a known kid".into(),
+        Some(mint(
+            &foreign,
+            Algorithm::RS256,
+            &rs.kid,
+            &claims(&issuer, &["*"]),
+        )?),
+        "signature does not verify",
+    ));
+    // A real token of the other issuer (not trusted here).
+    cases.push((
+        "token of an untrusted issuer".into(),
+        Some(stranger.token("prism-test-all", "urn:prism").await?),
+        "not trusted",
+    ));
+    for (case, token, reason) in &cases {
+        expect(
+            set(&t, "orders", token.as_deref(), &format!("attack-{case}")).await,
+            Code::Unauthenticated,
+            reason,
+            token.as_deref().unwrap_or_default(),
+            case,
+        );
+    }
+    // Nothing any attack tried was written.
+    for (case, _, _) in &cases {
+        let written = get(&t, "orders", Some(&valid), &format!("attack-{case}")).await;
+        assert_eq!(
+            written.err().map(|s| s.code()),
+            Some(Code::NotFound),
+            "{case} wrote"
+        );
+    }
+    // ES256 with the issuer's EC key is accepted.
+    let es = issuer.key("ES256")?;
+    let es_token = mint(
+        &es,
+        Algorithm::ES256,
+        &es.kid,
+        &claims(&issuer, &["orders"]),
+    )?;
+    set(&t, "orders", Some(&es_token), "es256").await?;
+    assert_eq!(get(&t, "orders", Some(&es_token), "es256").await?, b"v");
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_and_issuer_outages_need_no_restart() -> anyhow::Result<()> {
+    let mut issuer = Issuer::start(None).await?;
+    let t = start(&config(&issuer)).await?;
+    let before = issuer.token("prism-test-all", "urn:prism").await?;
+    set(&t, "orders", Some(&before), "a").await?;
+    let old_kid = issuer.key("RS256")?.kid;
+
+    // Rotation: a new key signs; Prism fetches it on first sight of its kid.
+    issuer.resume(true).await?;
+    let after = issuer.token("prism-test-all", "urn:prism").await?;
+    let new_kid = issuer.key("RS256")?.kid;
+    assert_ne!(old_kid, new_kid, "the issuer did not rotate");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past jwks_refetch_secs
+    set(&t, "orders", Some(&after), "b").await?;
+    // Tokens signed with the old key still work.
+    set(&t, "orders", Some(&before), "c").await?;
+
+    // The issuer goes down: keys already known keep working, also for
+    // tokens Prism has never seen.
+    issuer.stop().await;
+    let rs = issuer.key("RS256")?;
+    let unseen = mint(
+        &rs,
+        Algorithm::RS256,
+        &rs.kid,
+        &claims(&issuer, &["orders"]),
+    )?;
+    set(&t, "orders", Some(&unseen), "d").await?;
+    t.stop().await?;
+
+    // A Prism started while the issuer is down: refuses, saying why, then
+    // works once the issuer is back (no restart).
+    let t = start(&config(&issuer)).await?;
+    let outcome = set(&t, "orders", Some(&unseen), "e").await;
+    expect(
+        outcome,
+        Code::Unauthenticated,
+        "cannot be fetched now",
+        &unseen,
+        "issuer down",
+    );
+    issuer.resume(false).await?;
+    let mut recovered = false;
+    for _ in 0..50 {
+        if set(&t, "orders", Some(&unseen), "e").await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        recovered,
+        "Prism did not pick up the issuer's keys once it was back"
+    );
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_needs_no_token_and_streams_end_when_their_token_expires() -> anyhow::Result<()> {
+    let issuer = Issuer::start(None).await?;
+    let t = start(&config(&issuer)).await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(t.channel());
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "orders".into(),
+        })
+        .await?;
+    assert_eq!(
+        reply.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // A subscription opened with a token that expires in 3 s ends then.
+    let rs = issuer.key("RS256")?;
+    let mut c = claims(&issuer, &["events"]);
+    c["exp"] = json!(now() + 3);
+    let short = mint(&rs, Algorithm::RS256, &rs.kid, &c)?;
+    let mut stream = PubSubClient::new(t.channel())
+        .subscribe(request(
+            pb::SubscribeRequest {
+                topic: "t".into(),
+                ..Default::default()
+            },
+            "events",
+            Some(&short),
+        ))
+        .await?
+        .into_inner();
+    stream.message().await?; // subscribed
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err(anyhow::anyhow!("the stream ended without a status")),
+                Err(status) => return Ok(status),
+            }
+        }
+    })
+    .await??;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(
+        ended.message().contains("has expired"),
+        "{}",
+        ended.message()
+    );
+    t.stop().await
+}
