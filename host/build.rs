@@ -24,6 +24,7 @@ fn compile_protos(root: &Path, out_dir: &Path) -> BuildResult {
         proto_dir.join("prism/v1/keyvalue.proto"),
         proto_dir.join("prism/v1/pubsub.proto"),
         proto_dir.join("prism/v1/registry.proto"),
+        proto_dir.join("prism/v1/admin.proto"),
     ];
     let mut config = tonic_prost_build::Config::new();
     // A vendored protoc keeps "only Rust installed" enough to build; PROTOC overrides it.

@@ -11,6 +11,8 @@ use prism::admission::Admission;
 use prism::backend::Backends;
 use prism::config::{Config, DEFAULT_NAMESPACE, Quotas};
 use prism::namespace::Namespace;
+use prism::patterns::PatternStore;
+use prism::platform::Platform;
 use prism::runtime::Runtime;
 
 use crate::load;
@@ -18,15 +20,20 @@ use crate::report::{Report, Row};
 
 pub async fn rows(report: &mut Report, payload: &[u8]) -> anyhow::Result<()> {
     let config = Config::dev("127.0.0.1:0".parse()?);
-    let runtime = Runtime::new(&config.runtime, 64 << 20)?;
+    let runtime = Arc::new(Runtime::new(&config.runtime, 64 << 20)?);
     let backends = Backends::build(&config.backends)?;
+    let platform = Platform {
+        config: config.clone(),
+        runtime: runtime.clone(),
+        backends: backends.clone(),
+        patterns: PatternStore::new(None),
+    };
     let ns_config = config
         .namespaces
         .get(DEFAULT_NAMESPACE)
         .context("dev config has no default namespace")?
         .clone();
-    let namespace =
-        Namespace::start(DEFAULT_NAMESPACE, &ns_config, &config, &runtime, &backends).await?;
+    let namespace = Namespace::start(DEFAULT_NAMESPACE, &ns_config, &platform).await?;
     let kv = namespace.keyvalue()?.clone();
     kv.set(load::BENCH_KEY.to_string(), payload.to_vec(), None)
         .await
@@ -99,14 +106,7 @@ pub async fn rows(report: &mut Report, payload: &[u8]) -> anyhow::Result<()> {
     let rounds = 20;
     let started = Instant::now();
     for i in 0..rounds {
-        let ns = Namespace::start(
-            &format!("bench-{i}"),
-            &ns_config,
-            &config,
-            &runtime,
-            &backends,
-        )
-        .await?;
+        let ns = Namespace::start(&format!("bench-{i}"), &ns_config, &platform).await?;
         drop(Arc::new(ns));
     }
     let warm_ms = started.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds);
@@ -126,16 +126,14 @@ pub async fn rows(report: &mut Report, payload: &[u8]) -> anyhow::Result<()> {
         let cache = tempfile::tempdir()?;
         let mut runtime_config = config.runtime.clone();
         runtime_config.cache_dir = Some(cache.path().to_path_buf());
-        let cold_runtime = Runtime::new(&runtime_config, 64 << 20)?;
+        let cold = Platform {
+            config: config.clone(),
+            runtime: Arc::new(Runtime::new(&runtime_config, 64 << 20)?),
+            backends: backends.clone(),
+            patterns: PatternStore::new(None),
+        };
         let started = Instant::now();
-        let ns = Namespace::start(
-            &format!("cold-{i}"),
-            &ns_config,
-            &config,
-            &cold_runtime,
-            &backends,
-        )
-        .await?;
+        let ns = Namespace::start(&format!("cold-{i}"), &ns_config, &cold).await?;
         let _ = ns.keyvalue()?.exists("first".to_string()).await;
         cold_ms += started.elapsed().as_secs_f64() * 1000.0;
     }

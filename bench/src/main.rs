@@ -15,11 +15,14 @@
 //!   throughput vs KV SET.
 //! - `tenancy`: a healthy namespace beside a CPU-bound neighbour, and 1 000
 //!   namespaces (start-up, memory).
+//! - `admin`: deploy-to-serving time of a new and of an uploaded pattern
+//!   version (vs goals), and KV GET p99 while versions swap vs steady.
 //! - `inprocess`: the wasm hop, instantiation, namespace start-up, quota check.
 //!
 //! `--quick` runs every section with short measurements (under a minute),
 //! printing the same table: a perf regression guard.
 
+mod admin;
 mod auth;
 mod echo;
 mod inprocess;
@@ -46,7 +49,7 @@ struct Args {
     /// Short measurements everywhere (a regression guard, under a minute).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (comma-separated: kv, auth, pubsub, registry, tenancy, inprocess).
+    /// Run only these sections (comma-separated: kv, auth, pubsub, registry, tenancy, admin, inprocess).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Value size in bytes for GET/SET.
@@ -121,6 +124,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         let measure = measure.max(Duration::from_secs(1));
         tenancy::noisy_neighbour_rows(&mut report, &payload, measure).await?;
         tenancy::scale_rows(&mut report).await?;
+    }
+    if run("admin") {
+        admin::rows(&mut report, &payload, measure.max(Duration::from_secs(1))).await?;
     }
     if run("inprocess") {
         inprocess::rows(&mut report, &payload).await?;

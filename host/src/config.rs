@@ -47,9 +47,14 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Where relative pattern paths are resolved from: the config file's directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The config file, when there is one (it keys the default state dir).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +78,37 @@ impl Default for ServerConfig {
             shutdown_grace_ms: default_shutdown_grace_ms(),
         }
     }
+}
+
+/// `[admin]`: the Admin API and where its changes are kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the Admin API even though `[auth] mode = "none"` (anyone can
+    /// then administer this server; `prism dev` sets it).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Where Admin changes (namespaces, uploaded patterns, deployments) are
+    /// kept across restarts; default `$XDG_STATE_HOME/prism/<config>` (or
+    /// `~/.local/state/prism/...`). Nothing is written until a change is made.
+    pub state_dir: Option<PathBuf>,
+    /// Largest pattern an upload may carry.
+    #[serde(default = "default_max_pattern_bytes")]
+    pub max_pattern_bytes: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            allow_unauthenticated: false,
+            state_dir: None,
+            max_pattern_bytes: default_max_pattern_bytes(),
+        }
+    }
+}
+
+fn default_max_pattern_bytes() -> usize {
+    64 << 20
 }
 
 /// Who may call: `none` (any caller reaches any namespace; `prism dev`) or
@@ -408,7 +444,7 @@ impl Default for MemStoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
     /// A built-in pattern name (`keyvalue`) or a path to a `.wasm` component.
@@ -515,7 +551,12 @@ impl Config {
             backends,
             namespaces,
             auth: AuthConfig::default(),
+            admin: AdminConfig {
+                allow_unauthenticated: true,
+                ..AdminConfig::default()
+            },
             base_dir: PathBuf::from("."),
+            path: None,
         }
     }
 
@@ -525,7 +566,9 @@ impl Config {
             source,
         })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::parse(&text, path, base_dir)
+        let mut config = Config::parse(&text, path, base_dir)?;
+        config.path = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(config)
     }
 
     /// Parses and checks `text`; `path` only labels errors.
@@ -545,88 +588,18 @@ impl Config {
             field,
             message,
         };
-        if self.namespaces.is_empty() {
+        if self.namespaces.is_empty() && self.admin.state_dir.is_none() {
             return Err(invalid(
                 "namespaces".into(),
-                "no namespace is configured; add a [namespaces.NAME] table".into(),
+                "no namespace is configured; add a [namespaces.NAME] table (or set [admin] state_dir and create them through the Admin API)".into(),
             ));
         }
         for name in self.backends.keys() {
             check_name(name).map_err(|m| invalid(format!("backends.{name}"), m))?;
         }
         for (name, ns) in &self.namespaces {
-            check_name(name).map_err(|m| invalid(format!("namespaces.{name}"), m))?;
-            if ns.pattern.trim().is_empty() {
-                return Err(invalid(
-                    format!("namespaces.{name}.pattern"),
-                    "must name a built-in pattern or a .wasm file".into(),
-                ));
-            }
-            if ns.slots.is_empty() {
-                return Err(invalid(
-                    format!("namespaces.{name}.slots"),
-                    "no capability slot is bound; for example slots = { kv = \"mem\" }".into(),
-                ));
-            }
-            for (slot, backend) in &ns.slots {
-                let Some(config) = self.backends.get(backend) else {
-                    let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
-                    return Err(invalid(
-                        format!("namespaces.{name}.slots.{slot}"),
-                        format!(
-                            "backend '{backend}' is not defined under [backends] (defined: {})",
-                            list_or_none(&known)
-                        ),
-                    ));
-                };
-                let Some(capability) = slot_capability(slot) else {
-                    return Err(invalid(
-                        format!("namespaces.{name}.slots.{slot}"),
-                        "unknown slot (slots are kv, pubsub, registry and messaging)".into(),
-                    ));
-                };
-                let serves = config.capabilities();
-                if !serves.contains(&capability) {
-                    return Err(invalid(
-                        format!("namespaces.{name}.slots.{slot}"),
-                        format!(
-                            "backend '{backend}' cannot serve a {slot} slot, which needs {capability} (it serves: {})",
-                            serves.join(", ")
-                        ),
-                    ));
-                }
-            }
-            for (key, value) in &ns.settings {
-                if setting_string(value).is_none() {
-                    return Err(invalid(
-                        format!("namespaces.{name}.settings.{key}"),
-                        "must be a string, number or boolean".into(),
-                    ));
-                }
-            }
-            let limits = ns.limits.resolve(&self.runtime.limits).instance;
-            for (field, positive) in [
-                ("memory_limit_mib", limits.memory_bytes > 0),
-                ("call_deadline_ms", !limits.call_deadline.is_zero()),
-                ("max_instances", limits.max_instances > 0),
-                ("compute_slots", limits.compute_slots > 0),
-            ] {
-                if !positive {
-                    return Err(invalid(
-                        format!("namespaces.{name}.limits.{field}"),
-                        "must be positive".into(),
-                    ));
-                }
-            }
-            if limits.max_instances > self.runtime.total_instances {
-                return Err(invalid(
-                    format!("namespaces.{name}.limits.max_instances"),
-                    format!(
-                        "{} is more than runtime.total_instances ({})",
-                        limits.max_instances, self.runtime.total_instances
-                    ),
-                ));
-            }
+            self.check_namespace(name, ns)
+                .map_err(|(field, message)| invalid(field, message))?;
         }
         self.validate_auth(&invalid)?;
         for (name, backend) in &self.backends {
@@ -692,6 +665,89 @@ impl Config {
         Ok(())
     }
 
+    /// Checks one namespace's definition against this config (names,
+    /// slots → backends, settings, limits); the error is (field, message).
+    /// Start-up and the Admin API share it.
+    pub fn check_namespace(
+        &self,
+        name: &str,
+        ns: &NamespaceConfig,
+    ) -> Result<(), (String, String)> {
+        check_name(name).map_err(|m| (format!("namespaces.{name}"), m))?;
+        if ns.pattern.trim().is_empty() {
+            return Err((
+                format!("namespaces.{name}.pattern"),
+                "must name a built-in pattern or a .wasm file".into(),
+            ));
+        }
+        if ns.slots.is_empty() {
+            return Err((
+                format!("namespaces.{name}.slots"),
+                "no capability slot is bound; for example slots = { kv = \"mem\" }".into(),
+            ));
+        }
+        for (slot, backend) in &ns.slots {
+            let Some(config) = self.backends.get(backend) else {
+                let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
+                return Err((
+                    format!("namespaces.{name}.slots.{slot}"),
+                    format!(
+                        "backend '{backend}' is not defined under [backends] (defined: {})",
+                        list_or_none(&known)
+                    ),
+                ));
+            };
+            let Some(capability) = slot_capability(slot) else {
+                return Err((
+                    format!("namespaces.{name}.slots.{slot}"),
+                    "unknown slot (slots are kv, pubsub, registry and messaging)".into(),
+                ));
+            };
+            let serves = config.capabilities();
+            if !serves.contains(&capability) {
+                return Err((
+                    format!("namespaces.{name}.slots.{slot}"),
+                    format!(
+                        "backend '{backend}' cannot serve a {slot} slot, which needs {capability} (it serves: {})",
+                        serves.join(", ")
+                    ),
+                ));
+            }
+        }
+        for (key, value) in &ns.settings {
+            if setting_string(value).is_none() {
+                return Err((
+                    format!("namespaces.{name}.settings.{key}"),
+                    "must be a string, number or boolean".into(),
+                ));
+            }
+        }
+        let limits = ns.limits.resolve(&self.runtime.limits).instance;
+        for (field, positive) in [
+            ("memory_limit_mib", limits.memory_bytes > 0),
+            ("call_deadline_ms", !limits.call_deadline.is_zero()),
+            ("max_instances", limits.max_instances > 0),
+            ("compute_slots", limits.compute_slots > 0),
+        ] {
+            if !positive {
+                return Err((
+                    format!("namespaces.{name}.limits.{field}"),
+                    "must be positive".into(),
+                ));
+            }
+        }
+        if limits.max_instances > self.runtime.total_instances {
+            return Err((
+                format!("namespaces.{name}.limits.max_instances"),
+                format!(
+                    "{} is more than runtime.total_instances ({})",
+                    limits.max_instances, self.runtime.total_instances
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_auth(
         &self,
         invalid: &impl Fn(String, String) -> ConfigError,
@@ -737,6 +793,28 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Where Admin changes are kept: `[admin] state_dir`, else a directory
+    /// per config file under the user's state dir; None for `prism dev`
+    /// (its changes last as long as the process).
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.admin.state_dir {
+            return Some(self.resolve_path(&dir.display().to_string()));
+        }
+        let config = self.path.as_ref()?;
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state"))
+            })?;
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(config);
+        let stem = config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "prism".into());
+        Some(base.join("prism").join(format!("{stem}-{hash:016x}")))
     }
 
     /// Where a namespace's `.wasm` pattern path points, relative to the config file.

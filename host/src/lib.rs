@@ -6,6 +6,7 @@
 //! [`runtime`] (a pooled wasm instance of the namespace's pattern) →
 //! [`capability`] (namespace scoping) → [`backend`].
 
+pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod auth;
@@ -15,6 +16,8 @@ pub mod clock;
 pub mod config;
 pub mod health;
 pub mod namespace;
+pub mod patterns;
 pub mod pb;
+pub mod platform;
 pub mod runtime;
 pub mod server;

@@ -1,4 +1,8 @@
-//! The `prism` command line: `prism dev` and `prism serve --config FILE`.
+//! The `prism` command line: `prism dev`, `prism serve --config FILE`, and
+//! the clients of a running server (`prism admin`, `prism health`) and of
+//! pattern authors (`prism pattern`).
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +44,12 @@ enum Command {
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
+    /// Administer a running Prism: namespaces, pattern uploads, deploys,
+    /// canaries, shadows, promote and rollback.
+    Admin(cli::admin::AdminArgs),
+    /// Write and check patterns: scaffold a crate, check a component.
+    #[command(subcommand)]
+    Pattern(cli::pattern::PatternCommand),
     /// Serve everything a TOML config file describes.
     Serve {
         /// The config file (see README.md for its shape).
@@ -53,23 +63,26 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Clients say only what went wrong; servers narrate.
+    let level = match cli.command {
+        Command::Dev { .. } | Command::Serve { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Command::Health {
-        addr,
-        service,
-        timeout_ms,
-    } = &cli.command
-    {
-        return health(*addr, service, *timeout_ms);
-    }
     // Start-up errors name a config field; prefix the file they are in.
     let (config, source) = match cli.command {
-        Command::Health { .. } => return ExitCode::FAILURE,
+        Command::Health {
+            addr,
+            service,
+            timeout_ms,
+        } => return cli::health::run(addr, &service, timeout_ms),
+        Command::Admin(args) => return cli::admin::run(args),
+        Command::Pattern(command) => return cli::pattern::run(command),
         Command::Dev { listen } => (Config::dev(listen), "prism dev".to_string()),
         Command::Serve {
             config: path,
@@ -156,56 +169,5 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// `prism health`: one grpc.health.v1 Check, exit 0 only for SERVING.
-fn health(addr: SocketAddr, service: &str, timeout_ms: u64) -> ExitCode {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("prism health: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let check = async {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?;
-        let reply = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: service.to_string(),
-            })
-            .await?;
-        anyhow::Ok(reply.into_inner().status)
-    };
-    let outcome = runtime.block_on(async {
-        tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), check).await
-    });
-    match outcome {
-        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => {
-            println!("SERVING");
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(status)) => {
-            let name = ServingStatus::try_from(status)
-                .map(|s| s.as_str_name())
-                .unwrap_or("UNKNOWN");
-            println!("{name}");
-            ExitCode::FAILURE
-        }
-        Ok(Err(e)) => {
-            eprintln!("prism health: {addr}: {e:#}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("prism health: {addr}: no answer within {timeout_ms} ms");
-            ExitCode::FAILURE
-        }
     }
 }

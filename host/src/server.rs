@@ -11,6 +11,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::admin::Control;
+use crate::api::admin::AdminService;
 use crate::api::keyvalue::KeyValueService;
 use crate::api::oversize::OversizeLayer;
 use crate::api::pubsub::PubSubService;
@@ -22,10 +24,13 @@ use crate::backend::Backends;
 use crate::config::Config;
 use crate::health;
 use crate::namespace::{Namespaces, StartupError};
+use crate::patterns::PatternStore;
 use crate::pb;
+use crate::pb::admin_server::AdminServer;
 use crate::pb::key_value_server::KeyValueServer;
 use crate::pb::pub_sub_server::PubSubServer;
 use crate::pb::registry_server::RegistryServer;
+use crate::platform::Platform;
 use crate::runtime::Runtime;
 use crate::runtime::pool::IDLE_TTL;
 
@@ -44,6 +49,8 @@ pub enum ServerError {
     },
     #[error("auth: {0}")]
     Auth(String),
+    #[error("admin state: {0}")]
+    State(#[from] crate::admin::StateError),
     #[error("reflection service: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -56,6 +63,7 @@ pub enum ServerError {
 pub struct RunningServer {
     addr: SocketAddr,
     namespaces: Arc<Namespaces>,
+    control: Arc<Control>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     health_task: JoinHandle<()>,
@@ -74,6 +82,11 @@ impl RunningServer {
 
     pub fn namespaces(&self) -> &Arc<Namespaces> {
         &self.namespaces
+    }
+
+    /// The control plane the Admin API drives.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// Stops accepting, lets in-flight requests finish within the grace period.
@@ -105,20 +118,21 @@ impl RunningServer {
 
 /// Starts everything the config describes and begins serving.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
-    let max_memory = config
-        .namespaces
-        .values()
-        .map(|ns| {
-            ns.limits
-                .resolve(&config.runtime.limits)
-                .instance
-                .memory_bytes
-        })
-        .max()
-        .unwrap_or(64 << 20);
+    // Admin's layer is read first: its namespaces' memory limits size the engine.
+    let state = crate::admin::load_state(&config)?;
+    let max_memory = crate::admin::max_memory_bytes(&config, &state);
     let runtime = Arc::new(Runtime::new(&config.runtime, max_memory)?);
     let backends = Backends::build(&config.backends)?;
-    let namespaces = Arc::new(Namespaces::start_all(&config, &runtime, &backends).await?);
+    let platform = Arc::new(Platform {
+        patterns: PatternStore::new(config.state_dir()),
+        config,
+        runtime: runtime.clone(),
+        backends: backends.clone(),
+    });
+    let subscriptions = Arc::new(Registry::default());
+    let control = Arc::new(Control::start(platform.clone(), state, subscriptions.clone()).await?);
+    let namespaces = control.namespaces().clone();
+    let config = &platform.config;
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -156,7 +170,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let keyvalue = KeyValueServer::new(KeyValueService::new(namespaces.clone(), max_message))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let subscriptions = Arc::new(Registry::default());
     let pubsub = PubSubServer::new(PubSubService::new(
         namespaces.clone(),
         subscriptions.clone(),
@@ -186,6 +199,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         ),
         Some(_) => tracing::info!(issuers = config.auth.trusted().len(), "auth mode is jwt"),
     }
+    let admin = AdminServer::new(AdminService::new(control.clone(), auth.is_some()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    if auth.is_none() && config.admin.allow_unauthenticated {
+        tracing::warn!("the Admin API is open to any caller ([admin] allow_unauthenticated)");
+    }
     let router = tonic::transport::Server::builder()
         .layer(OversizeLayer::new(max_message))
         .layer(AuthLayer::new(auth))
@@ -193,7 +212,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .add_service(reflection)
         .add_service(keyvalue)
         .add_service(pubsub)
-        .add_service(registry);
+        .add_service(registry)
+        .add_service(admin);
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop.await;
     }));
@@ -201,6 +221,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     Ok(RunningServer {
         addr,
         namespaces,
+        control,
         shutdown,
         task,
         health_task,
@@ -218,10 +239,7 @@ async fn trim_idle_instances(namespaces: Arc<Namespaces>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let dropped: usize = namespaces
-            .iter()
-            .map(|ns| ns.kind.trim_idle(IDLE_TTL))
-            .sum();
+        let dropped: usize = namespaces.iter().map(|ns| ns.trim_idle(IDLE_TTL)).sum();
         if dropped > 0 {
             tracing::debug!(dropped, "dropped idle pattern instances");
         }

@@ -425,14 +425,18 @@ async fn thousand_concurrent_requests(ctx: &Ctx) -> anyhow::Result<()> {
         }));
     }
     let mut failures = 0;
+    let mut first = None;
     for t in tasks {
-        if t.await?.is_err() {
+        if let Err(e) = t.await? {
             failures += 1;
+            first.get_or_insert(e);
         }
     }
     ensure!(
         failures == 0,
-        "{failures} of 1000 concurrent requests failed"
+        "{failures} of 1000 concurrent requests failed on {}; the first: {:#}",
+        ctx.backend,
+        first.unwrap_or_else(|| anyhow::anyhow!("none"))
     );
     Ok(())
 }

@@ -27,6 +27,7 @@ pub mod binary;
 pub mod oidc;
 pub mod raw;
 pub mod registry;
+pub mod scaffold;
 pub mod servers;
 
 /// A Prism server running in this process, on its own two-worker runtime.

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::response::bounded;
 use crate::admission::CallGuard;
-use crate::namespace::Namespaces;
+use crate::namespace::{Namespaces, Route};
 use crate::pb;
 use crate::pb::key_value_server::KeyValue;
 use crate::runtime::KeyValueRuntime;
@@ -26,10 +26,16 @@ impl KeyValueService {
         }
     }
 
-    /// The request's KeyValue pattern, once the namespace's quotas admit it.
-    fn runtime<T>(&self, request: &Request<T>) -> Result<(KeyValueRuntime, CallGuard), Status> {
+    /// The request's KeyValue pattern (the version routed to: primary or
+    /// canary), once the namespace's quotas admit it.
+    fn runtime<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(KeyValueRuntime, Route, CallGuard), Status> {
         let (ns, admitted) = self.namespaces.admit_call(request.metadata())?;
-        Ok((ns.keyvalue()?.clone(), admitted))
+        let route = ns.route();
+        let kv = route.version.keyvalue(&ns.name)?;
+        Ok((kv, route, admitted))
     }
 }
 
@@ -39,8 +45,14 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let (kv, _admitted) = self.runtime(&request)?;
-        let value = kv.get(request.into_inner().key).await?;
+        let (kv, route, _admitted) = self.runtime(&request)?;
+        let key = request.into_inner().key;
+        let value = kv.get(key.clone()).await;
+        route.mirror("get", &value, |v| {
+            let kv = v.keyvalue("").ok()?;
+            Some(async move { kv.get(key).await })
+        });
+        let value = value?;
         bounded(pb::GetResponse { value }, self.max_response)
     }
 
@@ -48,7 +60,7 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::SetRequest>,
     ) -> Result<Response<pb::SetResponse>, Status> {
-        let (kv, _admitted) = self.runtime(&request)?;
+        let (kv, _, _admitted) = self.runtime(&request)?;
         let r = request.into_inner();
         kv.set(r.key, r.value, r.ttl_ms).await?;
         Ok(Response::new(pb::SetResponse {}))
@@ -58,7 +70,7 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let (kv, _admitted) = self.runtime(&request)?;
+        let (kv, _, _admitted) = self.runtime(&request)?;
         let existed = kv.delete(request.into_inner().key).await?;
         Ok(Response::new(pb::DeleteResponse { existed }))
     }
@@ -67,8 +79,14 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::ExistsRequest>,
     ) -> Result<Response<pb::ExistsResponse>, Status> {
-        let (kv, _admitted) = self.runtime(&request)?;
-        let exists = kv.exists(request.into_inner().key).await?;
+        let (kv, route, _admitted) = self.runtime(&request)?;
+        let key = request.into_inner().key;
+        let exists = kv.exists(key.clone()).await;
+        route.mirror("exists", &exists, |v| {
+            let kv = v.keyvalue("").ok()?;
+            Some(async move { kv.exists(key).await })
+        });
+        let exists = exists?;
         Ok(Response::new(pb::ExistsResponse { exists }))
     }
 
@@ -76,16 +94,19 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        let (kv, _admitted) = self.runtime(&request)?;
+        let (kv, route, _admitted) = self.runtime(&request)?;
         let r = request.into_inner();
-        let cursor = Some(r.cursor).filter(|c| !c.is_empty());
-        let page = kv
-            .scan(ScanRequest {
-                prefix: r.prefix,
-                cursor,
-                limit: r.limit,
-            })
-            .await?;
+        let scan = ScanRequest {
+            prefix: r.prefix,
+            cursor: Some(r.cursor).filter(|c| !c.is_empty()),
+            limit: r.limit,
+        };
+        let page = kv.scan(scan.clone()).await;
+        route.mirror("scan", &page, |v| {
+            let kv = v.keyvalue("").ok()?;
+            Some(async move { kv.scan(scan).await })
+        });
+        let page = page?;
         bounded(
             pb::ScanResponse {
                 keys: page.keys,
@@ -99,9 +120,15 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::BatchGetRequest>,
     ) -> Result<Response<pb::BatchGetResponse>, Status> {
-        let (kv, _admitted) = self.runtime(&request)?;
+        let (kv, route, _admitted) = self.runtime(&request)?;
         let keys = request.into_inner().keys;
-        let values = kv.get_many(keys.clone()).await?;
+        let values = kv.get_many(keys.clone()).await;
+        let mirrored = keys.clone();
+        route.mirror("batch_get", &values, |v| {
+            let kv = v.keyvalue("").ok()?;
+            Some(async move { kv.get_many(mirrored).await })
+        });
+        let values = values?;
         let items = keys
             .into_iter()
             .zip(values)
@@ -118,7 +145,7 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::BatchSetRequest>,
     ) -> Result<Response<pb::BatchSetResponse>, Status> {
-        let (kv, _admitted) = self.runtime(&request)?;
+        let (kv, _, _admitted) = self.runtime(&request)?;
         let entries = request
             .into_inner()
             .entries
@@ -137,7 +164,7 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<pb::BatchDeleteRequest>,
     ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
-        let (kv, _admitted) = self.runtime(&request)?;
+        let (kv, _, _admitted) = self.runtime(&request)?;
         let deleted = kv.delete_many(request.into_inner().keys).await?;
         Ok(Response::new(pb::BatchDeleteResponse { deleted }))
     }

@@ -1,5 +1,6 @@
 //! gRPC services, one file each; `status` is the one error → Status map.
 
+pub mod admin;
 pub mod codec;
 pub mod keyvalue;
 pub mod metadata;

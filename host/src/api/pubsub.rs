@@ -37,8 +37,8 @@ impl PubSubService {
         request: &Request<T>,
     ) -> Result<(Arc<Namespace>, PubSubRuntime, CallGuard), Status> {
         let (ns, admitted) = self.namespaces.admit_call(request.metadata())?;
-        let runtime = ns.pubsub()?.clone();
-        Ok((ns.clone(), runtime, admitted))
+        let runtime = ns.route().version.pubsub(&ns.name)?;
+        Ok((ns, runtime, admitted))
     }
 }
 
@@ -111,7 +111,7 @@ impl PubSub for PubSubService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
         let (ns, stream_slot) = self.namespaces.admit_stream(request.metadata())?;
-        let (ns, runtime) = (ns.clone(), ns.pubsub()?.clone());
+        let runtime = ns.route().version.pubsub(&ns.name)?;
         let expires_at_ms = token_expiry(&request);
         let r = request.into_inner();
         let client_topic = r.topic.clone();

@@ -14,7 +14,7 @@ use super::subscription::{
 };
 use crate::admission::CallGuard;
 use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
-use crate::namespace::{Namespaces, shorten};
+use crate::namespace::{Namespaces, Route, shorten};
 use crate::pb;
 use crate::pb::registry_server::Registry;
 use crate::runtime::RegistryRuntime;
@@ -43,10 +43,16 @@ impl RegistryService {
         }
     }
 
-    /// The request's registry pattern, once the namespace's quotas admit it.
-    fn runtime<T>(&self, request: &Request<T>) -> Result<(RegistryRuntime, CallGuard), Status> {
+    /// The request's registry pattern (the version routed to: primary or
+    /// canary), once the namespace's quotas admit it.
+    fn runtime<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(RegistryRuntime, Route, CallGuard), Status> {
         let (ns, admitted) = self.namespaces.admit_call(request.metadata())?;
-        Ok((ns.registry()?.clone(), admitted))
+        let route = ns.route();
+        let registry = route.version.registry(&ns.name)?;
+        Ok((registry, route, admitted))
     }
 }
 
@@ -66,7 +72,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let (registry, _admitted) = self.runtime(&request)?;
+        let (registry, _, _admitted) = self.runtime(&request)?;
         let r = request.into_inner();
         let metadata = match &r.metadata {
             Some(map) => map_to_json(map, "metadata")?,
@@ -95,7 +101,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let (registry, _admitted) = self.runtime(&request)?;
+        let (registry, _, _admitted) = self.runtime(&request)?;
         let record = registry.heartbeat(request.into_inner().identity).await?;
         Ok(Response::new(pb::HeartbeatResponse {
             identity: Some(identity(record)?),
@@ -106,7 +112,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::UnregisterRequest>,
     ) -> Result<Response<pb::UnregisterResponse>, Status> {
-        let (registry, _admitted) = self.runtime(&request)?;
+        let (registry, _, _admitted) = self.runtime(&request)?;
         let existed = registry.unregister(request.into_inner().identity).await?;
         Ok(Response::new(pb::UnregisterResponse { existed }))
     }
@@ -115,8 +121,14 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::GetIdentityRequest>,
     ) -> Result<Response<pb::GetIdentityResponse>, Status> {
-        let (registry, _admitted) = self.runtime(&request)?;
-        let record = registry.get(request.into_inner().identity).await?;
+        let (registry, route, _admitted) = self.runtime(&request)?;
+        let id = request.into_inner().identity;
+        let record = registry.get(id.clone()).await;
+        route.mirror("get", &record, |v| {
+            let registry = v.registry("").ok()?;
+            Some(async move { registry.get(id).await })
+        });
+        let record = record?;
         bounded(
             pb::GetIdentityResponse {
                 identity: Some(identity(record)?),
@@ -129,15 +141,19 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::EnumerateRequest>,
     ) -> Result<Response<pb::EnumerateResponse>, Status> {
-        let (registry, _admitted) = self.runtime(&request)?;
+        let (registry, route, _admitted) = self.runtime(&request)?;
         let r = request.into_inner();
-        let page = registry
-            .enumerate(EnumerateRequest {
-                filter: filter_to_json(&r.filter)?,
-                cursor: Some(r.cursor).filter(|c| !c.is_empty()),
-                limit: r.limit,
-            })
-            .await?;
+        let enumerate = EnumerateRequest {
+            filter: filter_to_json(&r.filter)?,
+            cursor: Some(r.cursor).filter(|c| !c.is_empty()),
+            limit: r.limit,
+        };
+        let page = registry.enumerate(enumerate.clone()).await;
+        route.mirror("enumerate", &page, |v| {
+            let registry = v.registry("").ok()?;
+            Some(async move { registry.enumerate(enumerate).await })
+        });
+        let page = page?;
         let identities = page
             .identities
             .into_iter()
@@ -156,7 +172,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::MulticastRequest>,
     ) -> Result<Response<pb::MulticastResponse>, Status> {
-        let (registry, _admitted) = self.runtime(&request)?;
+        let (registry, _, _admitted) = self.runtime(&request)?;
         let r = request.into_inner();
         let mut metadata: Vec<(String, String)> = r.metadata.into_iter().collect();
         metadata.sort();
@@ -185,7 +201,7 @@ impl Registry for RegistryService {
         request: Request<pb::ListenRequest>,
     ) -> Result<Response<Self::ListenStream>, Status> {
         let (ns, admitted) = self.namespaces.admit_stream(request.metadata())?;
-        let (ns, registry) = (ns.clone(), ns.registry()?.clone());
+        let registry = ns.route().version.registry(&ns.name)?;
         let expires_at_ms = token_expiry(&request);
         let r = request.into_inner();
         let plan = registry.listen(r.identity.clone(), r.buffer).await?;

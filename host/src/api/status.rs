@@ -2,6 +2,7 @@
 
 use tonic::Status;
 
+use crate::admin::AdminError;
 use crate::admission::QuotaError;
 use crate::namespace::NamespaceError;
 use crate::runtime::CallError;
@@ -73,5 +74,17 @@ impl From<CapabilityError> for Status {
 impl From<QuotaError> for Status {
     fn from(err: QuotaError) -> Status {
         Status::resource_exhausted(err.to_string())
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Status {
+        match e {
+            AdminError::NotFound(m) => Status::not_found(m),
+            AdminError::AlreadyExists(m) => Status::already_exists(m),
+            AdminError::Invalid(m) => Status::invalid_argument(m),
+            AdminError::FailedPrecondition(m) => Status::failed_precondition(m),
+            AdminError::Storage(m) => Status::unavailable(m),
+        }
     }
 }

@@ -311,6 +311,24 @@ impl Registry {
             .cloned()
     }
 
+    /// Ends the namespace's live subscriptions with `status` (it was
+    /// deleted, or its slots rebound); returns how many.
+    pub fn end_namespace(&self, namespace: &str, status: &Status) -> usize {
+        let ended: Vec<Arc<Registered>> = {
+            let mut live = self.live.lock();
+            let ids: Vec<String> = live
+                .iter()
+                .filter(|(_, e)| e.namespace == namespace)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| live.remove(id)).collect()
+        };
+        for entry in &ended {
+            entry.outbox.finish(Err(status.clone()));
+        }
+        ended.len()
+    }
+
     /// Ends every live subscription with `status` (server shutdown), so
     /// the drain does not wait on streams that never end by themselves.
     pub fn end_all(&self, status: &Status) {

@@ -82,6 +82,12 @@ impl Grants {
         })
     }
 
+    /// Whether any grant administers something (server-wide Admin calls:
+    /// uploading and listing patterns).
+    pub fn admin_anywhere(&self) -> bool {
+        self.grants.iter().any(|g| g.admin)
+    }
+
     /// The grants for messages: `orders:read, *:admin` or `none`.
     pub fn describe(&self) -> String {
         if self.spelt.is_empty() {

@@ -35,6 +35,8 @@ pub struct KvSlot {
     scope: Arc<str>,
     /// The namespace's storage quota, if it has one (enforced by the backend).
     quota: Option<Arc<StorageQuota>>,
+    /// A shadow version's slot: writes succeed without reaching the backend.
+    read_only: bool,
 }
 
 impl KvSlot {
@@ -58,6 +60,15 @@ impl KvSlot {
             backend,
             scope,
             quota,
+            read_only: false,
+        }
+    }
+
+    /// This binding with writes suppressed (see `Slots::read_only`).
+    pub fn read_only(self) -> KvSlot {
+        KvSlot {
+            read_only: true,
+            ..self
         }
     }
 
@@ -68,6 +79,7 @@ impl KvSlot {
             backend: Arc::new(Unbound),
             scope: "".into(),
             quota: None,
+            read_only: false,
         }
     }
 
@@ -78,6 +90,37 @@ impl KvSlot {
 
     pub fn backend(&self) -> &Arc<dyn KvBackend> {
         &self.backend
+    }
+
+    /// Removes every key of this namespace (Admin's delete with purge);
+    /// returns how many. Quota ledgers stay right: removal goes the usual way.
+    pub async fn purge(&self) -> Result<u64, BackendError> {
+        if self.read_only {
+            return Ok(0);
+        }
+        let mut purged = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .backend
+                .scan(&self.scope, cursor.as_deref(), MAX_SCAN_PAGE as usize)
+                .await?;
+            let keys: Vec<String> = page
+                .keys
+                .into_iter()
+                .filter(|k| k.starts_with(&*self.scope))
+                .collect();
+            if !keys.is_empty() {
+                purged += match &self.quota {
+                    Some(quota) => self.backend.delete_many_within(quota, &keys).await?,
+                    None => self.backend.delete_many(&keys).await?,
+                };
+            }
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(purged),
+            }
+        }
     }
 
     /// The backend key for a guest key, or invalid-argument past the hard bound.
@@ -104,6 +147,9 @@ impl KvSlot {
     }
 
     async fn write(&self, entries: Vec<KvEntry>) -> Result<(), CapabilityError> {
+        if self.read_only {
+            return Ok(());
+        }
         let written = match &self.quota {
             Some(quota) => self.backend.set_many_within(quota, entries).await,
             None if entries.len() == 1 => {
@@ -119,6 +165,9 @@ impl KvSlot {
     }
 
     async fn remove(&self, keys: &[String]) -> Result<u64, CapabilityError> {
+        if self.read_only {
+            return Ok(0);
+        }
         let removed = match &self.quota {
             Some(quota) => self.backend.delete_many_within(quota, keys).await,
             None => self.backend.delete_many(keys).await,
@@ -238,7 +287,7 @@ impl kv::Host for KvSlot {
 
     async fn delete(&mut self, key: String) -> Result<bool, CapabilityError> {
         let key = self.scoped(&key)?;
-        if self.quota.is_some() {
+        if self.quota.is_some() || self.read_only {
             return Ok(self.remove(&[key]).await? > 0);
         }
         self.backend.delete(&key).await.map_err(guest_error)

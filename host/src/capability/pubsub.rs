@@ -75,6 +75,8 @@ fn check_publish_refs(messages: &[&Outgoing]) -> Result<(), CapabilityError> {
 pub struct PubSubSlot {
     backend: Arc<dyn PubSubBackend>,
     namespace: Arc<str>,
+    /// A shadow version's slot: publishes are accepted and go nowhere.
+    read_only: bool,
 }
 
 impl PubSubSlot {
@@ -82,6 +84,15 @@ impl PubSubSlot {
         PubSubSlot {
             backend,
             namespace: namespace.into(),
+            read_only: false,
+        }
+    }
+
+    /// This binding with publishes suppressed (see `Slots::read_only`).
+    pub fn read_only(self) -> PubSubSlot {
+        PubSubSlot {
+            read_only: true,
+            ..self
         }
     }
 
@@ -90,6 +101,7 @@ impl PubSubSlot {
         PubSubSlot {
             backend: Arc::new(Unbound),
             namespace: "".into(),
+            read_only: false,
         }
     }
 
@@ -154,10 +166,12 @@ impl pubsub::Host for PubSubSlot {
                 }
             })
             .collect();
-        self.backend
-            .publish(&topic, messages)
-            .await
-            .map_err(guest_error)?;
+        if !self.read_only {
+            self.backend
+                .publish(&topic, messages)
+                .await
+                .map_err(guest_error)?;
+        }
         Ok(published)
     }
 
@@ -188,11 +202,14 @@ impl pubsub::Host for PubSubSlot {
                 },
             ));
         }
-        let results = self
-            .backend
-            .publish_each(items)
-            .await
-            .map_err(guest_error)?;
+        let results = if self.read_only {
+            items.iter().map(|_| Ok(())).collect()
+        } else {
+            self.backend
+                .publish_each(items)
+                .await
+                .map_err(guest_error)?
+        };
         Ok(results
             .into_iter()
             .zip(published)

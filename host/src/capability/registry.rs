@@ -30,6 +30,8 @@ pub const MAX_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 pub struct RegistrySlot {
     backend: Arc<dyn RegistryBackend>,
     namespace: Arc<str>,
+    /// A shadow version's slot: writes answer as if done and change nothing.
+    read_only: bool,
 }
 
 impl RegistrySlot {
@@ -37,6 +39,15 @@ impl RegistrySlot {
         RegistrySlot {
             backend,
             namespace: namespace.into(),
+            read_only: false,
+        }
+    }
+
+    /// This binding with writes suppressed (see `Slots::read_only`).
+    pub fn read_only(self) -> RegistrySlot {
+        RegistrySlot {
+            read_only: true,
+            ..self
         }
     }
 
@@ -45,11 +56,46 @@ impl RegistrySlot {
         RegistrySlot {
             backend: Arc::new(Unbound),
             namespace: "".into(),
+            read_only: false,
         }
     }
 
     pub fn backend(&self) -> &Arc<dyn RegistryBackend> {
         &self.backend
+    }
+
+    /// Removes every identity of this namespace (Admin's delete with
+    /// purge); returns how many.
+    pub async fn purge(&self) -> Result<u64, BackendError> {
+        if self.read_only {
+            return Ok(0);
+        }
+        let mut purged = 0;
+        loop {
+            // Removed records drop out of the listing, so each page starts
+            // from the beginning again.
+            let page = self
+                .backend
+                .list(&self.namespace, None, 1000, now_ms())
+                .await?;
+            if page.records.is_empty() {
+                return Ok(purged);
+            }
+            let before = purged;
+            for record in &page.records {
+                if self
+                    .backend
+                    .remove(&self.namespace, &record.identity, now_ms())
+                    .await?
+                {
+                    purged += 1;
+                }
+            }
+            if purged == before {
+                // Nothing listed could be removed (it expired meanwhile).
+                return Ok(purged);
+            }
+        }
     }
 }
 
@@ -114,6 +160,9 @@ impl registry::Host for RegistrySlot {
             metadata: entry.metadata,
             ttl_ms: entry.ttl_ms,
         };
+        if self.read_only {
+            return Ok(PutOutcome::Stored(to_guest(entry.record(now_ms()))));
+        }
         let outcome = self
             .backend
             .put(&self.namespace, entry, replace, max_identities, now_ms())
@@ -137,6 +186,9 @@ impl registry::Host for RegistrySlot {
 
     async fn renew(&mut self, identity: String) -> Result<Option<IdentityRecord>, CapabilityError> {
         check_identity(&identity)?;
+        if self.read_only {
+            return self.get(identity).await;
+        }
         let record = self
             .backend
             .renew(&self.namespace, &identity, now_ms())
@@ -147,6 +199,9 @@ impl registry::Host for RegistrySlot {
 
     async fn remove(&mut self, identity: String) -> Result<bool, CapabilityError> {
         check_identity(&identity)?;
+        if self.read_only {
+            return Ok(self.get(identity).await?.is_some());
+        }
         self.backend
             .remove(&self.namespace, &identity, now_ms())
             .await

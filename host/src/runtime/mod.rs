@@ -151,6 +151,7 @@ pub struct Runtime {
     linker: Linker<InstanceState>,
     cache: ComponentCache,
     lane: lane::Lane,
+    max_memory_bytes: usize,
     _ticker: engine::EpochTicker,
 }
 
@@ -183,8 +184,15 @@ impl Runtime {
             linker,
             cache: ComponentCache::new(config.cache_dir.clone()),
             lane: lane::Lane::start(config.background_threads)?,
+            max_memory_bytes,
             _ticker: ticker,
         })
+    }
+
+    /// The largest memory limit an instance may have on this engine
+    /// (fixed at start: the pooling allocator reserves slots of this size).
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
     }
 
     /// Where pools move long calls (None: no background lane configured).
@@ -195,6 +203,15 @@ impl Runtime {
     /// Compiles (or fetches from cache) a component; `label` names it in errors.
     pub fn load(&self, bytes: &[u8], label: &str) -> Result<Component, RuntimeError> {
         self.cache.load(&self.engine, bytes, label)
+    }
+
+    /// What a component imports, as `name` lines (`prism:pattern/kv@0.1.0`, `wasi:io/streams@0.2.0`, …).
+    pub fn imports(&self, component: &Component) -> Vec<String> {
+        component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect()
     }
 
     /// Resolves the component's imports against what Prism provides, once

@@ -23,6 +23,18 @@ pub struct Slots {
     pub registry: RegistrySlot,
 }
 
+impl Slots {
+    /// The same bindings with every write suppressed (a shadow version:
+    /// it reads real data, and what it would write goes nowhere).
+    pub fn read_only(self) -> Slots {
+        Slots {
+            kv: self.kv.read_only(),
+            pubsub: self.pubsub.read_only(),
+            registry: self.registry.read_only(),
+        }
+    }
+}
+
 impl Default for Slots {
     fn default() -> Slots {
         Slots {

@@ -1,0 +1,333 @@
+//! One version of a namespace's pattern: its component (checked against the
+//! worlds), capability slots bound to backends, and a pool of instances with
+//! one started and configured — so a bad component or bad settings fail
+//! here, before the version serves anything.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::Component;
+
+use super::{PatternKind, StartupError};
+use crate::capability::kv::KvSlot;
+use crate::capability::pubsub::PubSubSlot;
+use crate::capability::registry::RegistrySlot;
+use crate::config::{NamespaceConfig, setting_string, slot_capability};
+use crate::patterns::{UPLOADED, digest_of, is_digest};
+use crate::platform::Platform;
+use crate::runtime::bindings::Keyvalue;
+use crate::runtime::bindings::pubsub_world::PubsubWorld;
+use crate::runtime::bindings::registry_world::MulticastRegistry;
+use crate::runtime::state::Slots;
+use crate::runtime::{
+    KeyValueRuntime, PatternPool, PatternWorld, PubSubRuntime, RegistryRuntime, Runtime,
+    RuntimeError, builtin,
+};
+
+/// Which pattern a version runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VersionInfo {
+    /// As the namespace's `pattern` names it: a built-in name,
+    /// `sha256:<digest>` of an uploaded pattern, or a `.wasm` path.
+    pub reference: String,
+    /// For people: "built-in pattern 'keyvalue'", an upload's label, a path.
+    pub label: String,
+    /// sha256 of the component, hex.
+    pub digest: String,
+    /// The world it serves ("keyvalue", "pubsub", "multicast-registry").
+    pub world: String,
+}
+
+/// One version of a namespace's pattern, started.
+pub struct Version {
+    pub info: VersionInfo,
+    pub kind: PatternKind,
+}
+
+/// A pattern component checked against one of the worlds.
+enum Prepared {
+    KeyValue(<Keyvalue as PatternWorld>::Pre),
+    PubSub(<PubsubWorld as PatternWorld>::Pre),
+    Registry(<MulticastRegistry as PatternWorld>::Pre),
+}
+
+impl Prepared {
+    /// The world the component fits, tried in turn.
+    fn of(runtime: &Runtime, component: &Component, label: &str) -> Result<Prepared, String> {
+        let pre = runtime.link(component, label).map_err(|e| e.to_string())?;
+        let kv = match runtime.prepare::<Keyvalue>(&pre, label) {
+            Ok(pre) => return Ok(Prepared::KeyValue(pre)),
+            Err(e) => e,
+        };
+        let ps = match runtime.prepare::<PubsubWorld>(&pre, label) {
+            Ok(pre) => return Ok(Prepared::PubSub(pre)),
+            Err(e) => e,
+        };
+        match runtime.prepare::<MulticastRegistry>(&pre, label) {
+            Ok(pre) => Ok(Prepared::Registry(pre)),
+            Err(reg) => {
+                let why = |e: RuntimeError| match e {
+                    RuntimeError::WrongWorld { world, reason, .. } => format!("{world}: {reason}"),
+                    other => other.to_string(),
+                };
+                Err(format!(
+                    "{label} fits none of Prism's pattern worlds ({}; {}; {})",
+                    why(kv),
+                    why(ps),
+                    why(reg)
+                ))
+            }
+        }
+    }
+
+    /// The slots this world's pattern uses, by config name.
+    fn slots(&self) -> &'static [&'static str] {
+        match self {
+            Prepared::KeyValue(_) => &["kv"],
+            Prepared::PubSub(_) => &["pubsub"],
+            Prepared::Registry(_) => &["registry", "messaging"],
+        }
+    }
+
+    fn world(&self) -> &'static str {
+        match self {
+            Prepared::KeyValue(_) => "keyvalue",
+            Prepared::PubSub(_) => "pubsub",
+            Prepared::Registry(_) => "multicast-registry",
+        }
+    }
+}
+
+/// The world a component fits and what it imports, checked without
+/// starting it (uploads, `prism pattern check`). Compiling it also leaves
+/// it in the runtime's component cache, so a deploy of it is quick.
+pub fn inspect(
+    runtime: &Runtime,
+    bytes: &[u8],
+    label: &str,
+) -> Result<(&'static str, Vec<String>), String> {
+    let component = runtime.load(bytes, label).map_err(|e| e.to_string())?;
+    let imports = runtime.imports(&component);
+    let world = Prepared::of(runtime, &component, label)?.world();
+    Ok((world, imports))
+}
+
+/// The world the pattern `reference` names fits (compiled through the
+/// runtime's cache), checked before a version of it is started.
+pub fn world_of(reference: &str, platform: &Platform) -> Result<&'static str, String> {
+    let (bytes, label) = pattern_bytes(reference, platform)?;
+    let component = platform
+        .runtime
+        .load(&bytes, &label)
+        .map_err(|e| e.to_string())?;
+    Ok(Prepared::of(&platform.runtime, &component, &label)?.world())
+}
+
+/// Whether the version's writes reach its backends: a shadow version's do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    Live,
+    Suppressed,
+}
+
+impl Version {
+    /// Loads `pattern` (a built-in name, `sha256:<digest>` of an uploaded
+    /// one, or a `.wasm` path), binds the namespace's slots and starts one
+    /// configured instance.
+    pub async fn start(
+        name: &str,
+        ns: &NamespaceConfig,
+        platform: &Platform,
+        writes: Writes,
+    ) -> Result<Version, StartupError> {
+        let started = Instant::now();
+        let (runtime, backends) = (&*platform.runtime, &platform.backends);
+        let limits = ns.limits.resolve(&platform.config.runtime.limits);
+        let field = |f: &str| format!("namespaces.{name}.{f}");
+        let (bytes, label) = pattern_bytes(&ns.pattern, platform)
+            .map_err(|m| StartupError::new(field("pattern"), m))?;
+        let digest = digest_of(&bytes);
+        let component = runtime
+            .load(&bytes, &label)
+            .map_err(|e| StartupError::new(field("pattern"), e))?;
+        let prepared = Prepared::of(runtime, &component, &label)
+            .map_err(|m| StartupError::new(field("pattern"), m))?;
+
+        let wanted = prepared.slots();
+        if let Some(slot) = ns.slots.keys().find(|s| !wanted.contains(&s.as_str())) {
+            return Err(StartupError::new(
+                field(&format!("slots.{slot}")),
+                format!(
+                    "the {} pattern has no such slot (it uses: {})",
+                    prepared.world(),
+                    wanted.join(", ")
+                ),
+            ));
+        }
+        let mut slots = Slots::default();
+        let mut summaries = Vec::new();
+        for slot in wanted {
+            let backend = ns.slots.get(*slot).ok_or_else(|| {
+                let example: Vec<String> =
+                    wanted.iter().map(|s| format!("{s} = \"mem\"")).collect();
+                StartupError::new(
+                    field("slots"),
+                    format!(
+                        "the {} pattern needs a {slot} slot, e.g. slots = {{ {} }}",
+                        prepared.world(),
+                        example.join(", ")
+                    ),
+                )
+            })?;
+            let missing = |what: &str| {
+                StartupError::new(
+                    field(&format!("slots.{slot}")),
+                    format!("backend '{backend}' does not provide {what}"),
+                )
+            };
+            match slot_capability(slot) {
+                Some("kv") => {
+                    let kv = backends.kv(backend).ok_or_else(|| missing("kv"))?;
+                    summaries.push(kv.summary());
+                    slots.kv = KvSlot::new(
+                        name,
+                        kv,
+                        limits.quotas.max_stored_bytes,
+                        limits.quotas.max_stored_keys,
+                    );
+                }
+                Some("pubsub") => {
+                    let ps = backends.pubsub(backend).ok_or_else(|| missing("pubsub"))?;
+                    summaries.push(ps.summary());
+                    slots.pubsub = PubSubSlot::new(name, ps);
+                }
+                Some("registry") => {
+                    let reg = backends
+                        .registry(backend)
+                        .ok_or_else(|| missing("registry"))?;
+                    summaries.push(reg.summary());
+                    slots.registry = RegistrySlot::new(name, reg);
+                }
+                _ => return Err(missing(slot)),
+            }
+        }
+        if writes == Writes::Suppressed {
+            slots = slots.read_only();
+        }
+        let parts = PoolParts {
+            limits: limits.instance,
+            settings: ns
+                .settings
+                .iter()
+                .filter_map(|(k, v)| setting_string(v).map(|v| (k.clone(), v)))
+                .collect(),
+            slots,
+            lane: runtime.lane(),
+        };
+        let configure_error = |e: RuntimeError| match e {
+            RuntimeError::Configure { reason, .. } => StartupError::new(field("settings"), reason),
+            other => StartupError::new(field("pattern"), other),
+        };
+        let world = prepared.world();
+        let kind = match prepared {
+            Prepared::KeyValue(pre) => PatternKind::KeyValue(KeyValueRuntime::new(
+                parts.start(name, pre).await.map_err(configure_error)?,
+            )),
+            Prepared::PubSub(pre) => PatternKind::PubSub(PubSubRuntime::new(
+                parts.start(name, pre).await.map_err(configure_error)?,
+            )),
+            Prepared::Registry(pre) => PatternKind::Registry(RegistryRuntime::new(
+                parts.start(name, pre).await.map_err(configure_error)?,
+            )),
+        };
+        tracing::info!(
+            namespace = name,
+            pattern = %label,
+            digest = %&digest[..12],
+            kind = kind.label(),
+            backend = %summaries.join(" + "),
+            shadow = writes == Writes::Suppressed,
+            ready_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "pattern version ready"
+        );
+        Ok(Version {
+            info: VersionInfo {
+                reference: ns.pattern.clone(),
+                label,
+                digest,
+                world: world.to_string(),
+            },
+            kind,
+        })
+    }
+}
+
+impl Version {
+    pub fn keyvalue(&self, namespace: &str) -> Result<KeyValueRuntime, super::NamespaceError> {
+        super::keyvalue_of(namespace, &self.kind)
+    }
+
+    pub fn pubsub(&self, namespace: &str) -> Result<PubSubRuntime, super::NamespaceError> {
+        super::pubsub_of(namespace, &self.kind)
+    }
+
+    pub fn registry(&self, namespace: &str) -> Result<RegistryRuntime, super::NamespaceError> {
+        super::registry_of(namespace, &self.kind)
+    }
+}
+
+/// Everything a pool of one version is built from.
+struct PoolParts {
+    limits: crate::config::InstanceLimits,
+    settings: Vec<(String, String)>,
+    slots: Slots,
+    lane: Option<tokio::runtime::Handle>,
+}
+
+impl PoolParts {
+    /// A pool for world `W`, with one instance started (and configured).
+    async fn start<W: PatternWorld>(
+        self,
+        name: &str,
+        pre: W::Pre,
+    ) -> Result<Arc<PatternPool<W>>, RuntimeError> {
+        let pool = Arc::new(PatternPool::<W>::new(
+            name,
+            pre,
+            self.limits,
+            self.settings,
+            self.slots,
+            self.lane,
+        ));
+        pool.add_idle(pool.instantiate().await?);
+        Ok(pool)
+    }
+}
+
+/// A built-in pattern's bytes, an uploaded one's, or a `.wasm` file's; and a
+/// label for errors.
+fn pattern_bytes(pattern: &str, platform: &Platform) -> Result<(Vec<u8>, String), String> {
+    if let Some(bytes) = builtin::builtin(pattern) {
+        return Ok((bytes.to_vec(), format!("built-in pattern '{pattern}'")));
+    }
+    if let Some(digest) = pattern.strip_prefix(UPLOADED) {
+        let bytes = Some(digest)
+            .filter(|d| is_digest(d))
+            .and_then(|d| platform.patterns.get(d))
+            .ok_or_else(|| {
+                format!(
+                    "'{pattern}' names no uploaded pattern (upload it through the Admin API: prism admin upload FILE.wasm)"
+                )
+            })?;
+        return Ok((bytes.to_vec(), platform.patterns.label(digest)));
+    }
+    if !pattern.ends_with(".wasm") {
+        return Err(format!(
+            "'{pattern}' is neither a built-in pattern ({}), an uploaded one (sha256:…) nor a path to a .wasm component",
+            builtin::NAMES.join(", ")
+        ));
+    }
+    let path = platform.config.resolve_path(pattern);
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok((bytes, path.display().to_string()))
+}

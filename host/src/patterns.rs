@@ -1,0 +1,96 @@
+//! Uploaded pattern components, by sha256 digest: kept under the state
+//! directory (`patterns/<hex>.wasm`) so deploys survive a restart, or in
+//! memory when there is none (`prism dev`).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+
+/// The prefix of an uploaded pattern's reference: `sha256:<hex digest>`.
+pub const UPLOADED: &str = "sha256:";
+
+pub struct PatternStore {
+    /// `<state_dir>/patterns`; None: uploads live as long as the process.
+    dir: Option<PathBuf>,
+    memory: RwLock<HashMap<String, Arc<[u8]>>>,
+    /// Upload labels by digest, for the versions' labels.
+    labels: RwLock<HashMap<String, String>>,
+}
+
+/// The hex sha256 of a component's bytes.
+pub fn digest_of(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `text` is a hex sha256 digest (so it is safe in a file name).
+pub fn is_digest(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+impl PatternStore {
+    pub fn new(state_dir: Option<PathBuf>) -> PatternStore {
+        PatternStore {
+            dir: state_dir.map(|d| d.join("patterns")),
+            memory: RwLock::new(HashMap::new()),
+            labels: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Names an upload for people ("my_kv.wasm").
+    pub fn set_label(&self, digest: &str, label: &str) {
+        self.labels
+            .write()
+            .insert(digest.to_string(), label.to_string());
+    }
+
+    /// An upload's name, as `label (digest prefix)`.
+    pub fn label(&self, digest: &str) -> String {
+        let short = &digest[..digest.len().min(12)];
+        match self.labels.read().get(digest) {
+            Some(label) => format!("{label} ({short})"),
+            None => format!("uploaded pattern {short}"),
+        }
+    }
+
+    /// The uploaded component with this digest.
+    pub fn get(&self, digest: &str) -> Option<Arc<[u8]>> {
+        if !is_digest(digest) {
+            return None;
+        }
+        if let Some(bytes) = self.memory.read().get(digest) {
+            return Some(bytes.clone());
+        }
+        let path = self.dir.as_ref()?.join(format!("{digest}.wasm"));
+        std::fs::read(path).ok().map(Arc::from)
+    }
+
+    /// Keeps a component (already checked) under its digest. The file is
+    /// written whole and renamed into place, so a crash never leaves half
+    /// a component under a digest.
+    pub fn put(&self, digest: &str, bytes: Arc<[u8]>) -> std::io::Result<()> {
+        let Some(dir) = &self.dir else {
+            self.memory.write().insert(digest.to_string(), bytes);
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{digest}.wasm"));
+        if path.exists() {
+            return Ok(());
+        }
+        let tmp = dir.join(format!(".{digest}.{}.tmp", std::process::id()));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    }
+}
