@@ -302,6 +302,11 @@ impl Control {
         let replacement = Namespace::start(name, &ns, &self.platform)
             .await
             .map_err(invalid_start)?;
+        replacement
+            .deployment()
+            .primary
+            .warm(name, deployment.primary.live_instances())
+            .await;
         replacement.swap(Deployment {
             primary: replacement.deployment().primary.clone(),
             previous: deployment.previous.clone(),
@@ -547,8 +552,18 @@ impl Control {
                     current.primary.info.label
                 ))
             })?;
-        let version = Arc::new(version);
         let rolling = shadow || canary_percent > 0;
+        // As many instances as the calls it takes over keep busy now.
+        let live = current.primary.live_instances();
+        let share = if shadow {
+            100
+        } else if rolling {
+            canary_percent as usize
+        } else {
+            100
+        };
+        version.warm(name, (live * share).div_ceil(100)).await;
+        let version = Arc::new(version);
         let deployment = if rolling {
             Deployment {
                 primary: current.primary.clone(),
@@ -603,6 +618,12 @@ impl Control {
         } else {
             rollout.candidate.clone()
         };
+        primary
+            .warm(
+                name,
+                current.primary.live_instances() + rollout.candidate.live_instances(),
+            )
+            .await;
         let deployment = Deployment {
             primary,
             previous: Some(current.primary.info.clone()),
@@ -647,6 +668,7 @@ impl Control {
                         previous.label
                     ))
                 })?;
+            version.warm(name, current.primary.live_instances()).await;
             Deployment {
                 primary: Arc::new(version),
                 previous: Some(current.primary.info.clone()),

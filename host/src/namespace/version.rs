@@ -263,6 +263,27 @@ impl Version {
 }
 
 impl Version {
+    /// Instances of the version that exist now (idle or in a call).
+    pub fn live_instances(&self) -> usize {
+        let stats = self.kind.stats();
+        stats.idle + stats.busy
+    }
+
+    /// Starts instances until the version has `n` (at most its
+    /// `max_instances`), so a version swapped in under load serves at once
+    /// instead of instantiating on the request path. A failure here is only
+    /// logged: the version is configured and creates instances on demand.
+    pub async fn warm(&self, namespace: &str, n: usize) {
+        let result = match &self.kind {
+            PatternKind::KeyValue(kv) => warm_pool(kv.pool(), n).await,
+            PatternKind::PubSub(ps) => warm_pool(ps.pool(), n).await,
+            PatternKind::Registry(r) => warm_pool(r.pool(), n).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(namespace, error = %e, "could not pre-start every instance of the new version; the rest start on demand");
+        }
+    }
+
     pub fn keyvalue(&self, namespace: &str) -> Result<KeyValueRuntime, super::NamespaceError> {
         super::keyvalue_of(namespace, &self.kind)
     }
@@ -274,6 +295,15 @@ impl Version {
     pub fn registry(&self, namespace: &str) -> Result<RegistryRuntime, super::NamespaceError> {
         super::registry_of(namespace, &self.kind)
     }
+}
+
+async fn warm_pool<W: PatternWorld>(pool: &PatternPool<W>, n: usize) -> Result<(), RuntimeError> {
+    let stats = pool.stats();
+    let want = n.min(pool.limits().max_instances as usize);
+    for _ in (stats.idle + stats.busy)..want {
+        pool.add_idle(pool.instantiate().await?);
+    }
+    Ok(())
 }
 
 /// Everything a pool of one version is built from.
