@@ -1,15 +1,19 @@
 //! Tenancy over real gRPC: a CPU-bound neighbour cannot stall a healthy
 //! namespace; per-namespace quotas (request rate, calls in flight, stored
 //! bytes and keys on MemStore and on a real redis-server, open
-//! subscriptions) refuse with RESOURCE_EXHAUSTED naming the quota and write
-//! nothing; 1 000 namespaces start on the default instance pool and each
-//! answers; the server-wide instance limit refuses clearly.
+//! subscriptions and registry listeners) refuse with RESOURCE_EXHAUSTED
+//! naming the quota and write nothing, and quotas set in `[runtime.limits]`
+//! apply to namespaces that set none; PubSub and Registry arguments past
+//! the host's capability bounds are refused and publish or store nothing;
+//! 1 000 namespaces start on the default instance pool and each answers;
+//! the server-wide instance limit refuses clearly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use prism_acceptance::pubsub::{Sub, subscribe_request};
+use prism_acceptance::pubsub::{Sub, publish_request, subscribe_request};
+use prism_acceptance::registry;
 use prism_acceptance::servers::RedisServer;
 use prism_acceptance::{TestServer, eventually, guest_component, pb, start};
 use tonic::Code;
@@ -466,5 +470,614 @@ slots = {{ kv = "mem" }}
     let mut b = t.kv("b");
     b.set(set("k", b"v")).await?;
     assert_eq!(b.get(get("k")).await?.into_inner().value, b"v");
+    t.stop().await
+}
+
+/// A refusal by the host's capability bound: `code`, `expected` in the
+/// message, and none of the pattern's own wording (its limits name the
+/// setting that raises them, "(setting max_…)").
+fn host_refused(
+    what: &str,
+    outcome: Option<tonic::Status>,
+    code: Code,
+    expected: &str,
+) -> anyhow::Result<()> {
+    let status = outcome.ok_or_else(|| anyhow::anyhow!("{what}: accepted, expected {code:?}"))?;
+    anyhow::ensure!(
+        status.code() == code && status.message().contains(expected),
+        "{what}: expected {code:?} with {expected:?}, got {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    anyhow::ensure!(
+        !status.message().contains("(setting"),
+        "{what}: refused by the pattern, not the host: {}",
+        status.message()
+    );
+    Ok(())
+}
+
+fn batch_message(payload: Vec<u8>) -> pb::BatchMessage {
+    pb::BatchMessage {
+        payload,
+        metadata: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_arguments_past_the_host_bounds_are_refused_and_publish_nothing()
+-> anyhow::Result<()> {
+    // The pattern's own limits are raised past the host's, so every case
+    // below reaches the host's pubsub capability, which is what refuses;
+    // the gRPC limit is raised too, so the server's decoder does not refuse
+    // first (96 MiB).
+    let t = start(
+        r#"
+[server]
+max_message_bytes = 100663296
+[backends.bus]
+type = "memstore"
+[namespaces.wide]
+pattern = "pubsub"
+slots = { pubsub = "bus" }
+limits = { call_deadline_ms = 20000, memory_limit_mib = 128 }
+[namespaces.wide.settings]
+max_batch = 20000
+max_payload_bytes = 67108864
+max_metadata_entries = 4096
+max_metadata_bytes = 4194304
+max_topic_bytes = 8192
+"#,
+    )
+    .await?;
+    let mut ps = t.pubsub("wide");
+    let mut sub = Sub::open(&mut ps, subscribe_request("t")).await?;
+
+    // 10 001 messages in one publish: host MAX_MESSAGES (10 000).
+    let batch = pb::PublishBatchRequest {
+        topic: "t".into(),
+        messages: (0..10_001).map(|_| batch_message(b"x".to_vec())).collect(),
+    };
+    host_refused(
+        "batch",
+        ps.publish_batch(batch).await.err(),
+        Code::InvalidArgument,
+        "10001 messages in one publish; the host accepts at most 10000",
+    )?;
+    // One payload over host MAX_PAYLOAD_BYTES (32 MiB).
+    host_refused(
+        "payload",
+        ps.publish(publish_request("t", &vec![1u8; (32 << 20) + 1]))
+            .await
+            .err(),
+        Code::InvalidArgument,
+        "message 0: payload is 33554433 bytes; the host limit is 33554432",
+    )?;
+    // 1 025 metadata entries: host MAX_METADATA_ENTRIES (1 024).
+    let mut many = publish_request("t", b"m");
+    many.metadata = (0..1025)
+        .map(|i| (format!("k{i:04}"), "v".into()))
+        .collect();
+    host_refused(
+        "metadata entries",
+        ps.publish(many).await.err(),
+        Code::InvalidArgument,
+        "message 0: metadata has 1025 entries, 6150 bytes; the host limits are 1024 entries, 1048576 bytes",
+    )?;
+    // One metadata value of 1 MiB: over host MAX_METADATA_BYTES with its key.
+    let mut heavy = publish_request("t", b"m");
+    heavy.metadata.insert("k".into(), "v".repeat(1 << 20));
+    host_refused(
+        "metadata bytes",
+        ps.publish(heavy).await.err(),
+        Code::InvalidArgument,
+        "message 0: metadata has 1 entries, 1048577 bytes",
+    )?;
+    // Three 22 MiB payloads, each within the per-message bound: 66 MiB in
+    // one call is over host MAX_PUBLISH_BYTES (64 MiB). The suite's client
+    // sends at most 64 MiB, so this one may send more.
+    let mut big = prism::pb::pub_sub_client::PubSubClient::with_interceptor(
+        t.channel(),
+        prism_acceptance::Namespace::new("wide"),
+    )
+    .max_encoding_message_size(128 << 20);
+    let batch = pb::PublishBatchRequest {
+        topic: "t".into(),
+        messages: (0..3).map(|_| batch_message(vec![2u8; 22 << 20])).collect(),
+    };
+    host_refused(
+        "publish bytes",
+        big.publish_batch(batch).await.err(),
+        Code::InvalidArgument,
+        "publish holds 69206016 bytes; the host accepts at most 67108864 per call",
+    )?;
+    // A topic over host MAX_TOPIC_BYTES (4 096), published and subscribed.
+    let giant_topic = "a".repeat(5000);
+    host_refused(
+        "topic (publish)",
+        ps.publish(publish_request(&giant_topic, b"m")).await.err(),
+        Code::InvalidArgument,
+        "topic is 5000 bytes; the host accepts 1 to 4096 bytes",
+    )?;
+    host_refused(
+        "topic (subscribe)",
+        ps.subscribe(subscribe_request(&giant_topic)).await.err(),
+        Code::InvalidArgument,
+        "topic is 5000 bytes; the host accepts 1 to 4096 bytes",
+    )?;
+
+    // Nothing reached the broker: the subscriber's first message is the
+    // one published after the refusals, and nothing else follows or was dropped.
+    ps.publish(publish_request("t", b"after")).await?;
+    let first = sub
+        .next(Duration::from_secs(10))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the message published after the refusals never came"))?;
+    anyhow::ensure!(first.payload == b"after", "a refused publish was delivered");
+    let more = sub.next(Duration::from_millis(300)).await?;
+    anyhow::ensure!(more.is_none(), "an extra message was delivered: {more:?}");
+    anyhow::ensure!(sub.dropped == 0, "{} messages were dropped", sub.dropped);
+    // No refused call left a subscription slot taken: only `sub` is open.
+    anyhow::ensure!(t.namespaces().get("wide")?.admission.load().1 == 1);
+    t.stop().await
+}
+
+fn register(identity: &str, metadata: serde_json::Value) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        identity: identity.into(),
+        metadata: Some(registry::map(metadata)),
+        ttl_ms: None,
+        replace: false,
+    }
+}
+
+async fn identities(reg: &mut prism_acceptance::RegClient) -> anyhow::Result<Vec<String>> {
+    let page = reg
+        .enumerate(pb::EnumerateRequest {
+            filter: Default::default(),
+            cursor: String::new(),
+            limit: 1000,
+        })
+        .await?
+        .into_inner();
+    let mut ids: Vec<String> = page.identities.into_iter().map(|i| i.identity).collect();
+    ids.sort();
+    Ok(ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_arguments_past_the_host_bounds_are_refused_and_store_nothing()
+-> anyhow::Result<()> {
+    // The pattern's limits are raised past the host's (max_identities stays
+    // low: the pattern hands it to the host, whose backend enforces it
+    // atomically), so the host's registry and pubsub capabilities refuse.
+    let t = start(
+        r#"
+[server]
+max_message_bytes = 50331648
+[backends.reg]
+type = "memstore"
+[backends.bus]
+type = "memstore"
+[namespaces.wide]
+pattern = "multicast-registry"
+slots = { registry = "reg", messaging = "bus" }
+limits = { call_deadline_ms = 20000, memory_limit_mib = 128 }
+[namespaces.wide.settings]
+max_identity_bytes = 8192
+max_metadata_bytes = 4194304
+max_ttl_ms = 1000000000000000
+max_payload_bytes = 67108864
+max_identities = 3
+"#,
+    )
+    .await?;
+    let mut reg = t.registry("wide");
+    reg.register(register("ok-1", serde_json::json!({"n": 1})))
+        .await?;
+
+    // An identity over host MAX_IDENTITY_BYTES (4 096), on every call that names one.
+    let giant = "x".repeat(5000);
+    let expected = "identity is 5000 bytes; the host accepts 1 to 4096 bytes";
+    host_refused(
+        "register giant identity",
+        reg.register(register(&giant, serde_json::json!({})))
+            .await
+            .err(),
+        Code::InvalidArgument,
+        expected,
+    )?;
+    host_refused(
+        "get giant identity",
+        reg.get(pb::GetIdentityRequest {
+            identity: giant.clone(),
+        })
+        .await
+        .err(),
+        Code::InvalidArgument,
+        expected,
+    )?;
+    host_refused(
+        "heartbeat giant identity",
+        reg.heartbeat(pb::HeartbeatRequest {
+            identity: giant.clone(),
+        })
+        .await
+        .err(),
+        Code::InvalidArgument,
+        expected,
+    )?;
+    // Its inbox topic is over the host's pubsub MAX_TOPIC_BYTES.
+    host_refused(
+        "listen giant identity",
+        reg.listen(pb::ListenRequest {
+            identity: giant.clone(),
+            buffer: 0,
+        })
+        .await
+        .err(),
+        Code::InvalidArgument,
+        "the host accepts 1 to 4096 bytes",
+    )?;
+    // Metadata over host MAX_METADATA_BYTES (1 MiB) as compact JSON.
+    host_refused(
+        "giant metadata",
+        reg.register(register(
+            "big-meta",
+            serde_json::json!({"blob": "m".repeat(1 << 20)}),
+        ))
+        .await
+        .err(),
+        Code::InvalidArgument,
+        "metadata is 1048587 bytes; the host limit is 1048576",
+    )?;
+    // A TTL over host MAX_TTL_MS (ten years).
+    let mut long = register("long-ttl", serde_json::json!({}));
+    long.ttl_ms = Some(315_360_000_001);
+    host_refused(
+        "ttl",
+        reg.register(long).await.err(),
+        Code::InvalidArgument,
+        "ttl must be 1 to 315360000000 ms",
+    )?;
+
+    // Multicasts the host's pubsub capability refuses (publish-each): a
+    // payload over MAX_PAYLOAD_BYTES, and more metadata entries than
+    // MAX_METADATA_ENTRIES (the pattern has no limit of its own on these).
+    let mut inbox = registry::Inbox::open(&mut reg, "ok-1").await?;
+    host_refused(
+        "multicast payload",
+        reg.multicast(pb::MulticastRequest {
+            filter: Default::default(),
+            payload: vec![3u8; (32 << 20) + 1],
+            metadata: Default::default(),
+        })
+        .await
+        .err(),
+        Code::InvalidArgument,
+        "payload is 33554433 bytes; the host limit is 33554432",
+    )?;
+    host_refused(
+        "multicast metadata",
+        reg.multicast(pb::MulticastRequest {
+            filter: Default::default(),
+            payload: b"m".to_vec(),
+            metadata: (0..2000)
+                .map(|i| (format!("k{i:04}"), "v".into()))
+                .collect(),
+        })
+        .await
+        .err(),
+        Code::InvalidArgument,
+        "the host limits are 1024 entries",
+    )?;
+    let sent = reg
+        .multicast(pb::MulticastRequest {
+            filter: Default::default(),
+            payload: b"after".to_vec(),
+            metadata: Default::default(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!((sent.target_count, sent.delivered_count), (1, 1));
+    let first = inbox
+        .next(Duration::from_secs(10))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the multicast after the refusals never came"))?;
+    anyhow::ensure!(
+        first.payload == b"after",
+        "a refused multicast was delivered"
+    );
+
+    // max_identities (3): the fourth new identity is RESOURCE_EXHAUSTED and
+    // not stored; replacing an existing one is not a new identity.
+    for id in ["ok-2", "ok-3"] {
+        reg.register(register(id, serde_json::json!({}))).await?;
+    }
+    let full = reg
+        .register(register("ok-4", serde_json::json!({})))
+        .await
+        .err();
+    anyhow::ensure!(
+        full.as_ref()
+            .is_some_and(|s| s.code() == Code::ResourceExhausted
+                && s.message()
+                    .contains("already holds its limit of 3 identities")),
+        "{full:?}"
+    );
+    let mut again = register("ok-1", serde_json::json!({"n": 2}));
+    again.replace = true;
+    reg.register(again).await?;
+
+    // Read back: only what was accepted is there.
+    assert_eq!(identities(&mut reg).await?, ["ok-1", "ok-2", "ok-3"]);
+    for id in ["big-meta", "long-ttl", "ok-4"] {
+        let got = reg
+            .get(pb::GetIdentityRequest {
+                identity: id.into(),
+            })
+            .await
+            .err()
+            .map(|s| s.code());
+        assert_eq!(got, Some(Code::NotFound), "{id} was stored");
+    }
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_listeners_count_against_the_subscription_quota() -> anyhow::Result<()> {
+    let t = start(&format!(
+        "{}[namespaces.devices.limits]\nmax_subscriptions = 2\n",
+        registry::registry_config(
+            "[backends.reg]\ntype = \"memstore\"\n[backends.bus]\ntype = \"memstore\"\n",
+            &["devices", "other"],
+            "",
+        )
+    ))
+    .await?;
+    let mut reg = t.registry("devices");
+    for id in ["d1", "d2", "d3"] {
+        reg.register(register(id, serde_json::json!({}))).await?;
+    }
+    let first = registry::Inbox::open(&mut reg, "d1").await?;
+    let mut second = registry::Inbox::open(&mut reg, "d2").await?;
+    let streams = |t: &TestServer| {
+        t.namespaces()
+            .get("devices")
+            .map(|n| n.admission.load().1)
+            .unwrap_or(0)
+    };
+    assert_eq!(streams(&t), 2);
+    // A third listener: over the quota, refused before the pattern runs.
+    let err = reg
+        .listen(pb::ListenRequest {
+            identity: "d3".into(),
+            buffer: 0,
+        })
+        .await
+        .err();
+    assert!(
+        err.as_ref()
+            .is_some_and(|s| s.code() == Code::ResourceExhausted
+                && s.message()
+                    .contains("max_subscriptions quota of 2 open subscriptions and listeners")
+                && s.message()
+                    .contains("namespaces.devices.limits.max_subscriptions")),
+        "{err:?}"
+    );
+    assert_eq!(streams(&t), 2, "the refused listener kept a slot");
+    // The quota is the namespace's own: another namespace still listens.
+    let mut other = t.registry("other");
+    let mut elsewhere = registry::Inbox::open(&mut other, "d3").await?;
+
+    // Closing a listener frees its slot once the server sees the stream end.
+    drop(first);
+    let mut third = None;
+    for _ in 0..250 {
+        match registry::Inbox::open(&mut reg, "d3").await {
+            Ok(inbox) => {
+                third = Some(inbox);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let mut third =
+        third.ok_or_else(|| anyhow::anyhow!("the closed listener's slot was never freed"))?;
+    assert_eq!(streams(&t), 2);
+    // Both live listeners are real: a multicast reaches each.
+    let sent = reg
+        .multicast(pb::MulticastRequest {
+            filter: Default::default(),
+            payload: b"hello".to_vec(),
+            metadata: Default::default(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(sent.delivered_count, 3);
+    for inbox in [&mut second, &mut third] {
+        let got = inbox.next(Duration::from_secs(10)).await?;
+        assert_eq!(got.map(|m| m.payload), Some(b"hello".to_vec()));
+    }
+    // The other namespace's listener of the same identity heard nothing.
+    let leaked = elsewhere.next(Duration::from_millis(300)).await?;
+    assert!(leaked.is_none(), "{leaked:?}");
+    t.stop().await
+}
+
+/// Sets until one is refused; the index and status of the refusal.
+async fn set_until_refused(
+    kv: &mut prism_acceptance::KvClient,
+    prefix: &str,
+    max: usize,
+) -> Option<(usize, tonic::Status)> {
+    for i in 0..max {
+        if let Err(status) = kv.set(set(&format!("{prefix}{i}"), b"v")).await {
+            return Some((i, status));
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_quota_in_runtime_limits_is_inherited_and_overridden() -> anyhow::Result<()> {
+    // `inherits` sets no limits; `burst8` sets only its burst (the rate
+    // stays the runtime's); `unlimited` turns the rate quota off (0).
+    let t = start(
+        r#"
+[runtime]
+limits = { requests_per_second = 1, burst = 4 }
+[backends.store]
+type = "memstore"
+[namespaces.inherits]
+pattern = "keyvalue"
+slots = { kv = "store" }
+[namespaces.burst8]
+pattern = "keyvalue"
+slots = { kv = "store" }
+limits = { burst = 8 }
+[namespaces.unlimited]
+pattern = "keyvalue"
+slots = { kv = "store" }
+limits = { requests_per_second = 0 }
+"#,
+    )
+    .await?;
+    for (ns, burst) in [("inherits", 4), ("burst8", 8)] {
+        let (at, status) = set_until_refused(&mut t.kv(ns), "r", 40)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("{ns}: no request was refused"))?;
+        // The burst, plus at most one token refilled meanwhile.
+        assert!((burst..=burst + 1).contains(&at), "{ns}: refused at {at}");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{ns}");
+        assert!(
+            status
+                .message()
+                .contains(&format!("requests_per_second quota (1/s, burst {burst})")),
+            "{ns}: {}",
+            status.message()
+        );
+        // The refused write did nothing.
+        let slot = t
+            .namespaces()
+            .get(ns)?
+            .keyvalue()?
+            .pool()
+            .slots()
+            .kv
+            .clone();
+        assert_eq!(slot.backend().get(&format!("{ns}/r{at}")).await?, None);
+        assert!(slot.backend().get(&format!("{ns}/r0")).await?.is_some());
+    }
+    let refused = set_until_refused(&mut t.kv("unlimited"), "r", 40).await;
+    assert!(refused.is_none(), "{refused:?}");
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_quota_in_runtime_limits_is_inherited_and_overridden() -> anyhow::Result<()> {
+    let t = start(
+        r#"
+[runtime]
+limits = { max_stored_keys = 2 }
+[backends.store]
+type = "memstore"
+[namespaces.inherits]
+pattern = "keyvalue"
+slots = { kv = "store" }
+[namespaces.own]
+pattern = "keyvalue"
+slots = { kv = "store" }
+limits = { max_stored_keys = 4 }
+[namespaces.unlimited]
+pattern = "keyvalue"
+slots = { kv = "store" }
+limits = { max_stored_keys = 0 }
+"#,
+    )
+    .await?;
+    for (ns, keys) in [("inherits", 2), ("own", 4)] {
+        let mut kv = t.kv(ns);
+        let (at, status) = set_until_refused(&mut kv, "k", 20)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("{ns}: no write was refused"))?;
+        assert_eq!(at, keys, "{ns}");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{ns}");
+        assert!(
+            status
+                .message()
+                .contains(&format!("max_stored_keys quota ({keys} keys)")),
+            "{ns}: {}",
+            status.message()
+        );
+        assert_eq!(
+            kv.get(get(&format!("k{at}"))).await.err().map(|s| s.code()),
+            Some(Code::NotFound),
+            "{ns}: the refused key was stored"
+        );
+    }
+    let refused = set_until_refused(&mut t.kv("unlimited"), "k", 20).await;
+    assert!(refused.is_none(), "{refused:?}");
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_quota_in_runtime_limits_is_inherited_and_overridden() -> anyhow::Result<()> {
+    let t = start(&format!(
+        r#"
+[runtime]
+limits = {{ max_concurrent_calls = 1, call_deadline_ms = 1500 }}
+[backends.mem]
+type = "memstore"
+[namespaces.one]
+pattern = {faulty:?}
+slots = {{ kv = "mem" }}
+[namespaces.three]
+pattern = {faulty:?}
+slots = {{ kv = "mem" }}
+limits = {{ max_concurrent_calls = 3 }}
+"#,
+        faulty = guest_component("test_faulty").display().to_string()
+    ))
+    .await?;
+    // One sleeping call in `one`, two in `three`, all held to the deadline.
+    let mut held = Vec::new();
+    for (ns, n) in [("one", 1), ("three", 2)] {
+        for _ in 0..n {
+            let mut kv = t.kv(ns);
+            held.push(tokio::spawn(
+                async move { kv.get(get("fault:sleep")).await },
+            ));
+        }
+    }
+    let t_ref = &t;
+    anyhow::ensure!(
+        eventually(Duration::from_secs(10), || async move {
+            busy(t_ref, "one") >= 1 && busy(t_ref, "three") >= 2
+        })
+        .await,
+        "the sleeping calls never started"
+    );
+    // `one` inherited the runtime's quota of 1: refused at once.
+    let err = t.kv("one").get(get("k")).await.err();
+    assert!(
+        err.as_ref()
+            .is_some_and(|s| s.code() == Code::ResourceExhausted
+                && s.message().contains("max_concurrent_calls quota of 1")),
+        "{err:?}"
+    );
+    // `three` overrides it: a third call is admitted and answered.
+    assert_eq!(
+        t.kv("three").get(get("k")).await.err().map(|s| s.code()),
+        Some(Code::NotFound)
+    );
+    for h in held {
+        let outcome = h.await?.err().map(|s| s.code());
+        assert_eq!(
+            outcome,
+            Some(Code::Internal),
+            "a held call did not hit its deadline"
+        );
+    }
     t.stop().await
 }

@@ -328,3 +328,119 @@ fn panic_message(stderr: &str) -> String {
     }
     String::new()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemStore;
+    use crate::capability::kv::KvSlot;
+    use crate::config::{MemStoreConfig, RuntimeConfig};
+    use crate::runtime::bindings::Keyvalue;
+    use crate::runtime::{KeyValueRuntime, Runtime, builtin};
+
+    const MEMORY: usize = 64 << 20;
+
+    /// A KeyValue pool over a MemStore, as a namespace's version builds it.
+    fn keyvalue_pool(
+        runtime: &Runtime,
+        idle_instances: u32,
+    ) -> anyhow::Result<Arc<PatternPool<Keyvalue>>> {
+        let bytes = builtin::builtin("keyvalue").ok_or_else(|| anyhow::anyhow!("no keyvalue"))?;
+        let component = runtime.load(bytes, "keyvalue")?;
+        let pre =
+            runtime.prepare::<Keyvalue>(&runtime.link(&component, "keyvalue")?, "keyvalue")?;
+        let limits = InstanceLimits {
+            memory_bytes: MEMORY,
+            call_deadline: Duration::from_secs(5),
+            max_instances: 8,
+            compute_slots: 1,
+            idle_instances,
+        };
+        let slots = Slots {
+            kv: KvSlot::new(
+                "trim",
+                MemStore::new("mem", &MemStoreConfig::default()),
+                None,
+                None,
+            ),
+            ..Slots::default()
+        };
+        Ok(Arc::new(PatternPool::new(
+            "trim",
+            pre,
+            limits,
+            Vec::new(),
+            slots,
+            None,
+        )))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trim_drops_instances_idle_past_the_ttl_down_to_idle_instances() -> anyhow::Result<()> {
+        let cache = tempfile::tempdir()?;
+        let config = RuntimeConfig {
+            total_instances: 16,
+            cache_dir: Some(cache.path().to_path_buf()),
+            background_threads: 0,
+            ..RuntimeConfig::default()
+        };
+        let runtime = Runtime::new(&config, MEMORY)?;
+        let pool = keyvalue_pool(&runtime, 1)?;
+        // Two instances that will go stale, then three fresh ones (the pool
+        // grew under load; start-up warm-up uses the same idle list).
+        for _ in 0..2 {
+            pool.add_idle(pool.instantiate().await?);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        for _ in 0..3 {
+            pool.add_idle(pool.instantiate().await?);
+        }
+        assert_eq!(pool.stats().idle, 5);
+
+        // Nothing has been idle for the server's real TTL yet.
+        assert_eq!(pool.trim(IDLE_TTL), 0);
+        assert_eq!(pool.stats().idle, 5);
+        // With a 100 ms TTL only the two stale ones go: the fresh ones stay
+        // although there are more of them than idle_instances.
+        assert_eq!(pool.trim(Duration::from_millis(100)), 2);
+        assert_eq!(pool.stats().idle, 3);
+        // Once those are stale too, the pool shrinks to idle_instances (1)…
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(pool.trim(Duration::from_millis(100)), 2);
+        assert_eq!(pool.stats().idle, 1);
+        // …and never below it.
+        assert_eq!(pool.trim(Duration::ZERO), 0);
+        assert_eq!(pool.stats().idle, 1);
+
+        // The instance kept warm serves the next calls; none is created.
+        let kv = KeyValueRuntime::new(pool.clone());
+        kv.set("k".into(), b"v".to_vec(), None).await?;
+        assert_eq!(kv.get("k".into()).await?, b"v");
+        let stats = pool.stats();
+        assert_eq!((stats.instantiated, stats.idle, stats.busy), (5, 1, 0));
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trim_keeps_every_idle_instance_when_idle_instances_covers_them() -> anyhow::Result<()>
+    {
+        let cache = tempfile::tempdir()?;
+        let config = RuntimeConfig {
+            total_instances: 16,
+            cache_dir: Some(cache.path().to_path_buf()),
+            background_threads: 0,
+            ..RuntimeConfig::default()
+        };
+        let runtime = Runtime::new(&config, MEMORY)?;
+        let pool = keyvalue_pool(&runtime, 3)?;
+        for _ in 0..4 {
+            pool.add_idle(pool.instantiate().await?);
+        }
+        // All stale: one goes, idle_instances (3) stay.
+        assert_eq!(pool.trim(Duration::ZERO), 1);
+        assert_eq!(pool.stats().idle, 3);
+        assert_eq!(pool.trim(Duration::ZERO), 0);
+        assert_eq!(pool.stats().idle, 3);
+        Ok(())
+    }
+}
