@@ -5,7 +5,8 @@
 //! not cover the call are PERMISSION_DENIED with nothing written; ES256
 //! works; the issuer rotating its keys, or being down and coming back,
 //! needs no Prism restart; health and reflection need no token; a stream
-//! ends when its token expires.
+//! ends when its token expires; Admin calls need an admin grant on the
+//! namespace they act on.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -478,5 +479,430 @@ async fn health_needs_no_token_and_streams_end_when_their_token_expires() -> any
         "{}",
         ended.message()
     );
+    t.stop().await
+}
+
+/// An Admin request carrying `token`.
+fn admin_request<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut r = Request::new(message);
+    if let Some(token) = token
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        r.metadata_mut().insert("authorization", value);
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_an_admin_grant_on_their_namespace() -> anyhow::Result<()> {
+    use prism::pb::admin_client::AdminClient;
+    let issuer = Issuer::start(None).await?;
+    let state = tempfile::tempdir()?;
+    let t = start(&format!(
+        "{}\n[admin]\nstate_dir = {:?}\n",
+        config(&issuer),
+        state.path().display().to_string()
+    ))
+    .await?;
+    let rs = issuer.key("RS256")?;
+    let token = |grants: &[&str]| mint(&rs, Algorithm::RS256, &rs.kid, &claims(&issuer, grants));
+    let orders_admin = token(&["orders:admin"])?;
+    let orders_data = token(&["orders"])?;
+    let all_admin = token(&["*:admin"])?;
+    let admin = AdminClient::new(t.channel());
+    let get_ns = |token: Option<String>, name: &str| {
+        let mut admin = admin.clone();
+        let request = admin_request(
+            pb::GetNamespaceRequest { name: name.into() },
+            token.as_deref(),
+        );
+        async move { admin.get_namespace(request).await.map(|r| r.into_inner()) }
+    };
+
+    // No token: the auth layer refuses before Admin sees the call.
+    let refused = get_ns(None, "orders").await.err().map(|s| s.code());
+    assert_eq!(refused, Some(Code::Unauthenticated));
+    // Data grants do not administer.
+    expect(
+        get_ns(Some(orders_data.clone()), "orders").await.map(drop),
+        Code::PermissionDenied,
+        "it needs 'orders:admin'",
+        &orders_data,
+        "data grant administering",
+    );
+    // orders:admin administers orders, and only orders.
+    let info = get_ns(Some(orders_admin.clone()), "orders").await?;
+    assert_eq!(info.name, "orders");
+    assert_eq!(info.pattern.map(|p| p.world).as_deref(), Some("keyvalue"));
+    expect(
+        get_ns(Some(orders_admin.clone()), "users").await.map(drop),
+        Code::PermissionDenied,
+        "it needs 'users:admin'",
+        &orders_admin,
+        "admin of another namespace",
+    );
+    let listed = admin
+        .clone()
+        .list_namespaces(admin_request(
+            pb::ListNamespacesRequest {},
+            Some(&orders_admin),
+        ))
+        .await?
+        .into_inner();
+    let names: Vec<String> = listed.namespaces.into_iter().map(|n| n.name).collect();
+    assert_eq!(
+        names,
+        vec!["orders".to_string()],
+        "listing shows only what it administers"
+    );
+    // A refused change changes nothing.
+    let delete = |token: &str, name: &str| {
+        let mut admin = admin.clone();
+        let request = admin_request(
+            pb::DeleteNamespaceRequest {
+                name: name.into(),
+                purge: false,
+            },
+            Some(token),
+        );
+        async move { admin.delete_namespace(request).await.map(drop) }
+    };
+    expect(
+        delete(&orders_admin, "users").await,
+        Code::PermissionDenied,
+        "it needs 'users:admin'",
+        &orders_admin,
+        "deleting another namespace",
+    );
+    let all = issuer.token("prism-test-all", "urn:prism").await?;
+    set(&t, "users", Some(&all), "still-here").await?;
+    assert_eq!(get(&t, "users", Some(&all), "still-here").await?, b"v");
+    // Admin does not imply data access.
+    expect(
+        get(&t, "orders", Some(&orders_admin), "k").await.map(drop),
+        Code::PermissionDenied,
+        "may not read namespace 'orders'",
+        &orders_admin,
+        "admin grant reading data",
+    );
+    // *:admin creates a namespace; a token that administers it (not data) can't use it.
+    let created = admin
+        .clone()
+        .create_namespace(admin_request(
+            pb::CreateNamespaceRequest {
+                name: "fresh".into(),
+                pattern: "keyvalue".into(),
+                slots: [("kv".to_string(), "mem".to_string())].into(),
+                settings: Default::default(),
+                limits: Default::default(),
+            },
+            Some(&all_admin),
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(created.source, "admin");
+    set(&t, "fresh", Some(&all), "made").await?;
+    assert_eq!(get(&t, "fresh", Some(&all), "made").await?, b"v");
+    // The namespace admin deletes its own.
+    delete(&all_admin, "fresh").await?;
+    let gone = get(&t, "fresh", Some(&all), "made")
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(gone, Some(Code::NotFound));
+    t.stop().await
+}
+
+/// A KeyValue write of each kind (set, batch set, delete, batch delete).
+async fn write(t: &TestServer, ns: &str, token: &str, kind: &str, key: &str) -> Result<(), Status> {
+    let mut kv = KeyValueClient::new(t.channel());
+    let token = Some(token);
+    match kind {
+        "set" => set(t, ns, token, key).await,
+        "batch_set" => kv
+            .batch_set(request(
+                pb::BatchSetRequest {
+                    entries: vec![pb::SetRequest {
+                        key: key.into(),
+                        value: b"v".to_vec(),
+                        ttl_ms: None,
+                    }],
+                },
+                ns,
+                token,
+            ))
+            .await
+            .map(drop),
+        "delete" => kv
+            .delete(request(pb::DeleteRequest { key: key.into() }, ns, token))
+            .await
+            .map(drop),
+        _ => kv
+            .batch_delete(request(
+                pb::BatchDeleteRequest {
+                    keys: vec![key.into()],
+                },
+                ns,
+                token,
+            ))
+            .await
+            .map(drop),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_namespace_without_a_grant_write_nothing() -> anyhow::Result<()> {
+    let issuer = Issuer::start(None).await?;
+    let t = start(&config(&issuer)).await?;
+    let all = issuer.token("prism-test-all", "urn:prism").await?;
+    let rs = issuer.key("RS256")?;
+    let users_reader = mint(
+        &rs,
+        Algorithm::RS256,
+        &rs.kid,
+        &claims(&issuer, &["users:read"]),
+    )?;
+    set(&t, "users", Some(&all), "kept").await?;
+    let tokens = [
+        (
+            "orders",
+            issuer.token("prism-test-orders", "urn:prism").await?,
+        ),
+        (
+            "orders:read",
+            issuer.token("prism-test-orders-read", "urn:prism").await?,
+        ),
+        (
+            "no grants",
+            issuer.token("prism-test-none", "urn:prism").await?,
+        ),
+        (
+            "*:admin",
+            issuer.token("prism-test-admin", "urn:prism").await?,
+        ),
+    ];
+    for (grants, token) in &tokens {
+        for kind in ["set", "batch_set"] {
+            expect(
+                write(&t, "users", token, kind, &format!("{kind}-{grants}")).await,
+                Code::PermissionDenied,
+                "may not write namespace 'users'",
+                token,
+                &format!("{kind} with {grants}"),
+            );
+        }
+        for kind in ["delete", "batch_delete"] {
+            expect(
+                write(&t, "users", token, kind, "kept").await,
+                Code::PermissionDenied,
+                "may not write namespace 'users'",
+                token,
+                &format!("{kind} with {grants}"),
+            );
+        }
+    }
+    // Read back with a token that may only read users: nothing was written,
+    // nothing was deleted.
+    for (grants, _) in &tokens {
+        for kind in ["set", "batch_set"] {
+            let written = get(
+                &t,
+                "users",
+                Some(&users_reader),
+                &format!("{kind}-{grants}"),
+            )
+            .await;
+            assert_eq!(
+                written.err().map(|s| s.code()),
+                Some(Code::NotFound),
+                "a refused {kind} with {grants} was written"
+            );
+        }
+    }
+    assert_eq!(
+        get(&t, "users", Some(&users_reader), "kept").await?,
+        b"v",
+        "a refused delete deleted"
+    );
+    // The reader itself cannot write either.
+    expect(
+        set(&t, "users", Some(&users_reader), "by-reader").await,
+        Code::PermissionDenied,
+        "may not write namespace 'users' (its grants: users:read)",
+        &users_reader,
+        "read grant writing",
+    );
+    assert_eq!(
+        get(&t, "users", Some(&all), "by-reader")
+            .await
+            .err()
+            .map(|s| s.code()),
+        Some(Code::NotFound)
+    );
+
+    // PubSub: a refused publish reaches no subscriber; the next allowed one
+    // is the first thing the subscriber sees.
+    let events_reader = mint(
+        &rs,
+        Algorithm::RS256,
+        &rs.kid,
+        &claims(&issuer, &["events:read"]),
+    )?;
+    let mut stream = PubSubClient::new(t.channel())
+        .subscribe(request(
+            pb::SubscribeRequest {
+                topic: "t".into(),
+                ..Default::default()
+            },
+            "events",
+            Some(&events_reader),
+        ))
+        .await?
+        .into_inner();
+    stream.message().await?; // subscribed
+    let publish = |token: &str, payload: &[u8]| {
+        let mut client = PubSubClient::new(t.channel());
+        let message = request(
+            pb::PublishRequest {
+                topic: "t".into(),
+                payload: payload.to_vec(),
+                metadata: Default::default(),
+            },
+            "events",
+            Some(token),
+        );
+        async move { client.publish(message).await.map(drop) }
+    };
+    for (grants, token) in &tokens {
+        expect(
+            publish(token, grants.as_bytes()).await,
+            Code::PermissionDenied,
+            "may not write namespace 'events'",
+            token,
+            &format!("publish with {grants}"),
+        );
+    }
+    expect(
+        publish(&events_reader, b"by-reader").await,
+        Code::PermissionDenied,
+        "may not write namespace 'events'",
+        &events_reader,
+        "publish with events:read",
+    );
+    publish(&all, b"allowed").await?;
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let Some(reply) = stream.message().await? else {
+                return Err(Status::aborted("the subscription ended"));
+            };
+            if let Some(pb::subscribe_response::Event::Messages(batch)) = reply.event
+                && let Some(message) = batch.messages.into_iter().next()
+            {
+                return Ok::<_, Status>(message.payload);
+            }
+        }
+    })
+    .await??;
+    assert_eq!(first, b"allowed", "a refused publish was delivered");
+    t.stop().await
+}
+
+/// Config trusting each of `issuers` as an `[[auth.issuers]]` entry.
+fn multi_issuer_config(issuers: &[&Issuer]) -> String {
+    let mut toml = String::from("[auth]\nmode = \"jwt\"\nleeway_secs = 5\njwks_refetch_secs = 1\n");
+    for issuer in issuers {
+        toml.push_str(&format!(
+            "\n[[auth.issuers]]\nissuer = \"{}\"\naudience = \"prism\"\n",
+            issuer.url
+        ));
+    }
+    toml.push_str(
+        r#"
+[backends.mem]
+type = "memstore"
+
+[namespaces.orders]
+pattern = "keyvalue"
+slots = { kv = "mem" }
+
+[namespaces.users]
+pattern = "keyvalue"
+slots = { kv = "mem" }
+"#,
+    );
+    toml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_issuers_are_trusted_each_within_its_grants() -> anyhow::Result<()> {
+    let first = Issuer::start(None).await?;
+    let second = Issuer::start(None).await?;
+    let third = Issuer::start(None).await?;
+    let t = start(&multi_issuer_config(&[&first, &second])).await?;
+
+    // The first issuer: "orders" writes and reads orders, and only orders.
+    let orders = first.token("prism-test-orders", "urn:prism").await?;
+    set(&t, "orders", Some(&orders), "from-first").await?;
+    assert_eq!(get(&t, "orders", Some(&orders), "from-first").await?, b"v");
+    expect(
+        set(&t, "users", Some(&orders), "from-first").await,
+        Code::PermissionDenied,
+        "may not write namespace 'users' (its grants: orders)",
+        &orders,
+        "first issuer, other namespace",
+    );
+    // The second issuer: "*" everywhere; "orders:read" reads what the first wrote.
+    let all = second.token("prism-test-all", "urn:prism").await?;
+    set(&t, "users", Some(&all), "from-second").await?;
+    assert_eq!(get(&t, "users", Some(&all), "from-second").await?, b"v");
+    let reader = second.token("prism-test-orders-read", "urn:prism").await?;
+    assert_eq!(get(&t, "orders", Some(&reader), "from-first").await?, b"v");
+    expect(
+        set(&t, "orders", Some(&reader), "by-reader").await,
+        Code::PermissionDenied,
+        "may not write namespace 'orders' (its grants: orders:read)",
+        &reader,
+        "second issuer, read grant writing",
+    );
+
+    // A third issuer, not in the config: refused whatever its grants.
+    let stranger = third.token("prism-test-all", "urn:prism").await?;
+    expect(
+        set(&t, "orders", Some(&stranger), "from-third").await,
+        Code::Unauthenticated,
+        "not trusted",
+        &stranger,
+        "untrusted third issuer",
+    );
+    expect(
+        get(&t, "orders", Some(&stranger), "from-first")
+            .await
+            .map(drop),
+        Code::Unauthenticated,
+        "not trusted",
+        &stranger,
+        "untrusted third issuer reading",
+    );
+    // One trusted issuer's key does not vouch for the other: a token
+    // claiming the second issuer but signed with the first's key.
+    let key = first.key("RS256")?;
+    let crossed = mint(&key, Algorithm::RS256, &key.kid, &claims(&second, &["*"]))?;
+    expect(
+        set(&t, "orders", Some(&crossed), "crossed").await,
+        Code::Unauthenticated,
+        &format!("the issuer {} has no signing key", second.url),
+        &crossed,
+        "first issuer's key, second issuer's name",
+    );
+    for refused in ["from-third", "crossed", "by-reader"] {
+        assert_eq!(
+            get(&t, "orders", Some(&all), refused)
+                .await
+                .err()
+                .map(|s| s.code()),
+            Some(Code::NotFound),
+            "a refused write of {refused} was written"
+        );
+    }
     t.stop().await
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use prism::pb::key_value_client::KeyValueClient;
 use prism::pb::pub_sub_client::PubSubClient;
 use prism_acceptance::binary::{PrismProcess, run};
-use prism_acceptance::{Namespace, pb};
+use prism_acceptance::{Namespace, eventually, pb};
 use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -171,5 +171,52 @@ async fn startup_errors_name_file_and_field_and_exit_2() -> anyhow::Result<()> {
         "{}",
         out.stderr
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_says_once_at_startup_that_authentication_is_off() -> anyhow::Result<()> {
+    const AUTH_OFF: &str = "auth mode is none: any caller reaches any namespace";
+    let prism = PrismProcess::start(&["dev", "--listen", "127.0.0.1:0"]).await?;
+    // Said at start-up, before any request.
+    let said = eventually(Duration::from_secs(10), || {
+        let stderr = prism.stderr();
+        async move { stderr.contains(AUTH_OFF) }
+    })
+    .await;
+    assert!(said, "no {AUTH_OFF:?} on stderr:\n{}", prism.stderr());
+    // Calls without a token are served, and do not repeat it.
+    let ch = channel(prism.addr).await?;
+    let mut kv = KeyValueClient::new(ch.clone());
+    for i in 0..5 {
+        kv.set(pb::SetRequest {
+            key: format!("k{i}"),
+            value: b"v".to_vec(),
+            ttl_ms: None,
+        })
+        .await?;
+        kv.get(pb::GetRequest {
+            key: format!("k{i}"),
+        })
+        .await?;
+    }
+    PubSubClient::with_interceptor(ch, Namespace::new("events"))
+        .publish(pb::PublishRequest {
+            topic: "t".into(),
+            payload: b"p".to_vec(),
+            metadata: Default::default(),
+        })
+        .await?;
+    let (status, stderr) = prism.terminate_with_stderr(WAIT).await?;
+    assert!(status.success(), "prism dev exited with {status}");
+    let said: Vec<&str> = stderr.lines().filter(|l| l.contains(AUTH_OFF)).collect();
+    assert_eq!(said.len(), 1, "said {} times:\n{stderr}", said.len());
+    assert!(said[0].contains("WARN"), "not a warning: {}", said[0]);
+    assert!(
+        said[0].contains("set [auth] mode = \"jwt\" for production"),
+        "{}",
+        said[0]
+    );
+    assert!(!stderr.contains("auth mode is jwt"), "{stderr}");
     Ok(())
 }

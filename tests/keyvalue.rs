@@ -119,7 +119,7 @@ async fn bad_patterns_and_settings_fail_startup_naming_the_field() -> anyhow::Re
         (
             memstore_config(&[("x", &empty_component.display().to_string())]),
             "namespaces.x.pattern",
-            "does not fit the prism:pattern/keyvalue world",
+            "fits none of Prism's pattern worlds (prism:pattern/keyvalue: ",
         ),
         (
             memstore_config(&[("x", "/no/such/pattern.wasm")]),
@@ -397,5 +397,65 @@ async fn errors_never_echo_unbounded_input() -> anyhow::Result<()> {
     let status = t.kv("default").set(set(&key, b"v", None)).await.err();
     let message = status.map(|s| s.message().to_string()).unwrap_or_default();
     assert!(message.len() < 300, "{} bytes echoed", message.len());
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_slots_on_the_wrong_backend_fail_startup_naming_the_slot() -> anyhow::Result<()> {
+    // Nothing listens on port 1: the slot check must not need the server.
+    let backends = "[backends.mem]\ntype = \"memstore\"\n\n[backends.bus]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:1\"\n";
+    let devices = |slots: &str| {
+        format!(
+            "{backends}\n[namespaces.devices]\npattern = \"multicast-registry\"\nslots = {{ {slots} }}\n"
+        )
+    };
+    let cases = [
+        (
+            devices("registry = \"bus\", messaging = \"bus\""),
+            "namespaces.devices.slots.registry",
+            "backend 'bus' cannot serve a registry slot, which needs registry (it serves: pubsub)",
+        ),
+        (
+            devices("registry = \"bus\", messaging = \"mem\""),
+            "namespaces.devices.slots.registry",
+            "backend 'bus' cannot serve a registry slot",
+        ),
+        // Every backend type serves pubsub, so a messaging slot can only be
+        // bound to a backend that does not exist.
+        (
+            devices("registry = \"mem\", messaging = \"cache\""),
+            "namespaces.devices.slots.messaging",
+            "backend 'cache' is not defined under [backends] (defined: bus, mem)",
+        ),
+        // A messaging slot on a pattern that has none.
+        (
+            "[backends.mem]\ntype = \"memstore\"\n\n[namespaces.devices]\npattern = \"keyvalue\"\nslots = { kv = \"mem\", messaging = \"mem\" }\n".to_string(),
+            "namespaces.devices.slots.messaging",
+            "the keyvalue pattern has no such slot (it uses: kv)",
+        ),
+    ];
+    for (config, field, expected) in cases {
+        let err = match start(&config).await {
+            Ok(t) => {
+                t.stop().await?;
+                anyhow::bail!("config started but should fail with {expected:?}:\n{config}");
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            err.contains(&format!("{field}: ")),
+            "error does not name the field {field}: {err}"
+        );
+        assert!(err.contains(expected), "expected {expected:?} in: {err}");
+        assert!(
+            !err.contains("127.0.0.1:1"),
+            "the check tried the NATS server: {err}"
+        );
+    }
+    // The same namespace with both slots on backends that serve them starts.
+    let t = start(
+        "[backends.mem]\ntype = \"memstore\"\n\n[namespaces.devices]\npattern = \"multicast-registry\"\nslots = { registry = \"mem\", messaging = \"mem\" }\n",
+    )
+    .await?;
     t.stop().await
 }

@@ -421,7 +421,7 @@ async fn components_that_do_not_fit_are_refused_at_load() -> anyhow::Result<()> 
         ("test_bad_import", "test:hostile/spy"),
         (
             "test_wrong_world",
-            "does not fit the prism:pattern/keyvalue world",
+            "fits none of Prism's pattern worlds (prism:pattern/keyvalue: ",
         ),
     ] {
         let config = format!(

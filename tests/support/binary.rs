@@ -6,11 +6,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
 pub fn prism_bin() -> PathBuf {
     std::env::var_os("PRISM_BIN")
@@ -48,6 +51,9 @@ pub async fn run(args: &[&str], within: Duration) -> anyhow::Result<Finished> {
 pub struct PrismProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// What it has written to stderr so far (drained by a task of its own).
+    stderr: Arc<Mutex<String>>,
+    stderr_drain: Option<JoinHandle<()>>,
 }
 
 impl PrismProcess {
@@ -81,12 +87,31 @@ impl PrismProcess {
         };
         let addr = addr.trim().parse()?;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        // stderr is drained too, so logging can never block the server.
-        if let Some(stderr) = child.stderr.take() {
+        // stderr is drained too, so logging can never block the server; it
+        // is kept for tests of what the server logs.
+        let collected = Arc::new(Mutex::new(String::new()));
+        let stderr_drain = child.stderr.take().map(|stderr| {
+            let collected = collected.clone();
             let mut lines = BufReader::new(stderr).lines();
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        }
-        Ok(PrismProcess { child, addr })
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut text = collected.lock();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            })
+        });
+        Ok(PrismProcess {
+            child,
+            addr,
+            stderr: collected,
+            stderr_drain,
+        })
+    }
+
+    /// What the process has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().clone()
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -111,5 +136,23 @@ impl PrismProcess {
         Ok(tokio::time::timeout(within, self.child.wait())
             .await
             .context("prism did not exit after SIGTERM")??)
+    }
+
+    /// SIGTERM, then the exit status and everything it wrote to stderr
+    /// (read to its end; bounded by `within`).
+    pub async fn terminate_with_stderr(
+        mut self,
+        within: Duration,
+    ) -> anyhow::Result<(ExitStatus, String)> {
+        self.signal("TERM").await?;
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .context("prism did not exit after SIGTERM")??;
+        if let Some(drain) = self.stderr_drain.take() {
+            tokio::time::timeout(within, drain)
+                .await
+                .context("prism's stderr did not end after it exited")??;
+        }
+        Ok((status, self.stderr()))
     }
 }
