@@ -1013,3 +1013,81 @@ async fn the_cli_walks_scaffold_to_deploy_canary_promote_and_rollback() -> anyho
     ensure!(status.success(), "prism dev exited with {status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_saved_canary_that_no_longer_starts_does_not_keep_the_server_down() -> anyhow::Result<()>
+{
+    let two = v2().await?.clone();
+    let state = tempfile::tempdir()?;
+    let config = admin_config(
+        "[backends.store]\ntype = \"memstore\"\n",
+        state.path(),
+        "\n[namespaces.default]\npattern = \"keyvalue\"\nslots = { kv = \"store\" }\n",
+    );
+    let server = start(&config).await?;
+    let mut admin = admin_client(&server);
+    let digest = upload(&mut admin, &two).await?.digest;
+    admin
+        .deploy_pattern(deploy("default", &digest, 50, false))
+        .await?;
+    server.stop().await?;
+    // The canary's component is gone (a lost disk, a hand-edited state dir).
+    let mut removed = 0;
+    for entry in walk(state.path())? {
+        if entry
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy() == format!("{digest}.wasm"))
+        {
+            std::fs::remove_file(&entry)?;
+            removed += 1;
+        }
+    }
+    ensure!(
+        removed == 1,
+        "the uploaded component was not in the state dir"
+    );
+
+    let server = start(&config).await?;
+    let mut admin = admin_client(&server);
+    let info = admin
+        .get_namespace(pb::GetNamespaceRequest {
+            name: "default".into(),
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        info.rollout.is_none(),
+        "the broken canary still routes: {info:?}"
+    );
+    let mut kv = server.kv("default");
+    for _ in 0..10 {
+        ensure!(
+            code(get(&mut kv, VERSION_KEY).await) == Code::NotFound,
+            "a call did not run on the built-in primary"
+        );
+    }
+    server.stop().await?;
+    // The drop was recorded: the next start does not meet it again.
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.path().join("state.json"))?)?;
+    ensure!(
+        kept["namespaces"]["default"]["rollout"].is_null()
+            && kept["namespaces"]["default"].is_object(),
+        "{kept}"
+    );
+    Ok(())
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(walk(&path)?);
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}

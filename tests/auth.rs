@@ -577,6 +577,41 @@ async fn admin_calls_need_an_admin_grant_on_their_namespace() -> anyhow::Result<
     let all = issuer.token("prism-test-all", "urn:prism").await?;
     set(&t, "users", Some(&all), "still-here").await?;
     assert_eq!(get(&t, "users", Some(&all), "still-here").await?, b"v");
+    // Limits decide how much of the server a tenant takes: *:admin only.
+    let raise = |token: &str| {
+        let mut admin = admin.clone();
+        let request = admin_request(
+            pb::UpdateNamespaceRequest {
+                name: "orders".into(),
+                limits: [("max_instances".to_string(), "4000".to_string())].into(),
+                ..Default::default()
+            },
+            Some(token),
+        );
+        async move {
+            admin
+                .update_namespace(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    expect(
+        raise(&orders_admin).await.map(drop),
+        Code::PermissionDenied,
+        "'*:admin' to set the limits of 'orders'",
+        &orders_admin,
+        "namespace admin raising its limits",
+    );
+    let unchanged = get_ns(Some(orders_admin.clone()), "orders").await?;
+    assert_eq!(
+        unchanged.limits.get("max_instances").map(String::as_str),
+        Some("128")
+    );
+    let raised = raise(&all_admin).await?;
+    assert_eq!(
+        raised.limits.get("max_instances").map(String::as_str),
+        Some("4000")
+    );
     // Admin does not imply data access.
     expect(
         get(&t, "orders", Some(&orders_admin), "k").await.map(drop),

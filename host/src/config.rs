@@ -673,7 +673,9 @@ impl Config {
         name: &str,
         ns: &NamespaceConfig,
     ) -> Result<(), (String, String)> {
-        check_name(name).map_err(|m| (format!("namespaces.{name}"), m))?;
+        // Names, slots and keys come from Admin requests too: quote them shortened.
+        use crate::namespace::shorten;
+        check_name(name).map_err(|m| (format!("namespaces.{}", shorten(name)), m))?;
         if ns.pattern.trim().is_empty() {
             return Err((
                 format!("namespaces.{name}.pattern"),
@@ -687,6 +689,7 @@ impl Config {
             ));
         }
         for (slot, backend) in &ns.slots {
+            let (slot, backend) = (&shorten(slot), &shorten(backend));
             let Some(config) = self.backends.get(backend) else {
                 let known: Vec<&str> = self.backends.keys().map(String::as_str).collect();
                 return Err((
@@ -715,6 +718,7 @@ impl Config {
             }
         }
         for (key, value) in &ns.settings {
+            let key = shorten(key);
             if setting_string(value).is_none() {
                 return Err((
                     format!("namespaces.{name}.settings.{key}"),
@@ -850,7 +854,8 @@ fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "name '{name}' must be 1-64 characters of ASCII letters, digits, '-', '_' or '.'"
+            "name '{}' must be 1-64 characters of ASCII letters, digits, '-', '_' or '.'",
+            crate::namespace::shorten(name)
         ))
     }
 }

@@ -91,6 +91,9 @@ impl PatternStore {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, &path)?;
+        // The rename is durable only once the directory is: state.json,
+        // written next, must never name a component a crash lost.
+        std::fs::File::open(dir)?.sync_all()
     }
 }

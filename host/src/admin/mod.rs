@@ -38,6 +38,9 @@ pub enum AdminError {
     /// The state directory could not be written: nothing was changed.
     #[error("{0}")]
     Storage(String),
+    /// A bug in Prism (a task that panicked).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<StateError> for AdminError {
@@ -106,6 +109,8 @@ pub struct Control {
     state: tokio::sync::Mutex<ControlState>,
     /// How long a delete waits for the namespace's calls in flight.
     drain: Duration,
+    /// Held while an upload compiles.
+    compiling: tokio::sync::Mutex<()>,
 }
 
 impl Control {
@@ -130,22 +135,27 @@ impl Control {
             platform.patterns.set_label(digest, &meta.label);
         }
         let mut started = Vec::new();
+        let mut dropped_rollouts = Vec::new();
         for (name, ns) in definitions(config, &state) {
             let namespace = Namespace::start(&name, &ns, &platform)
                 .await
                 .map_err(|e| StartupError::new(in_state(e.field, &name), e.message))?;
             if let Some(kept) = state.namespaces.get(&name) {
                 let rollout = match &kept.rollout {
-                    Some(r) => {
-                        let candidate = candidate(&name, &ns, &r.pattern, r.shadow, &platform)
-                            .await
-                            .map_err(|e| StartupError::new(in_state(e.field, &name), e.message))?;
-                        Some(Arc::new(Rollout::new(
+                    // A candidate that no longer starts must not keep the
+                    // server down: the primary serves, the rollout is dropped.
+                    Some(r) => match candidate(&name, &ns, &r.pattern, r.shadow, &platform).await {
+                        Ok(candidate) => Some(Arc::new(Rollout::new(
                             Arc::new(candidate),
                             r.canary_percent,
                             r.shadow,
-                        )))
-                    }
+                        ))),
+                        Err(e) => {
+                            tracing::warn!(namespace = %name, error = %e, "the saved canary/shadow does not start; it is dropped and the primary version serves alone");
+                            dropped_rollouts.push(name.clone());
+                            None
+                        }
+                    },
                     None => None,
                 };
                 namespace.swap(Deployment {
@@ -156,12 +166,26 @@ impl Control {
             }
             started.push(namespace);
         }
+        let mut state = state;
+        if !dropped_rollouts.is_empty() {
+            for name in &dropped_rollouts {
+                if let Some(kept) = state.namespaces.get_mut(name) {
+                    kept.rollout = None;
+                }
+            }
+            if let Some(dir) = &state_dir
+                && let Err(e) = state.save(dir)
+            {
+                tracing::warn!(error = %e, "cannot record the dropped rollouts; they are dropped again at the next start");
+            }
+        }
         Ok(Control {
             drain: Duration::from_millis(config.server.shutdown_grace_ms),
             namespaces: Arc::new(Namespaces::new(started)),
             subscriptions,
             state_dir,
             state: tokio::sync::Mutex::new(state),
+            compiling: tokio::sync::Mutex::new(()),
             platform,
         })
     }
@@ -352,7 +376,10 @@ impl Control {
         }
         self.save(&next)?;
         *state = next;
-        drop(state);
+        // Out of the routing map before the lock goes, and the lock is held
+        // through the drain and purge: no create, deploy or update of the
+        // same name can interleave (a re-created namespace's data must not
+        // be purged, nor a deleted one written back).
         self.namespaces.remove(name);
         let ended = self.subscriptions.end_namespace(
             name,
@@ -372,6 +399,7 @@ impl Control {
                 purged += slots.registry.purge().await.map_err(purge_failed)?;
             }
         }
+        drop(state);
         tracing::info!(
             namespace = name,
             streams_ended = ended,
@@ -400,10 +428,12 @@ impl Control {
         let bytes: Arc<[u8]> = Arc::from(bytes);
         // Compiling takes cranelift a while: keep it off the request threads.
         let (platform, checked, named) = (self.platform.clone(), bytes.clone(), label.clone());
+        // One compile at a time: uploads must not take every core from the data path.
+        let _compiling = self.compiling.lock().await;
         let (world, imports) =
             tokio::task::spawn_blocking(move || inspect(&platform.runtime, &checked, &named))
                 .await
-                .map_err(|e| AdminError::Invalid(format!("checking the component failed: {e}")))?
+                .map_err(|e| AdminError::Internal(format!("checking the component failed: {e}")))?
                 .map_err(AdminError::Invalid)?;
         let meta = PatternMeta {
             label,

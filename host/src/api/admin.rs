@@ -19,6 +19,9 @@ use crate::pb::admin_server::Admin;
 /// What an Admin call acts on, for authorization.
 enum Target<'a> {
     Namespace(&'a str),
+    /// Limits and quotas of a namespace: `*:admin` only, so a tenant's
+    /// admin cannot take more of the server than the operator gave it.
+    Limits(&'a str),
     /// Uploads and pattern listings: any admin grant will do.
     Server,
 }
@@ -70,6 +73,13 @@ impl AdminService {
             Target::Namespace(ns) => (
                 principal.grants.allows(ns, Access::Admin),
                 format!("'{}:admin'", shorten(ns)),
+            ),
+            Target::Limits(ns) => (
+                principal.grants.admin_everywhere(),
+                format!(
+                    "'*:admin' to set the limits of '{}' (a namespace admin may change its pattern, settings and slots)",
+                    shorten(ns)
+                ),
             ),
             Target::Server => (
                 principal.grants.admin_anywhere(),
@@ -213,6 +223,14 @@ fn settings(map: HashMap<String, String>) -> BTreeMap<String, toml::Value> {
 fn limits(map: HashMap<String, String>) -> Result<LimitsConfig, AdminError> {
     let mut table = toml::Table::new();
     for (field, text) in map {
+        // Every limit's name is short: a long one is unknown, and quoting it
+        // whole (as the decoder's message would) could echo megabytes.
+        if field.len() > 64 {
+            return Err(AdminError::Invalid(format!(
+                "limits.{}: no such limit (see [namespaces.X.limits] in README.md)",
+                shorten(&field)
+            )));
+        }
         let value = text.trim().parse::<i64>().map_err(|_| {
             AdminError::Invalid(format!(
                 "limits.{}: '{}' is not a whole number",
@@ -274,6 +292,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = required("name", &request.get_ref().name)?.to_string();
         self.authorize(&request, Target::Namespace(&name))?;
+        if !request.get_ref().limits.is_empty() {
+            self.authorize(&request, Target::Limits(&name))?;
+        }
         let r = request.into_inner();
         required("pattern", &r.pattern)?;
         let ns = NamespaceConfig {
@@ -292,6 +313,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = required("name", &request.get_ref().name)?.to_string();
         self.authorize(&request, Target::Namespace(&name))?;
+        if !request.get_ref().limits.is_empty() || request.get_ref().replace_limits {
+            self.authorize(&request, Target::Limits(&name))?;
+        }
         let r = request.into_inner();
         let new_limits = limits(r.limits)?;
         let view = self

@@ -146,7 +146,7 @@ impl PubSub for PubSubService {
         };
         let slot = runtime.pool().slots().pubsub.clone();
         let hook = plan.inspect.then(|| Hook {
-            runtime: runtime.clone(),
+            namespace: ns.clone(),
             request: wit_request,
         });
         let stream = open_stream(

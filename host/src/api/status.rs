@@ -85,6 +85,7 @@ impl From<AdminError> for Status {
             AdminError::Invalid(m) => Status::invalid_argument(m),
             AdminError::FailedPrecondition(m) => Status::failed_precondition(m),
             AdminError::Storage(m) => Status::unavailable(m),
+            AdminError::Internal(m) => Status::internal(m),
         }
     }
 }

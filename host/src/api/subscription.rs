@@ -21,7 +21,6 @@ use crate::backend::pubsub::{
 use crate::capability::pubsub::PubSubSlot;
 use crate::clock::{next_id, now_ms};
 use crate::pb;
-use crate::runtime::PubSubRuntime;
 use crate::runtime::bindings::pubsub_world::{self, SubscribeRequest, Verdict};
 
 /// Most messages sent in one stream frame.
@@ -195,7 +194,10 @@ impl Outbox {
 
 /// A PubSub pattern's delivery hook for one subscription.
 pub struct Hook {
-    pub runtime: PubSubRuntime,
+    /// Each delivery runs on the version serving the namespace then (its
+    /// primary, or a canary's share), so a deploy reaches open streams too
+    /// and an old version is not kept alive by them.
+    pub namespace: Arc<crate::namespace::Namespace>,
     /// The subscription as the client asked for it.
     pub request: SubscribeRequest,
 }
@@ -262,8 +264,12 @@ async fn run_hook(
         payload: message.payload.to_vec(),
         metadata: message.metadata.clone(),
     };
-    match hook
-        .runtime
+    let runtime = hook
+        .namespace
+        .route()
+        .version
+        .pubsub(&hook.namespace.name)?;
+    match runtime
         .deliver(&hook.request, delivery)
         .await
         .map_err(Status::from)?

@@ -88,6 +88,13 @@ impl Grants {
         self.grants.iter().any(|g| g.admin)
     }
 
+    /// Whether a grant administers every namespace (`*:admin`): what
+    /// setting a namespace's limits and quotas through Admin needs, since
+    /// they decide how much of the server one tenant may take.
+    pub fn admin_everywhere(&self) -> bool {
+        self.grants.iter().any(|g| g.admin && g.namespace.is_none())
+    }
+
     /// The grants for messages: `orders:read, *:admin` or `none`.
     pub fn describe(&self) -> String {
         if self.spelt.is_empty() {
@@ -115,6 +122,9 @@ mod tests {
         assert!(all.allows("anything", Access::Write) && !all.allows("anything", Access::Admin));
         let admin = Grants::parse(["*:admin"]);
         assert!(admin.allows("x", Access::Admin) && !admin.allows("x", Access::Read));
+        assert!(admin.admin_everywhere() && admin.admin_anywhere());
+        let one = Grants::parse(["ops:admin", "*"]);
+        assert!(one.admin_anywhere() && !one.admin_everywhere());
         assert_eq!(Grants::parse([]).describe(), "none");
         assert_eq!(g.describe(), "orders, users:read, ops:admin, bogus:level");
     }

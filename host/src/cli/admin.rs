@@ -120,6 +120,11 @@ enum NamespaceCommand {
     },
 }
 
+/// A digest's first 16 characters, as listings show it (whatever the server sent).
+fn short(digest: &str) -> &str {
+    digest.get(..16).unwrap_or(digest)
+}
+
 fn key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -368,7 +373,7 @@ async fn execute(args: AdminArgs) -> anyhow::Result<()> {
                     &["DIGEST", "LABEL", "WORLD", "SIZE", "UPLOADED"],
                     list.patterns.iter().map(|p| {
                         vec![
-                            p.digest[..p.digest.len().min(16)].to_string(),
+                            short(&p.digest).to_string(),
                             p.label.clone(),
                             p.world.clone(),
                             p.size.to_string(),
@@ -440,7 +445,7 @@ async fn resolve_pattern(
         println!(
             "uploaded {pattern}: {} world, sha256:{}",
             info.world,
-            &info.digest[..16]
+            short(&info.digest)
         );
     }
     Ok(format!("sha256:{}", info.digest))
@@ -570,14 +575,10 @@ fn show_namespace(n: &pb::NamespaceInfo, json_out: bool) -> anyhow::Result<()> {
         "pattern    {}  [{}]  sha256:{}",
         p.label,
         p.world,
-        &p.digest[..p.digest.len().min(16)]
+        short(&p.digest)
     );
     if let Some(prev) = &n.previous {
-        println!(
-            "previous   {}  sha256:{}",
-            prev.label,
-            &prev.digest[..prev.digest.len().min(16)]
-        );
+        println!("previous   {}  sha256:{}", prev.label, short(&prev.digest));
     }
     if let Some(r) = &n.rollout {
         println!("rollout    {}", rollout_text(Some(r)));

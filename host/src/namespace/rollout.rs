@@ -17,6 +17,9 @@ use crate::runtime::CallError;
 
 /// Divergence samples kept per rollout.
 const SAMPLES: usize = 16;
+/// Mirrored reads running at once per shadow; past it a read is not
+/// mirrored (a slow candidate must not pile up tasks and memory).
+const MIRRORS_IN_FLIGHT: usize = 256;
 
 /// The versions serving a namespace right now.
 pub struct Deployment {
@@ -37,6 +40,7 @@ pub struct Rollout {
     calls: AtomicU64,
     divergences: AtomicU64,
     samples: Mutex<VecDeque<String>>,
+    mirrors: Arc<tokio::sync::Semaphore>,
 }
 
 /// A rollout's counters, for GetNamespace.
@@ -56,6 +60,7 @@ impl Rollout {
             calls: AtomicU64::new(0),
             divergences: AtomicU64::new(0),
             samples: Mutex::new(VecDeque::new()),
+            mirrors: Arc::new(tokio::sync::Semaphore::new(MIRRORS_IN_FLIGHT)),
         }
     }
 
@@ -138,6 +143,9 @@ impl Route {
         let Some(rollout) = self.shadow.clone() else {
             return;
         };
+        let Ok(permit) = rollout.mirrors.clone().try_acquire_owned() else {
+            return;
+        };
         let Some(future) = call(&rollout.candidate) else {
             return;
         };
@@ -145,6 +153,7 @@ impl Route {
         let expected = outcome(primary);
         tokio::spawn(async move {
             let got = outcome(&future.await);
+            drop(permit);
             if got != expected {
                 rollout.diverged(format!("{what}: primary {expected}, shadow {got}"));
             }
