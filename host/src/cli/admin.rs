@@ -157,13 +157,12 @@ pub fn run(args: AdminArgs) -> ExitCode {
     }
 }
 
+/// Puts the token (if any) on every call.
+type Bearer =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
 /// The client, with the token (if any) on every call.
-type Client = AdminClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
 async fn connect(args: &AdminArgs) -> anyhow::Result<Client> {
     let url = if args.addr.contains("://") {
@@ -184,9 +183,7 @@ async fn connect(args: &AdminArgs) -> anyhow::Result<Client> {
         ),
         None => None,
     };
-    let interceptor: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut request: tonic::Request<()>| {
+    let interceptor: Bearer = Box::new(move |mut request: tonic::Request<()>| {
         if let Some(h) = &header {
             request.metadata_mut().insert("authorization", h.clone());
         }
