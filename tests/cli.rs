@@ -220,3 +220,36 @@ async fn dev_says_once_at_startup_that_authentication_is_off() -> anyhow::Result
     assert!(!stderr.contains("auth mode is jwt"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_plain_text_when_piped_and_json_on_request() -> anyhow::Result<()> {
+    // The fixture's stderr is a pipe, as a log file or a collector is.
+    let text = PrismProcess::start(&["dev", "--listen", "127.0.0.1:0"]).await?;
+    let (status, stderr) = text.terminate_with_stderr(WAIT).await?;
+    assert!(status.success(), "prism dev exited with {status}");
+    assert!(stderr.contains("auth mode is none"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes in piped logs: {stderr:?}"
+    );
+
+    let json =
+        PrismProcess::start(&["dev", "--listen", "127.0.0.1:0", "--log-format", "json"]).await?;
+    let (status, stderr) = json.terminate_with_stderr(WAIT).await?;
+    assert!(status.success(), "prism dev exited with {status}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("not a JSON log line ({e}): {line}"))?;
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("auth mode is none")),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -19,8 +19,24 @@ use tracing_subscriber::EnvFilter;
     about = "Prism data access gateway: gRPC in front, sandboxed wasm patterns, pluggable backends"
 )]
 struct Cli {
+    /// How log lines are written to stderr: `text` (colour only on a
+    /// terminal) or `json` (one object per line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "PRISM_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -68,12 +84,18 @@ fn main() -> ExitCode {
         Command::Dev { .. } | Command::Serve { .. } => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        // Escape codes only where a person reads them: a log file or a
+        // pipe gets plain text.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     // Start-up errors name a config field; prefix the file they are in.
     let (config, source) = match cli.command {
         Command::Health {

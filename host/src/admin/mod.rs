@@ -567,7 +567,15 @@ impl Control {
             ..namespace.effective_config()
         };
         let started = Instant::now();
-        let world = world_of(&reference, &self.platform).map_err(AdminError::Invalid)?;
+        // A component not yet compiled (a restart with an empty cache) is
+        // compiled here, off the request threads; starting it then hits the cache.
+        let world = {
+            let (platform, reference) = (self.platform.clone(), reference.clone());
+            tokio::task::spawn_blocking(move || world_of(&reference, &platform))
+                .await
+                .map_err(|e| AdminError::Internal(format!("checking the pattern failed: {e}")))?
+                .map_err(AdminError::Invalid)?
+        };
         if world != current.primary.info.world {
             return Err(AdminError::Invalid(format!(
                 "the pattern serves the {world} world but namespace '{name}' serves {}; a deploy keeps the world (create another namespace for it)",
