@@ -1081,3 +1081,64 @@ limits = {{ max_concurrent_calls = 3 }}
     }
     t.stop().await
 }
+
+/// Calls that wait on a stalled backend are waiting, not computing: they
+/// must not be taken for long calls (which queue for the namespace's one
+/// compute slot and could run out their deadline there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_on_a_stalled_backend_is_not_computing() -> anyhow::Result<()> {
+    const CALLS: usize = 32;
+    let redis = RedisServer::start().await?;
+    let t = start(&format!(
+        "[backends.cache]\ntype = \"redis\"\nurl = \"{}\"\ntimeout_ms = 10000\n\
+         [namespaces.default]\npattern = \"keyvalue\"\nslots = {{ kv = \"cache\" }}\n\
+         limits = {{ compute_slots = 1 }}\n",
+        redis.url()
+    ))
+    .await?;
+    t.kv("default")
+        .set(pb::SetRequest {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            ttl_ms: None,
+        })
+        .await?;
+    let pool = || -> anyhow::Result<prism::runtime::pool::PoolStats> {
+        Ok(t.namespaces().get("default")?.keyvalue()?.pool().stats())
+    };
+    let before = pool()?.long_calls;
+    redis.signal("STOP")?;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let mut kv = t.kv("default");
+            tokio::spawn(async move {
+                kv.get(pb::GetRequest { key: "k".into() })
+                    .await
+                    .map(|r| r.into_inner().value)
+            })
+        })
+        .collect();
+    // Every call is inside its kv.get, awaiting the stopped server...
+    let all_waiting = eventually(Duration::from_secs(10), || {
+        let busy = pool().map(|s| s.busy).unwrap_or_default();
+        async move { busy >= CALLS }
+    })
+    .await;
+    // ...for many epoch ticks (5 ms each).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.signal("CONT")?;
+    assert!(
+        all_waiting,
+        "the calls never all reached the backend: {:?}",
+        pool()?
+    );
+    for call in calls {
+        assert_eq!(call.await??, b"v");
+    }
+    let stats = pool()?;
+    assert_eq!(
+        stats.long_calls, before,
+        "calls that only waited on the backend were taken for computing: {stats:?}"
+    );
+    t.stop().await
+}

@@ -149,6 +149,22 @@ impl RedisServer {
         Ok(())
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`): a server that stalls with
+    /// its connections open, then carries on.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .context("redis-server is not running")?
+            .id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+        Ok(())
+    }
+
     /// SIGKILL: no shutdown save, no goodbye to clients.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -615,12 +615,7 @@ impl Control {
                 rollout: None,
             }
         };
-        let mut next = state.clone();
-        next.namespaces
-            .insert(name.to_string(), kept(&namespace, &deployment));
-        self.save(&next)?;
-        *state = next;
-        namespace.swap(deployment);
+        self.switch(&mut state, &namespace, deployment)?;
         tracing::info!(
             namespace = name,
             pattern = %reference,
@@ -630,6 +625,23 @@ impl Control {
             "pattern deployed"
         );
         Ok(self.view(namespace, &state))
+    }
+
+    /// Records `deployment` in the state file, then swaps it in: a save
+    /// that fails leaves the namespace serving as before.
+    fn switch(
+        &self,
+        state: &mut ControlState,
+        namespace: &Namespace,
+        deployment: Deployment,
+    ) -> Result<(), AdminError> {
+        let mut next = state.clone();
+        next.namespaces
+            .insert(namespace.name.clone(), kept(namespace, &deployment));
+        self.save(&next)?;
+        *state = next;
+        namespace.swap(deployment);
+        Ok(())
     }
 
     /// Makes the rollout's candidate the primary.
@@ -667,12 +679,7 @@ impl Control {
             previous: Some(current.primary.info.clone()),
             rollout: None,
         };
-        let mut next = state.clone();
-        next.namespaces
-            .insert(name.to_string(), kept(&namespace, &deployment));
-        self.save(&next)?;
-        *state = next;
-        namespace.swap(deployment);
+        self.switch(&mut state, &namespace, deployment)?;
         tracing::info!(namespace = name, "rollout promoted");
         Ok(self.view(namespace, &state))
     }
@@ -713,12 +720,7 @@ impl Control {
                 rollout: None,
             }
         };
-        let mut next = state.clone();
-        next.namespaces
-            .insert(name.to_string(), kept(&namespace, &deployment));
-        self.save(&next)?;
-        *state = next;
-        namespace.swap(deployment);
+        self.switch(&mut state, &namespace, deployment)?;
         tracing::info!(namespace = name, "rolled back");
         Ok(self.view(namespace, &state))
     }

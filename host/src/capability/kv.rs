@@ -3,6 +3,8 @@
 //! a guest can neither see nor address another namespace's keys.
 
 use std::sync::Arc;
+
+use crate::runtime::call::HostClock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +39,8 @@ pub struct KvSlot {
     quota: Option<Arc<StorageQuota>>,
     /// A shadow version's slot: writes succeed without reaching the backend.
     read_only: bool,
+    /// The instance's clock of time spent awaiting the backend.
+    clock: Arc<HostClock>,
 }
 
 impl KvSlot {
@@ -61,10 +65,16 @@ impl KvSlot {
             scope,
             quota,
             read_only: false,
+            clock: Arc::default(),
         }
     }
 
     /// This binding with writes suppressed (see `Slots::read_only`).
+    /// The same slot, counting its calls' waiting on `clock`.
+    pub fn timed_by(self, clock: Arc<HostClock>) -> KvSlot {
+        KvSlot { clock, ..self }
+    }
+
     pub fn read_only(self) -> KvSlot {
         KvSlot {
             read_only: true,
@@ -80,6 +90,7 @@ impl KvSlot {
             scope: "".into(),
             quota: None,
             read_only: false,
+            clock: Arc::default(),
         }
     }
 
@@ -264,6 +275,7 @@ impl types::Host for KvSlot {}
 
 impl kv::Host for KvSlot {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, CapabilityError> {
+        let _waiting = self.clock.waiting();
         let key = self.scoped(&key)?;
         let value = self.backend.get(&key).await.map_err(guest_error)?;
         Ok(value.map(|v| v.to_vec()))
@@ -275,6 +287,7 @@ impl kv::Host for KvSlot {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<(), CapabilityError> {
+        let _waiting = self.clock.waiting();
         check_value(&value)?;
         let key = self.scoped(&key)?;
         self.write(vec![KvEntry {
@@ -286,6 +299,7 @@ impl kv::Host for KvSlot {
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, CapabilityError> {
+        let _waiting = self.clock.waiting();
         let key = self.scoped(&key)?;
         if self.quota.is_some() || self.read_only {
             return Ok(self.remove(&[key]).await? > 0);
@@ -294,6 +308,7 @@ impl kv::Host for KvSlot {
     }
 
     async fn exists(&mut self, key: String) -> Result<bool, CapabilityError> {
+        let _waiting = self.clock.waiting();
         let key = self.scoped(&key)?;
         self.backend.exists(&key).await.map_err(guest_error)
     }
@@ -304,6 +319,7 @@ impl kv::Host for KvSlot {
         cursor: Option<String>,
         limit: u32,
     ) -> Result<kv::ScanPage, CapabilityError> {
+        let _waiting = self.clock.waiting();
         let prefix = self.scoped(&prefix)?;
         check_cursor(cursor.as_deref())?;
         let limit = limit.clamp(1, MAX_SCAN_PAGE) as usize;
@@ -328,12 +344,14 @@ impl kv::Host for KvSlot {
         &mut self,
         keys: Vec<String>,
     ) -> Result<Vec<Option<Vec<u8>>>, CapabilityError> {
+        let _waiting = self.clock.waiting();
         let keys = self.scoped_all(&keys)?;
         let values = self.backend.get_many(&keys).await.map_err(guest_error)?;
         Ok(values.into_iter().map(|v| v.map(|b| b.to_vec())).collect())
     }
 
     async fn set_many(&mut self, entries: Vec<Entry>) -> Result<(), CapabilityError> {
+        let _waiting = self.clock.waiting();
         check_batch(entries.len())?;
         let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
         if bytes > MAX_BATCH_BYTES {
@@ -356,6 +374,7 @@ impl kv::Host for KvSlot {
     }
 
     async fn delete_many(&mut self, keys: Vec<String>) -> Result<u32, CapabilityError> {
+        let _waiting = self.clock.waiting();
         let keys = self.scoped_all(&keys)?;
         let deleted = self.remove(&keys).await?;
         Ok(u32::try_from(deleted).unwrap_or(u32::MAX))

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::runtime::call::HostClock;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -77,6 +79,8 @@ pub struct PubSubSlot {
     namespace: Arc<str>,
     /// A shadow version's slot: publishes are accepted and go nowhere.
     read_only: bool,
+    /// The instance's clock of time spent awaiting the backend.
+    clock: Arc<HostClock>,
 }
 
 impl PubSubSlot {
@@ -85,10 +89,16 @@ impl PubSubSlot {
             backend,
             namespace: namespace.into(),
             read_only: false,
+            clock: Arc::default(),
         }
     }
 
     /// This binding with publishes suppressed (see `Slots::read_only`).
+    /// The same slot, counting its calls' waiting on `clock`.
+    pub fn timed_by(self, clock: Arc<HostClock>) -> PubSubSlot {
+        PubSubSlot { clock, ..self }
+    }
+
     pub fn read_only(self) -> PubSubSlot {
         PubSubSlot {
             read_only: true,
@@ -102,6 +112,7 @@ impl PubSubSlot {
             backend: Arc::new(Unbound),
             namespace: "".into(),
             read_only: false,
+            clock: Arc::default(),
         }
     }
 
@@ -145,6 +156,7 @@ impl pubsub::Host for PubSubSlot {
         topic: String,
         messages: Vec<Outgoing>,
     ) -> Result<Vec<Published>, CapabilityError> {
+        let _waiting = self.clock.waiting();
         let topic = self.topic(&topic)?;
         check_publish(&messages)?;
         let timestamp_ms = now_ms();
@@ -179,6 +191,7 @@ impl pubsub::Host for PubSubSlot {
         &mut self,
         messages: Vec<Addressed>,
     ) -> Result<Vec<Result<Published, CapabilityError>>, CapabilityError> {
+        let _waiting = self.clock.waiting();
         let outgoing: Vec<&Outgoing> = messages.iter().map(|m| &m.message).collect();
         check_publish_refs(&outgoing)?;
         let timestamp_ms = now_ms();

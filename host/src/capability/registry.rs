@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use crate::runtime::call::HostClock;
+
 use async_trait::async_trait;
 
 use super::guest_error;
@@ -32,6 +34,8 @@ pub struct RegistrySlot {
     namespace: Arc<str>,
     /// A shadow version's slot: writes answer as if done and change nothing.
     read_only: bool,
+    /// The instance's clock of time spent awaiting the backend.
+    clock: Arc<HostClock>,
 }
 
 impl RegistrySlot {
@@ -40,10 +44,16 @@ impl RegistrySlot {
             backend,
             namespace: namespace.into(),
             read_only: false,
+            clock: Arc::default(),
         }
     }
 
     /// This binding with writes suppressed (see `Slots::read_only`).
+    /// The same slot, counting its calls' waiting on `clock`.
+    pub fn timed_by(self, clock: Arc<HostClock>) -> RegistrySlot {
+        RegistrySlot { clock, ..self }
+    }
+
     pub fn read_only(self) -> RegistrySlot {
         RegistrySlot {
             read_only: true,
@@ -57,6 +67,7 @@ impl RegistrySlot {
             backend: Arc::new(Unbound),
             namespace: "".into(),
             read_only: false,
+            clock: Arc::default(),
         }
     }
 
@@ -143,6 +154,7 @@ impl registry::Host for RegistrySlot {
         replace: bool,
         max_identities: u64,
     ) -> Result<PutOutcome, CapabilityError> {
+        let _waiting = self.clock.waiting();
         check_identity(&entry.identity)?;
         if entry.metadata.len() > MAX_METADATA_BYTES {
             return Err(CapabilityError::InvalidArgument(format!(
@@ -175,6 +187,7 @@ impl registry::Host for RegistrySlot {
     }
 
     async fn get(&mut self, identity: String) -> Result<Option<IdentityRecord>, CapabilityError> {
+        let _waiting = self.clock.waiting();
         check_identity(&identity)?;
         let record = self
             .backend
@@ -185,6 +198,7 @@ impl registry::Host for RegistrySlot {
     }
 
     async fn renew(&mut self, identity: String) -> Result<Option<IdentityRecord>, CapabilityError> {
+        let _waiting = self.clock.waiting();
         check_identity(&identity)?;
         if self.read_only {
             return self.get(identity).await;
@@ -198,6 +212,7 @@ impl registry::Host for RegistrySlot {
     }
 
     async fn remove(&mut self, identity: String) -> Result<bool, CapabilityError> {
+        let _waiting = self.clock.waiting();
         check_identity(&identity)?;
         if self.read_only {
             return Ok(self.get(identity).await?.is_some());
@@ -213,6 +228,7 @@ impl registry::Host for RegistrySlot {
         cursor: Option<String>,
         limit: u32,
     ) -> Result<Listing, CapabilityError> {
+        let _waiting = self.clock.waiting();
         if let Some(c) = &cursor {
             check_identity(c)?;
         }
@@ -229,6 +245,7 @@ impl registry::Host for RegistrySlot {
     }
 
     async fn count(&mut self) -> Result<u64, CapabilityError> {
+        let _waiting = self.clock.waiting();
         self.backend
             .count(&self.namespace, now_ms())
             .await
@@ -236,6 +253,7 @@ impl registry::Host for RegistrySlot {
     }
 
     async fn inbox(&mut self, identity: String) -> String {
+        let _waiting = self.clock.waiting();
         inbox_topic(&identity)
     }
 }

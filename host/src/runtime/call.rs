@@ -5,7 +5,7 @@
 //! background lane (`lane.rs`); short calls never pay for any of it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -17,6 +17,44 @@ use super::state::InstanceState;
 /// Epoch ticks a call may run before it counts as long (2 ticks = 5 to 10 ms
 /// of running guest code at the moment the epoch is checked).
 pub const FIRST_SLICE_TICKS: u64 = 2;
+/// The guest compute time that makes a call long.
+const FIRST_SLICE: Duration = super::engine::EPOCH_TICK.saturating_mul(FIRST_SLICE_TICKS as u32);
+
+/// Time one instance has spent inside capability calls, awaiting a
+/// backend. Waiting is not computing: the epoch callback subtracts it, so a
+/// call that waits on a slow backend (or a loaded machine) is not taken
+/// for a CPU-bound one and sent to queue for a compute slot.
+#[derive(Debug, Default)]
+pub struct HostClock {
+    nanos: AtomicU64,
+}
+
+impl HostClock {
+    /// Counts the time until the returned guard drops.
+    pub fn waiting(self: &Arc<Self>) -> Waiting {
+        Waiting {
+            clock: self.clone(),
+            since: Instant::now(),
+        }
+    }
+
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+/// One capability call in progress (see [`HostClock::waiting`]).
+pub struct Waiting {
+    clock: Arc<HostClock>,
+    since: Instant,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let nanos = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.clock.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
 
 /// Shared by a call's store (its epoch callback) and whoever drives the call.
 pub struct CallTicket {
@@ -28,6 +66,8 @@ pub struct CallTicket {
     compute: Arc<Semaphore>,
     /// The slot this call holds while it computes, if any.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// The instance's [`HostClock`] total when the call started.
+    host_base: Mutex<Duration>,
 }
 
 impl CallTicket {
@@ -38,7 +78,19 @@ impl CallTicket {
             long: AtomicBool::new(false),
             compute,
             permit: Mutex::new(None),
+            host_base: Mutex::new(Duration::ZERO),
         })
+    }
+
+    /// Starts the call's compute time on an instance whose clock reads `host`.
+    pub fn start_on(&self, host: &HostClock) {
+        *self.host_base.lock() = host.total();
+    }
+
+    /// How long the call has run outside capability calls.
+    fn computing(&self, host: &HostClock) -> Duration {
+        let waited = host.total().saturating_sub(*self.host_base.lock());
+        self.started.elapsed().saturating_sub(waited)
     }
 
     /// Whether the call has run past its first slice.
@@ -104,6 +156,11 @@ pub fn on_epoch(ctx: StoreContextMut<'_, InstanceState>) -> wasmtime::Result<Upd
     };
     if call.remaining().is_zero() {
         return Ok(UpdateDeadline::Interrupt);
+    }
+    // The ticks may have passed while the guest awaited a backend: it is
+    // long only once it has computed for a first slice itself.
+    if !call.is_long() && call.computing(&ctx.data().host) < FIRST_SLICE {
+        return Ok(UpdateDeadline::Continue(1));
     }
     call.long.store(true, Ordering::Relaxed);
     Ok(UpdateDeadline::YieldCustom(1, Box::pin(call.next_slice())))

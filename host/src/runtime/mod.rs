@@ -3,7 +3,7 @@
 
 pub mod bindings;
 pub mod builtin;
-mod call;
+pub(crate) mod call;
 mod component_cache;
 mod engine;
 pub mod keyvalue;

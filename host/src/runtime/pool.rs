@@ -144,6 +144,7 @@ impl<W: PatternWorld> PatternPool<W> {
                 let Instance {
                     store, bindings, ..
                 } = &mut lease.instance;
+                job_ticket.start_on(&store.data().host);
                 store.data_mut().call = Some(job_ticket.clone());
                 store.set_epoch_deadline(FIRST_SLICE_TICKS);
                 // Epochs interrupt guest code only; a guest blocked inside a

@@ -8,7 +8,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::call::CallTicket;
+use super::call::{CallTicket, HostClock};
 use crate::capability::kv::KvSlot;
 use crate::capability::pubsub::PubSubSlot;
 use crate::capability::registry::RegistrySlot;
@@ -35,6 +35,17 @@ impl Slots {
     }
 }
 
+impl Slots {
+    /// The same bindings, counting their calls' waiting on `clock` (one per instance).
+    fn timed_by(self, clock: &Arc<HostClock>) -> Slots {
+        Slots {
+            kv: self.kv.timed_by(clock.clone()),
+            pubsub: self.pubsub.timed_by(clock.clone()),
+            registry: self.registry.timed_by(clock.clone()),
+        }
+    }
+}
+
 impl Default for Slots {
     fn default() -> Slots {
         Slots {
@@ -56,11 +67,14 @@ pub struct InstanceState {
     stderr: MemoryOutputPipe,
     /// The call running on this instance, for the epoch callback.
     pub(crate) call: Option<Arc<CallTicket>>,
+    /// Time its capability calls spent awaiting backends.
+    pub(crate) host: Arc<HostClock>,
 }
 
 impl InstanceState {
     pub fn new(memory_bytes: usize, slots: Slots) -> InstanceState {
         let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+        let host = Arc::new(HostClock::default());
         // No preopens, env, args, network or stdin: the builder denies all by
         // default and we grant nothing; stdout is discarded.
         let wasi = WasiCtx::builder()
@@ -76,9 +90,10 @@ impl InstanceState {
                 limit: memory_bytes,
                 exceeded: false,
             },
-            slots,
+            slots: slots.timed_by(&host),
             stderr,
             call: None,
+            host,
         }
     }
 
