@@ -27,9 +27,15 @@ fn misbehave(key: &str) -> Option<Result<Vec<u8>, PatternError>> {
             }
         }
         "fault:memory" => {
+            // Grows memory without touching it: growth is what the limit
+            // refuses, and a bomb that also filled its pages would compute
+            // long enough to be sent to the background lane, where on a
+            // saturated machine it may see the deadline before the limit.
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
-                hoard.push(std::hint::black_box(vec![0xA5u8; 1 << 20]));
+                let mut chunk = Vec::<u8>::with_capacity(1 << 20);
+                chunk.push(0xA5);
+                hoard.push(std::hint::black_box(chunk));
             }
         }
         "fault:panic" => panic!("faulty pattern panicked on purpose"),
