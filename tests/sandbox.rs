@@ -23,6 +23,9 @@ const DEADLINE_MS: u64 = 1500;
 fn config() -> String {
     format!(
         r#"
+[telemetry]
+metrics_listen = "127.0.0.1:0"
+
 [backends.mem]
 type = "memstore"
 
@@ -252,6 +255,41 @@ async fn memory_bomb_hits_the_limit() -> anyhow::Result<()> {
         "exceeded its memory limit of 32 MiB",
     )
     .await?;
+    t.stop().await
+}
+
+/// Traps are counted by kind on `/metrics`, and their calls as INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traps_are_counted_by_kind_in_metrics() -> anyhow::Result<()> {
+    let t = start(&config()).await?;
+    let mut kv = t.kv("faulty");
+    for key in [
+        "fault:panic",
+        "fault:memory",
+        "fault:deep-stack",
+        "fault:panic",
+    ] {
+        let Err(status) = kv.get(pb::GetRequest { key: key.into() }).await else {
+            anyhow::bail!("{key}: expected a trap, got a value");
+        };
+        assert_eq!(status.code(), Code::Internal, "{key}: {status:?}");
+    }
+    assert_recovers(&t, "faulty", "metrics").await?;
+    let text = t.scrape_metrics().await?;
+    for line in [
+        r#"prism_namespace_traps_total{namespace="faulty",kind="panic"} 2"#,
+        r#"prism_namespace_traps_total{namespace="faulty",kind="memory_limit"} 1"#,
+        r#"prism_namespace_traps_total{namespace="faulty",kind="stack_overflow"} 1"#,
+        r#"prism_namespace_traps_total{namespace="faulty",kind="deadline"} 0"#,
+        r#"prism_namespace_traps_total{namespace="healthy",kind="panic"} 0"#,
+        r#"grpc_server_handled_total{namespace="faulty",grpc_service="prism.v1.KeyValue",grpc_method="Get",grpc_type="unary",grpc_code="Internal"} 4"#,
+        r#"grpc_server_handled_total{namespace="faulty",grpc_service="prism.v1.KeyValue",grpc_method="Get",grpc_type="unary",grpc_code="OK"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
     t.stop().await
 }
 

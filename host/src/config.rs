@@ -49,6 +49,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Where relative pattern paths are resolved from: the config file's directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -57,7 +59,7 @@ pub struct Config {
     pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
@@ -80,8 +82,18 @@ impl Default for ServerConfig {
     }
 }
 
+/// `[telemetry]`: how Prism is observed.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Serve Prometheus metrics at `http://<metrics_listen>/metrics`
+    /// (plain HTTP, its own port); unset = no metrics listener.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
 /// `[admin]`: the Admin API and where its changes are kept.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Serve the Admin API even though `[auth] mode = "none"` (anyone can
@@ -122,7 +134,7 @@ pub enum AuthMode {
 }
 
 /// `[auth]`: one issuer inline (`issuer`, `audience`), more as `[[auth.issuers]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     #[serde(default)]
@@ -203,7 +215,7 @@ fn default_fetch_timeout_ms() -> u64 {
 }
 
 /// Sandbox limits; each namespace may override the per-instance ones.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Defaults for every namespace's instances.
@@ -338,7 +350,7 @@ impl LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum BackendConfig {
     Memstore(MemStoreConfig),
@@ -369,7 +381,7 @@ pub fn slot_capability(slot: &str) -> Option<&'static str> {
 
 /// A NATS server: core NATS (at-most-once) or, with `jetstream = true`,
 /// JetStream (at-least-once: acks, durable consumers, redelivery).
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// `nats://[user:password@]host:port`; credentials never reach logs.
@@ -401,7 +413,7 @@ impl std::fmt::Debug for NatsConfig {
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`; the password never reaches logs.
@@ -420,7 +432,7 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MemStoreConfig {
     /// Bytes of keys plus values the store may hold.
@@ -555,6 +567,7 @@ impl Config {
                 allow_unauthenticated: true,
                 ..AdminConfig::default()
             },
+            telemetry: TelemetryConfig::default(),
             base_dir: PathBuf::from("."),
             path: None,
         }

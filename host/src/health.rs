@@ -24,7 +24,12 @@ pub async fn watch(backends: Backends, namespaces: Arc<Namespaces>, reporter: He
         ticker.tick().await;
         let mut up = BTreeMap::new();
         for name in backends.names() {
-            let ok = match backends.ping(name).await {
+            let started = std::time::Instant::now();
+            let pinged = backends.ping(name).await;
+            if let Some(stats) = backends.stats(name) {
+                stats.ping(pinged.is_ok(), started.elapsed());
+            }
+            let ok = match pinged {
                 Ok(()) => true,
                 Err(e) => {
                     if previous.get(name) != Some(&false) {

@@ -21,3 +21,4 @@ pub mod pb;
 pub mod platform;
 pub mod runtime;
 pub mod server;
+pub mod telemetry;

@@ -46,6 +46,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// Also serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Ask a running Prism whether it is serving (grpc.health.v1): exit 0
     /// if SERVING, 1 otherwise. For container and orchestrator health checks.
@@ -74,6 +77,9 @@ enum Command {
         /// Overrides [server] listen.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Overrides [telemetry] metrics_listen (Prometheus metrics at http://ADDR/metrics).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
 }
 
@@ -97,7 +103,7 @@ fn main() -> ExitCode {
             .init(),
     }
     // Start-up errors name a config field; prefix the file they are in.
-    let (config, source) = match cli.command {
+    let (config, source, file) = match cli.command {
         Command::Health {
             addr,
             service,
@@ -105,22 +111,32 @@ fn main() -> ExitCode {
         } => return cli::health::run(addr, &service, timeout_ms),
         Command::Admin(args) => return cli::admin::run(args),
         Command::Pattern(command) => return cli::pattern::run(command),
-        Command::Dev { listen } => (Config::dev(listen), "prism dev".to_string()),
+        Command::Dev {
+            listen,
+            metrics_listen,
+        } => {
+            let mut c = Config::dev(listen);
+            c.telemetry.metrics_listen = metrics_listen;
+            (c, "prism dev".to_string(), None)
+        }
         Command::Serve {
             config: path,
             listen,
-        } => match Config::load(&path) {
-            Ok(mut c) => {
-                if let Some(listen) = listen {
-                    c.server.listen = listen;
+            metrics_listen,
+        } => {
+            let file = ConfigFile {
+                path,
+                listen,
+                metrics_listen,
+            };
+            match file.load() {
+                Ok(c) => (c, file.path.display().to_string(), Some(file)),
+                Err(e) => {
+                    eprintln!("prism: {e}");
+                    return ExitCode::from(2);
                 }
-                (c, path.display().to_string())
             }
-            Err(e) => {
-                eprintln!("prism: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -139,7 +155,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(server)) {
+    match runtime.block_on(run(server, file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("prism: {e:#}");
@@ -148,16 +164,115 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(server: prism::server::RunningServer) -> anyhow::Result<()> {
+/// `prism serve`'s config file and the flags that override it (applied
+/// again at every reload, so a reload sees what start-up saw).
+struct ConfigFile {
+    path: PathBuf,
+    listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+}
+
+impl ConfigFile {
+    fn load(&self) -> Result<Config, prism::config::ConfigError> {
+        let mut c = Config::load(&self.path)?;
+        if let Some(listen) = self.listen {
+            c.server.listen = listen;
+        }
+        if self.metrics_listen.is_some() {
+            c.telemetry.metrics_listen = self.metrics_listen;
+        }
+        Ok(c)
+    }
+}
+
+async fn run(
+    server: prism::server::RunningServer,
+    config_file: Option<ConfigFile>,
+) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives right after the line below is
     // printed must drain, not kill the process.
     let signal = shutdown_signal();
+    let reloads = reload_signal();
     // A stable line on stdout so scripts and test fixtures know where to connect.
     println!("prism: serving on {}", server.local_addr());
-    signal.await;
+    if let Some(metrics) = server.metrics_addr() {
+        println!("prism: metrics on http://{metrics}/metrics");
+    }
+    tokio::pin!(signal);
+    match reloads {
+        Some(mut reloads) => loop {
+            tokio::select! {
+                _ = &mut signal => break,
+                _ = reloads.recv() => reload(&server, config_file.as_ref()).await,
+            }
+        },
+        None => signal.await,
+    }
     tracing::info!("shutting down: draining in-flight requests");
     server.shutdown().await?;
     Ok(())
+}
+
+/// SIGHUP: read the config file again and apply its namespaces; a file
+/// that does not load, or a change only a restart can apply, is refused
+/// with the reason and the running config keeps serving.
+async fn reload(server: &prism::server::RunningServer, config_file: Option<&ConfigFile>) {
+    let Some(file) = config_file else {
+        tracing::warn!("SIGHUP ignored: prism dev has no config file to reload");
+        return;
+    };
+    let path = &file.path;
+    let config = match file.load() {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "config reload refused; still serving the previous config");
+            return;
+        }
+    };
+    match server.reload(&config).await {
+        Ok(done) => {
+            for name in &done.managed_by_admin {
+                tracing::warn!(namespace = %name, "config reload: this namespace is managed through Admin (kept in the state dir); its change in the file is not applied");
+            }
+            tracing::info!(
+                file = %path.display(),
+                added = ?done.added,
+                changed = ?done.changed,
+                removed = ?done.removed,
+                "config reloaded"
+            );
+        }
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "config reload refused; still serving the previous config");
+        }
+    }
+}
+
+#[cfg(unix)]
+fn reload_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; config reloads need a restart");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn reload_signal() -> Option<NoSignal> {
+    None
+}
+
+#[cfg(not(unix))]
+struct NoSignal;
+
+#[cfg(not(unix))]
+impl NoSignal {
+    async fn recv(&mut self) -> Option<()> {
+        None
+    }
 }
 
 /// Registers SIGINT/SIGTERM handlers now; the future resolves on either.

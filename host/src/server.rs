@@ -33,6 +33,8 @@ use crate::pb::registry_server::RegistryServer;
 use crate::platform::Platform;
 use crate::runtime::Runtime;
 use crate::runtime::pool::IDLE_TTL;
+use crate::telemetry::requests::{MetricsLayer, RequestMetrics};
+use crate::telemetry::scrape::Sources;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -68,6 +70,7 @@ pub struct RunningServer {
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     health_task: JoinHandle<()>,
     trim_task: JoinHandle<()>,
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
     subscriptions: Arc<Registry>,
     grace: Duration,
     // Kept alive for as long as the server runs.
@@ -80,6 +83,11 @@ impl RunningServer {
         self.addr
     }
 
+    /// Where `/metrics` is served, if `[telemetry] metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
+    }
+
     pub fn namespaces(&self) -> &Arc<Namespaces> {
         &self.namespaces
     }
@@ -89,11 +97,23 @@ impl RunningServer {
         &self.control
     }
 
+    /// Applies a re-read config file's namespaces (SIGHUP); see
+    /// [`Control::reload`].
+    pub async fn reload(
+        &self,
+        config: &Config,
+    ) -> Result<crate::admin::Reloaded, crate::admin::AdminError> {
+        self.control.reload(config).await
+    }
+
     /// Stops accepting, lets in-flight requests finish within the grace period.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(());
         self.health_task.abort();
         self.trim_task.abort();
+        if let Some((_, task)) = &self.metrics {
+            task.abort();
+        }
         // Subscription streams never end by themselves: end them, so
         // clients hear why and the drain is not held up by them.
         self.subscriptions.end_all(&tonic::Status::unavailable(
@@ -205,7 +225,33 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     if auth.is_none() && config.admin.allow_unauthenticated {
         tracing::warn!("the Admin API is open to any caller ([admin] allow_unauthenticated)");
     }
+    let requests = Arc::new(RequestMetrics::new(namespaces.clone()));
+    let metrics = match config.telemetry.metrics_listen {
+        None => None,
+        Some(at) => {
+            let listener = TcpListener::bind(at)
+                .await
+                .map_err(|source| ServerError::Bind { addr: at, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServerError::Bind { addr: at, source })?;
+            let sources = Arc::new(Sources {
+                requests: requests.clone(),
+                namespaces: namespaces.clone(),
+                subscriptions: subscriptions.clone(),
+                backends: backends.clone(),
+                started: std::time::SystemTime::now(),
+            });
+            tracing::info!(metrics = %format!("http://{bound}/metrics"), "serving Prometheus metrics");
+            Some((
+                bound,
+                tokio::spawn(crate::telemetry::http::serve(listener, sources)),
+            ))
+        }
+    };
+    // Outermost: calls refused by the layers below are counted too.
     let router = tonic::transport::Server::builder()
+        .layer(MetricsLayer::new(requests))
         .layer(OversizeLayer::new(max_message))
         .layer(AuthLayer::new(auth))
         .add_service(health_service)
@@ -226,6 +272,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         task,
         health_task,
         trim_task,
+        metrics,
         subscriptions,
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
         _runtime: runtime,

@@ -33,13 +33,14 @@ pub mod servers;
 /// A Prism server running in this process, on its own two-worker runtime.
 pub struct TestServer {
     addr: SocketAddr,
+    metrics: Option<SocketAddr>,
     namespaces: Arc<Namespaces>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
     channel: Channel,
 }
 
-type Ready = anyhow::Result<(SocketAddr, Arc<Namespaces>)>;
+type Ready = anyhow::Result<(SocketAddr, Option<SocketAddr>, Arc<Namespaces>)>;
 
 /// Starts Prism from a TOML config; `[server] listen` is forced to 127.0.0.1:0.
 pub async fn start(config_toml: &str) -> anyhow::Result<TestServer> {
@@ -63,13 +64,17 @@ pub async fn start(config_toml: &str) -> anyhow::Result<TestServer> {
                         return Ok(());
                     }
                 };
-                let _ = ready_tx.send(Ok((server.local_addr(), server.namespaces().clone())));
+                let _ = ready_tx.send(Ok((
+                    server.local_addr(),
+                    server.metrics_addr(),
+                    server.namespaces().clone(),
+                )));
                 let _ = stop_rx.await;
                 server.shutdown().await?;
                 Ok(())
             })
         })?;
-    let (addr, namespaces) = ready_rx
+    let (addr, metrics, namespaces) = ready_rx
         .await
         .context("the server thread ended before it was ready")??;
     let channel = Channel::from_shared(format!("http://{addr}"))?
@@ -79,6 +84,7 @@ pub async fn start(config_toml: &str) -> anyhow::Result<TestServer> {
         .context("connecting to the test server")?;
     Ok(TestServer {
         addr,
+        metrics,
         namespaces,
         stop: Some(stop_tx),
         thread: Some(thread),
@@ -114,6 +120,21 @@ impl TestServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// One `/metrics` scrape (the config must set `[telemetry] metrics_listen`).
+    pub async fn scrape_metrics(&self) -> anyhow::Result<String> {
+        let addr = self
+            .metrics
+            .context("this server has no [telemetry] metrics_listen")?;
+        let http = prism::auth::http_client(Duration::from_secs(10)).map_err(anyhow::Error::msg)?;
+        let response = http.get(format!("http://{addr}/metrics")).send().await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "GET /metrics: {}",
+            response.status()
+        );
+        Ok(response.text().await?)
     }
 
     /// The server's namespaces (pool statistics, usage).

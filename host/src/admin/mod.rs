@@ -5,6 +5,7 @@
 //! directory, then swapped in — so a refused change leaves everything as it
 //! was, and what was accepted survives a restart.
 
+mod reload;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use crate::namespace::{
 use crate::patterns::{UPLOADED, digest_of, is_digest};
 use crate::platform::Platform;
 use crate::runtime::builtin;
+pub use reload::Reloaded;
 pub use state::{ControlState, NamespaceState, PatternMeta, RolloutState, StateError};
 
 /// Why an Admin call was refused; each maps to one gRPC status.
@@ -74,8 +76,15 @@ pub fn load_state(config: &Config) -> Result<ControlState, StateError> {
 /// The namespaces to start: the config file's, minus those Admin deleted,
 /// with Admin's definitions layered over them.
 fn definitions(config: &Config, state: &ControlState) -> BTreeMap<String, NamespaceConfig> {
+    layered(&config.namespaces, state)
+}
+
+/// The config file's namespaces with Admin's layer over them.
+fn layered(
+    config: &BTreeMap<String, NamespaceConfig>,
+    state: &ControlState,
+) -> BTreeMap<String, NamespaceConfig> {
     let mut defs: BTreeMap<String, NamespaceConfig> = config
-        .namespaces
         .iter()
         .filter(|(name, _)| !state.deleted.contains(*name))
         .map(|(name, ns)| (name.clone(), ns.clone()))
@@ -111,6 +120,8 @@ pub struct Control {
     drain: Duration,
     /// Held while an upload compiles.
     compiling: tokio::sync::Mutex<()>,
+    /// The config file's `[namespaces]` as last loaded (start-up or SIGHUP).
+    config_namespaces: parking_lot::RwLock<BTreeMap<String, NamespaceConfig>>,
 }
 
 impl Control {
@@ -186,6 +197,7 @@ impl Control {
             state_dir,
             state: tokio::sync::Mutex::new(state),
             compiling: tokio::sync::Mutex::new(()),
+            config_namespaces: parking_lot::RwLock::new(config.namespaces.clone()),
             platform,
         })
     }
@@ -204,7 +216,7 @@ impl Control {
 
     fn source(&self, name: &str, state: &ControlState) -> Source {
         match (
-            self.platform.config.namespaces.contains_key(name),
+            self.config_namespaces.read().contains_key(name),
             state.namespaces.contains_key(name),
         ) {
             (true, true) => Source::ConfigAndAdmin,
@@ -371,7 +383,7 @@ impl Control {
         let namespace = self.get(name)?;
         let mut next = state.clone();
         next.namespaces.remove(name);
-        if self.platform.config.namespaces.contains_key(name) {
+        if self.config_namespaces.read().contains_key(name) {
             next.deleted.insert(name.to_string());
         }
         self.save(&next)?;
@@ -380,15 +392,7 @@ impl Control {
         // through the drain and purge: no create, deploy or update of the
         // same name can interleave (a re-created namespace's data must not
         // be purged, nor a deleted one written back).
-        self.namespaces.remove(name);
-        let ended = self.subscriptions.end_namespace(
-            name,
-            &tonic::Status::not_found(format!("namespace '{name}' was deleted")),
-        );
-        let started = Instant::now();
-        while namespace.admission.load().0 > 0 && started.elapsed() < self.drain {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let ended = self.retire(&namespace, "was deleted").await;
         let mut purged = 0;
         if purge {
             let slots = namespace.deployment().primary.kind.slots().clone();
@@ -407,6 +411,23 @@ impl Control {
             "namespace deleted through Admin"
         );
         Ok(purged)
+    }
+
+    /// Takes a namespace out of service: new calls get NOT_FOUND at once,
+    /// its streams end (telling clients it `why`), and calls in flight get
+    /// up to the shutdown grace to finish. Returns how many streams ended.
+    async fn retire(&self, namespace: &Namespace, why: &str) -> usize {
+        let name = &namespace.name;
+        self.namespaces.remove(name);
+        let ended = self.subscriptions.end_namespace(
+            name,
+            &tonic::Status::not_found(format!("namespace '{name}' {why}")),
+        );
+        let started = Instant::now();
+        while namespace.admission.load().0 > 0 && started.elapsed() < self.drain {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        ended
     }
 
     /// Checks a component against the worlds, compiles it (into the

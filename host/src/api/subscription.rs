@@ -297,9 +297,30 @@ pub struct Registered {
 #[derive(Default)]
 pub struct Registry {
     live: Mutex<HashMap<String, Arc<Registered>>>,
+    /// Messages dropped for slow subscribers (drop_oldest, or dropped by
+    /// the broker), by namespace, since start.
+    dropped: Mutex<HashMap<String, u64>>,
 }
 
 impl Registry {
+    pub fn note_dropped(&self, namespace: &str, n: u64) {
+        let mut dropped = self.dropped.lock();
+        match dropped.get_mut(namespace) {
+            Some(total) => *total += n,
+            None => {
+                dropped.insert(namespace.to_string(), n);
+            }
+        }
+    }
+
+    /// Dropped messages by namespace, forgetting namespaces `keep` rejects
+    /// (deleted ones), so the map holds live namespaces only.
+    pub fn dropped(&self, keep: impl Fn(&str) -> bool) -> HashMap<String, u64> {
+        let mut dropped = self.dropped.lock();
+        dropped.retain(|namespace, _| keep(namespace));
+        dropped.clone()
+    }
+
     pub fn insert(&self, id: String, entry: Registered) {
         self.live.lock().insert(id, Arc::new(entry));
     }
@@ -349,6 +370,7 @@ impl Registry {
 /// ends), the pump stops and the subscription leaves the registry.
 pub struct StreamGuard {
     pub id: String,
+    pub namespace: Arc<str>,
     pub registry: Arc<Registry>,
     pub outbox: Arc<Outbox>,
     /// The namespace's open-stream quota slot, freed with the stream.
@@ -429,6 +451,7 @@ where
     let first = first(&id);
     let guard = StreamGuard {
         id,
+        namespace: held.namespace.into(),
         registry: subscriptions.clone(),
         outbox,
         _admitted: held.admitted,
@@ -455,6 +478,9 @@ where
             };
             match batch {
                 Batch::Messages { messages, dropped } => {
+                    if dropped > 0 {
+                        guard.registry.note_dropped(&guard.namespace, dropped);
+                    }
                     if let Some(acker) = &auto_ack {
                         // Acked once handed to the client's stream (auto-ack mode).
                         let ids: Vec<String> =

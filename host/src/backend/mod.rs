@@ -5,6 +5,7 @@ pub mod mem_registry;
 pub mod membroker;
 pub mod memstore;
 pub mod nats;
+pub mod nats_wire;
 pub mod pubsub;
 pub mod redis;
 pub mod redis_pubsub;
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::BackendConfig;
+use crate::telemetry::backends::BackendStats;
 
 pub use membroker::MemBroker;
 pub use memstore::MemStore;
@@ -180,6 +182,10 @@ struct Backend {
 #[derive(Default, Clone)]
 pub struct Backends {
     by_name: BTreeMap<String, Backend>,
+    /// Health and command timing, for metrics.
+    stats: BTreeMap<String, Arc<BackendStats>>,
+    /// The configured `type` of each.
+    kinds: BTreeMap<String, &'static str>,
 }
 
 impl std::fmt::Debug for Backends {
@@ -195,6 +201,8 @@ impl Backends {
     /// unreachable server does not stop start-up). Needs a tokio runtime.
     pub fn build(configs: &BTreeMap<String, BackendConfig>) -> Result<Backends, BackendBuildError> {
         let mut by_name = BTreeMap::new();
+        let mut stats = BTreeMap::new();
+        let mut kinds = BTreeMap::new();
         // Backends naming the same Redis URL share one multiplexed connection.
         let mut connections: BTreeMap<String, ::redis::aio::ConnectionManager> = BTreeMap::new();
         for (name, config) in configs {
@@ -239,8 +247,31 @@ impl Backends {
                 },
             };
             by_name.insert(name.clone(), backend);
+            stats.insert(name.clone(), Arc::default());
+            kinds.insert(
+                name.clone(),
+                match config {
+                    BackendConfig::Memstore(_) => "memstore",
+                    BackendConfig::Redis(_) => "redis",
+                    BackendConfig::Nats(_) => "nats",
+                },
+            );
         }
-        Ok(Backends { by_name })
+        Ok(Backends {
+            by_name,
+            stats,
+            kinds,
+        })
+    }
+
+    /// The backend's health and command statistics.
+    pub fn stats(&self, name: &str) -> Option<Arc<BackendStats>> {
+        self.stats.get(name).cloned()
+    }
+
+    /// The backend's configured `type` (`memstore`, `redis`, `nats`).
+    pub fn kind(&self, name: &str) -> &'static str {
+        self.kinds.get(name).copied().unwrap_or("unknown")
     }
 
     /// Every backend's name.

@@ -5,7 +5,9 @@
 //!
 //! Scoping: topic `t` of namespace `ns` is subject `prism.<ns>.t`, with the
 //! namespace's dots spelt ':' (namespace names have no ':'), so a namespace
-//! name never reads as a subject token boundary.
+//! name never reads as a subject token boundary. Messages are plain NATS
+//! messages with Prism's fields as headers (`nats_wire.rs`), so NATS
+//! applications publish and subscribe alongside Prism.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,9 +20,10 @@ use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
 use super::BackendError;
+use super::nats_wire;
 use super::pubsub::{
     Acker, BrokerMessage, BrokerSubscription, Delivery, PubSubBackend, SlowConsumerPolicy,
-    SubscribeOptions, TopicName, envelope,
+    SubscribeOptions, TopicName,
 };
 use crate::config::NatsConfig;
 
@@ -272,10 +275,12 @@ impl PubSubBackend for Arc<NatsBroker> {
             let (context, _) = self.jetstream().await?;
             let mut acks = Vec::with_capacity(messages.len());
             for message in &messages {
+                // The stream drops a duplicate of an id it has seen (a
+                // retried publish): the id is the `Nats-Msg-Id` header.
+                let (headers, payload) = nats_wire::encode(message).into_parts();
                 let publish = jetstream::message::PublishMessage::build()
-                    .payload(envelope::encode(message))
-                    // The stream drops a duplicate of an id it has seen (a retried publish).
-                    .message_id(&message.id);
+                    .payload(payload)
+                    .headers(headers);
                 let ack = self
                     .bounded("publishing", context.send_publish(subject.clone(), publish))
                     .await?;
@@ -292,9 +297,10 @@ impl PubSubBackend for Arc<NatsBroker> {
         }
         let client = self.connected().await?;
         for message in &messages {
+            let (headers, payload) = nats_wire::encode(message).into_parts();
             self.bounded(
                 "publishing",
-                client.publish(subject.clone(), envelope::encode(message)),
+                client.publish_with_headers(subject.clone(), headers, payload),
             )
             .await?;
         }
@@ -311,9 +317,10 @@ impl PubSubBackend for Arc<NatsBroker> {
             let (context, _) = self.jetstream().await?;
             let mut pending = Vec::with_capacity(items.len());
             for (topic, message) in &items {
+                let (headers, payload) = nats_wire::encode(message).into_parts();
                 let publish = jetstream::message::PublishMessage::build()
-                    .payload(envelope::encode(message))
-                    .message_id(&message.id);
+                    .payload(payload)
+                    .headers(headers);
                 pending.push(
                     self.bounded(
                         "publishing",
@@ -342,9 +349,10 @@ impl PubSubBackend for Arc<NatsBroker> {
         // flush says the server has them.
         let client = self.connected().await?;
         for (topic, message) in &items {
+            let (headers, payload) = nats_wire::encode(message).into_parts();
             self.bounded(
                 "publishing",
-                client.publish(self.subject(topic), envelope::encode(message)),
+                client.publish_with_headers(self.subject(topic), headers, payload),
             )
             .await?;
         }
@@ -395,13 +403,20 @@ struct CoreSubscription {
 impl BrokerSubscription for CoreSubscription {
     async fn next(&mut self) -> Option<Delivery> {
         let message = self.subscriber.next().await?;
-        let decoded = envelope::decode(&self.topic, message.payload, foreign_id);
+        let decoded = nats_wire::decode(
+            &self.topic,
+            message.headers.as_ref(),
+            message.payload,
+            native_id,
+            crate::clock::now_ms,
+        );
         Some(Delivery::first(Arc::new(decoded)))
     }
 }
 
-fn foreign_id() -> String {
-    format!("nats-{}", crate::clock::now_ms())
+/// The id of a native message published without `Nats-Msg-Id`.
+fn native_id() -> String {
+    format!("nats-{}", crate::clock::next_id(crate::clock::now_ms()))
 }
 
 struct JetStreamSubscription {
@@ -481,13 +496,27 @@ impl BrokerSubscription for JetStreamSubscription {
             };
             match messages.next().await {
                 Some(Ok(message)) => {
-                    let (sequence, attempt) = match message.info() {
-                        Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
-                        Err(_) => (0, 1),
+                    let (sequence, attempt, stored_ms) = match message.info() {
+                        Ok(info) => (
+                            info.stream_sequence,
+                            info.delivered.max(1) as u32,
+                            u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                                .unwrap_or_default(),
+                        ),
+                        Err(_) => (0, 1, crate::clock::now_ms()),
                     };
                     self.last_sequence = self.last_sequence.max(sequence);
                     let (message, acker) = message.split();
-                    let decoded = envelope::decode(&self.topic, message.payload, foreign_id);
+                    // A native message without an id is named by its place in
+                    // the stream: the same on every redelivery and every replica.
+                    let stream = &self.broker.config.stream;
+                    let decoded = nats_wire::decode(
+                        &self.topic,
+                        message.headers.as_ref(),
+                        message.payload,
+                        || format!("js-{stream}-{sequence}"),
+                        || stored_ms,
+                    );
                     self.acks.pending.lock().insert(decoded.id.clone(), acker);
                     return Some(Delivery::Message {
                         message: Arc::new(decoded),

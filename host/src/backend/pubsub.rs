@@ -182,6 +182,13 @@ pub mod envelope {
         out.freeze()
     }
 
+    /// Whether `bytes` are a message in this envelope.
+    pub fn is_enveloped(bytes: &[u8]) -> bool {
+        bytes
+            .strip_prefix(MAGIC)
+            .is_some_and(|body| pb::Message::decode(body).is_ok())
+    }
+
     /// `fallback_id` names a foreign message (no envelope).
     pub fn decode(
         topic: &str,

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::runtime::call::HostClock;
+use crate::runtime::call::{HostClock, SlotClock};
+use crate::telemetry::backends::BackendStats;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,7 +41,7 @@ pub struct KvSlot {
     /// A shadow version's slot: writes succeed without reaching the backend.
     read_only: bool,
     /// The instance's clock of time spent awaiting the backend.
-    clock: Arc<HostClock>,
+    clock: SlotClock,
 }
 
 impl KvSlot {
@@ -65,14 +66,25 @@ impl KvSlot {
             scope,
             quota,
             read_only: false,
-            clock: Arc::default(),
+            clock: SlotClock::default(),
         }
     }
 
     /// This binding with writes suppressed (see `Slots::read_only`).
     /// The same slot, counting its calls' waiting on `clock`.
     pub fn timed_by(self, clock: Arc<HostClock>) -> KvSlot {
-        KvSlot { clock, ..self }
+        KvSlot {
+            clock: self.clock.on(clock),
+            ..self
+        }
+    }
+
+    /// The same slot, timing its calls as commands of the backend it is bound to.
+    pub fn measured_by(self, backend: Arc<BackendStats>) -> KvSlot {
+        KvSlot {
+            clock: self.clock.measuring(backend),
+            ..self
+        }
     }
 
     pub fn read_only(self) -> KvSlot {
@@ -90,7 +102,7 @@ impl KvSlot {
             scope: "".into(),
             quota: None,
             read_only: false,
-            clock: Arc::default(),
+            clock: SlotClock::default(),
         }
     }
 

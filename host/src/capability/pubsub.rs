@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::runtime::call::HostClock;
+use crate::runtime::call::{HostClock, SlotClock};
+use crate::telemetry::backends::BackendStats;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -80,7 +81,7 @@ pub struct PubSubSlot {
     /// A shadow version's slot: publishes are accepted and go nowhere.
     read_only: bool,
     /// The instance's clock of time spent awaiting the backend.
-    clock: Arc<HostClock>,
+    clock: SlotClock,
 }
 
 impl PubSubSlot {
@@ -89,14 +90,25 @@ impl PubSubSlot {
             backend,
             namespace: namespace.into(),
             read_only: false,
-            clock: Arc::default(),
+            clock: SlotClock::default(),
         }
     }
 
     /// This binding with publishes suppressed (see `Slots::read_only`).
     /// The same slot, counting its calls' waiting on `clock`.
     pub fn timed_by(self, clock: Arc<HostClock>) -> PubSubSlot {
-        PubSubSlot { clock, ..self }
+        PubSubSlot {
+            clock: self.clock.on(clock),
+            ..self
+        }
+    }
+
+    /// The same slot, timing its calls as commands of the backend it is bound to.
+    pub fn measured_by(self, backend: Arc<BackendStats>) -> PubSubSlot {
+        PubSubSlot {
+            clock: self.clock.measuring(backend),
+            ..self
+        }
     }
 
     pub fn read_only(self) -> PubSubSlot {
@@ -112,7 +124,7 @@ impl PubSubSlot {
             backend: Arc::new(Unbound),
             namespace: "".into(),
             read_only: false,
-            clock: Arc::default(),
+            clock: SlotClock::default(),
         }
     }
 

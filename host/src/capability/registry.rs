@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use crate::runtime::call::HostClock;
+use crate::runtime::call::{HostClock, SlotClock};
+use crate::telemetry::backends::BackendStats;
 
 use async_trait::async_trait;
 
@@ -35,7 +36,7 @@ pub struct RegistrySlot {
     /// A shadow version's slot: writes answer as if done and change nothing.
     read_only: bool,
     /// The instance's clock of time spent awaiting the backend.
-    clock: Arc<HostClock>,
+    clock: SlotClock,
 }
 
 impl RegistrySlot {
@@ -44,14 +45,25 @@ impl RegistrySlot {
             backend,
             namespace: namespace.into(),
             read_only: false,
-            clock: Arc::default(),
+            clock: SlotClock::default(),
         }
     }
 
     /// This binding with writes suppressed (see `Slots::read_only`).
     /// The same slot, counting its calls' waiting on `clock`.
     pub fn timed_by(self, clock: Arc<HostClock>) -> RegistrySlot {
-        RegistrySlot { clock, ..self }
+        RegistrySlot {
+            clock: self.clock.on(clock),
+            ..self
+        }
+    }
+
+    /// The same slot, timing its calls as commands of the backend it is bound to.
+    pub fn measured_by(self, backend: Arc<BackendStats>) -> RegistrySlot {
+        RegistrySlot {
+            clock: self.clock.measuring(backend),
+            ..self
+        }
     }
 
     pub fn read_only(self) -> RegistrySlot {
@@ -67,7 +79,7 @@ impl RegistrySlot {
             backend: Arc::new(Unbound),
             namespace: "".into(),
             read_only: false,
-            clock: Arc::default(),
+            clock: SlotClock::default(),
         }
     }
 

@@ -195,11 +195,17 @@ impl Version {
                         limits.quotas.max_stored_bytes,
                         limits.quotas.max_stored_keys,
                     );
+                    if let Some(stats) = backends.stats(backend) {
+                        slots.kv = slots.kv.measured_by(stats);
+                    }
                 }
                 Some("pubsub") => {
                     let ps = backends.pubsub(backend).ok_or_else(|| missing("pubsub"))?;
                     summaries.push(ps.summary());
                     slots.pubsub = PubSubSlot::new(name, ps);
+                    if let Some(stats) = backends.stats(backend) {
+                        slots.pubsub = slots.pubsub.measured_by(stats);
+                    }
                 }
                 Some("registry") => {
                     let reg = backends
@@ -207,6 +213,9 @@ impl Version {
                         .ok_or_else(|| missing("registry"))?;
                     summaries.push(reg.summary());
                     slots.registry = RegistrySlot::new(name, reg);
+                    if let Some(stats) = backends.stats(backend) {
+                        slots.registry = slots.registry.measured_by(stats);
+                    }
                 }
                 _ => return Err(missing(slot)),
             }

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{StoreContextMut, UpdateDeadline};
 
 use super::state::InstanceState;
+use crate::telemetry::backends::BackendStats;
 
 /// Epoch ticks a call may run before it counts as long (2 ticks = 5 to 10 ms
 /// of running guest code at the moment the epoch is checked).
@@ -30,29 +31,62 @@ pub struct HostClock {
 }
 
 impl HostClock {
-    /// Counts the time until the returned guard drops.
-    pub fn waiting(self: &Arc<Self>) -> Waiting {
-        Waiting {
-            clock: self.clone(),
-            since: Instant::now(),
-        }
-    }
-
     pub fn total(&self) -> Duration {
         Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
     }
 }
 
-/// One capability call in progress (see [`HostClock::waiting`]).
+/// What a capability slot times its calls with: its instance's
+/// [`HostClock`] (waiting is not computing) and, once the slot is bound to
+/// a backend, that backend's command statistics.
+#[derive(Debug, Clone, Default)]
+pub struct SlotClock {
+    host: Arc<HostClock>,
+    backend: Option<Arc<BackendStats>>,
+}
+
+impl SlotClock {
+    /// The same clock, counting on one instance's `host` clock.
+    pub fn on(&self, host: Arc<HostClock>) -> SlotClock {
+        SlotClock {
+            host,
+            backend: self.backend.clone(),
+        }
+    }
+
+    /// The same clock, also timing the calls as `backend`'s commands.
+    pub fn measuring(&self, backend: Arc<BackendStats>) -> SlotClock {
+        SlotClock {
+            host: self.host.clone(),
+            backend: Some(backend),
+        }
+    }
+
+    /// Counts the time until the returned guard drops.
+    pub fn waiting(&self) -> Waiting {
+        Waiting {
+            host: self.host.clone(),
+            backend: self.backend.clone(),
+            since: Instant::now(),
+        }
+    }
+}
+
+/// One capability call in progress (see [`SlotClock::waiting`]).
 pub struct Waiting {
-    clock: Arc<HostClock>,
+    host: Arc<HostClock>,
+    backend: Option<Arc<BackendStats>>,
     since: Instant,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let nanos = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.clock.nanos.fetch_add(nanos, Ordering::Relaxed);
+        let elapsed = self.since.elapsed();
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.host.nanos.fetch_add(nanos, Ordering::Relaxed);
+        if let Some(backend) = &self.backend {
+            backend.commands.observe(elapsed);
+        }
     }
 }
 

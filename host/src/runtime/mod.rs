@@ -100,6 +100,29 @@ pub enum TrapKind {
     Other(String),
 }
 
+impl TrapKind {
+    /// Metric label values, by [`TrapKind::index`].
+    pub const LABELS: [&'static str; 6] = [
+        "deadline",
+        "memory_limit",
+        "panic",
+        "stack_overflow",
+        "memory_fault",
+        "other",
+    ];
+
+    pub fn index(&self) -> usize {
+        match self {
+            TrapKind::Deadline(_) => 0,
+            TrapKind::MemoryLimit(_) => 1,
+            TrapKind::Panic(_) => 2,
+            TrapKind::StackOverflow => 3,
+            TrapKind::MemoryFault => 4,
+            TrapKind::Other(_) => 5,
+        }
+    }
+}
+
 impl fmt::Display for TrapKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -61,6 +61,8 @@ pub struct PatternPool<W: PatternWorld> {
     lane: Option<Handle>,
     instantiated: AtomicU64,
     discarded: AtomicU64,
+    /// Traps by kind ([`TrapKind::index`]).
+    traps: [AtomicU64; TrapKind::LABELS.len()],
     long_calls: AtomicU64,
 }
 
@@ -69,6 +71,8 @@ pub struct PatternPool<W: PatternWorld> {
 pub struct PoolStats {
     pub instantiated: u64,
     pub discarded: u64,
+    /// Traps by kind, in [`TrapKind::LABELS`] order.
+    pub traps: [u64; TrapKind::LABELS.len()],
     pub idle: usize,
     /// Calls currently holding an instance.
     pub busy: usize,
@@ -97,6 +101,7 @@ impl<W: PatternWorld> PatternPool<W> {
             lane,
             instantiated: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
+            traps: Default::default(),
             long_calls: AtomicU64::new(0),
         }
     }
@@ -113,6 +118,7 @@ impl<W: PatternWorld> PatternPool<W> {
         PoolStats {
             instantiated: self.instantiated.load(Ordering::Relaxed),
             discarded: self.discarded.load(Ordering::Relaxed),
+            traps: std::array::from_fn(|i| self.traps[i].load(Ordering::Relaxed)),
             idle: self.idle.lock().len(),
             busy: self.limits.max_instances as usize - self.permits.available_permits(),
             long_calls: self.long_calls.load(Ordering::Relaxed),
@@ -207,6 +213,7 @@ impl<W: PatternWorld> PatternPool<W> {
             Err(err) => {
                 self.discarded.fetch_add(1, Ordering::Relaxed);
                 let kind = classify(&instance.store, &err, &self.limits);
+                self.traps[kind.index()].fetch_add(1, Ordering::Relaxed);
                 let stderr = instance.store.data().stderr_text();
                 tracing::warn!(namespace = %self.namespace, %kind, guest_stderr = %stderr, error = %format!("{err:#}"), "pattern trapped; instance discarded");
                 Err(RuntimeError::Trap {
