@@ -295,41 +295,66 @@ async def registry_client(registry_addr: str) -> AsyncIterator[PrismClient]:
         yield c
 
 
+class PrismProcess:
+    """`prism serve --config <dir>/prism.toml` on free ports, its stderr in
+    `<dir>/prism.log`. `metrics=True` also serves /metrics (`metrics_url`)."""
+
+    def __init__(self, directory: Path, config_text: str, *, metrics: bool = False) -> None:
+        if not PRISM_BIN.exists():
+            pytest.fail(f"{PRISM_BIN} is missing; build it with `just build` (or set PRISM_BIN)")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config = directory / "prism.toml"
+        self.config.write_text(config_text)
+        self.log_path = directory / "prism.log"
+        self._log = self.log_path.open("w")
+        args = [str(PRISM_BIN), "serve", "--config", str(self.config), "--listen", "127.0.0.1:0"]
+        if metrics:
+            args += ["--metrics-listen", "127.0.0.1:0"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        assert self.proc.stdout is not None
+        serving = self.proc.stdout.readline()
+        listening = self.proc.stdout.readline() if metrics else "prism: metrics on -"
+        if not serving.startswith("prism: serving on ") or not listening.startswith("prism: metrics on "):
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"prism did not start: {serving!r} {listening!r}\n{self.log_path.read_text()}")
+        self.addr = serving.removeprefix("prism: serving on ").strip()
+        self.metrics_url = listening.removeprefix("prism: metrics on ").strip()
+        self.killed = False
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def kill(self) -> None:
+        """SIGKILL: no drain (a crashed replica)."""
+        self.proc.kill()
+        self.killed = True
+
+    def stop(self) -> None:
+        """SIGTERM, which must be graceful (exit 0 within 15 s); after kill() it only reaps."""
+        if not self.killed:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail("prism did not shut down within 15 s of SIGTERM")
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self._log.close()
+        if not self.killed:
+            assert code == 0, f"prism exited with {code}:\n{self.log()}"
+
+
 @contextlib.contextmanager
 def run_prism(tmp_path: Path, config_text: str) -> Iterator[str]:
-    """Runs `prism serve` on a free port with this config; yields its address.
-    Stops it with SIGTERM, which must be graceful (exit 0 within 15 s)."""
-    if not PRISM_BIN.exists():
-        pytest.fail(f"{PRISM_BIN} is missing; build it with `just build` (or set PRISM_BIN)")
-    config = tmp_path / "prism.toml"
-    config.write_text(config_text)
-    log = (tmp_path / "prism.log").open("w")
-    proc = subprocess.Popen(
-        [str(PRISM_BIN), "serve", "--config", str(config), "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("prism: serving on "):
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"prism did not start: {line!r}\n{(tmp_path / 'prism.log').read_text()}")
-    addr = line.removeprefix("prism: serving on ").strip()
+    """Runs `prism serve` on a free port with this config; yields its address."""
+    prism = PrismProcess(tmp_path, config_text)
     try:
-        yield addr
+        yield prism.addr
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail("prism did not shut down within 15 s of SIGTERM")
-        proc.stdout.close()
-        log.close()
-        assert code == 0, f"prism exited with {code}:\n{(tmp_path / 'prism.log').read_text()}"
+        prism.stop()
 
 
 @pytest.fixture

@@ -9,15 +9,13 @@ Prism connects to them lazily)."""
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import PRISM_BIN, REPO
+from conftest import REPO, PrismProcess
 
 BASE = REPO / "deploy" / "k8s" / "base"
 
@@ -123,20 +121,6 @@ def test_the_shipped_config_starts_prism(resources: dict[str, dict[str, Any]], t
     # Only the state directory moves (to a temp dir): the rest is as shipped.
     state_dir = config["admin"]["state_dir"]
     text = text.replace(f'state_dir = "{state_dir}"', f'state_dir = "{tmp_path / "state"}"')
-    path = tmp_path / "prism.toml"
-    path.write_text(text)
-    log = (tmp_path / "prism.log").open("w")
-    proc = subprocess.Popen(
-        [str(PRISM_BIN), "serve", "--config", str(path), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=30)
-    proc.stdout.close()
-    log.close()
-    assert line.startswith("prism: serving on "), (tmp_path / "prism.log").read_text()
-    assert code == 0, (tmp_path / "prism.log").read_text()
+    prism = PrismProcess(tmp_path, text, metrics=True)
+    assert prism.addr and prism.metrics_url.endswith("/metrics")
+    prism.stop()

@@ -8,8 +8,6 @@ bounded: a namespace header naming no namespace is never a label."""
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import PRISM_BIN, RedisServer
+from conftest import PrismProcess, RedisServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from prism_client import KeyNotFoundError, PrismClient, ResourceExhaustedError
@@ -77,30 +75,11 @@ class Prism:
 @pytest.fixture
 def prism(tmp_path: Path, redis_server: RedisServer) -> Iterator[Prism]:
     redis_server.flush()
-    config = tmp_path / "prism.toml"
-    config.write_text(CONFIG.format(redis_port=redis_server.port))
-    log = (tmp_path / "prism.log").open("w")
-    proc = subprocess.Popen(
-        [str(PRISM_BIN), "serve", "--config", str(config), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    assert proc.stdout is not None
-    serving = proc.stdout.readline()
-    metrics = proc.stdout.readline()
-    if not serving.startswith("prism: serving on ") or not metrics.startswith("prism: metrics on "):
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"prism did not start: {serving!r} {metrics!r}\n{(tmp_path / 'prism.log').read_text()}")
+    process = PrismProcess(tmp_path, CONFIG.format(redis_port=redis_server.port), metrics=True)
     try:
-        yield Prism(serving.removeprefix("prism: serving on ").strip(), metrics.removeprefix("prism: metrics on ").strip())
+        yield Prism(process.addr, process.metrics_url)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=15)
-        proc.stdout.close()
-        log.close()
-        assert code == 0, (tmp_path / "prism.log").read_text()
+        process.stop()
 
 
 def call_labels(namespace: str, service: str, method: str, **extra: str) -> Labels:

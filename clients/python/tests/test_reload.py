@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PRISM_BIN
+from conftest import PrismProcess
 
 from prism_client import InvalidArgumentError, KeyNotFoundError, NamespaceNotFoundError, PrismClient
 
@@ -53,24 +52,9 @@ max_value_bytes = 16
 """
 
 
-class Server:
+class Server(PrismProcess):
     def __init__(self, tmp: Path) -> None:
-        self.config = tmp / "prism.toml"
-        self.log_path = tmp / "prism.log"
-        self.config.write_text(BASE + KEEP + GOING)
-        self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [str(PRISM_BIN), "serve", "--config", str(self.config), "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("prism: serving on "):
-            self.proc.kill()
-            pytest.fail(f"prism did not start: {line!r}\n{self.log_path.read_text()}")
-        self.addr = line.removeprefix("prism: serving on ").strip()
+        super().__init__(tmp, BASE + KEEP + GOING)
 
     def reload(self, text: str) -> None:
         self.config.write_text(text)
@@ -79,20 +63,12 @@ class Server:
     def wait_for_log(self, fragment: str, count: int = 1) -> str:
         deadline = time.monotonic() + 15
         while True:
-            text = self.log_path.read_text()
+            text = self.log()
             if text.count(fragment) >= count:
                 return text
             if time.monotonic() > deadline:
                 pytest.fail(f"{fragment!r} never appeared {count} time(s) in the log:\n{text}")
             time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=15)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self.log.close()
-        assert code == 0, self.log_path.read_text()
 
 
 @pytest.fixture

@@ -9,14 +9,12 @@ JetStream message, and a client given every replica's address fails over
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PRISM_BIN, NatsServer, RedisServer
+from conftest import NatsServer, PrismProcess, RedisServer
 
 from prism_client import KeyNotFoundError, PrismClient, PrismError
 
@@ -47,55 +45,23 @@ slots = {{ registry = "redis", messaging = "js" }}
 """
 
 
-class Replica:
-    def __init__(self, tmp: Path, config: str) -> None:
-        tmp.mkdir()
-        path = tmp / "prism.toml"
-        path.write_text(config.replace("{state}", str(tmp / "state")))
-        self.log_path = tmp / "prism.log"
-        self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [str(PRISM_BIN), "serve", "--config", str(path), "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("prism: serving on "):
-            self.proc.kill()
-            pytest.fail(f"prism did not start: {line!r}\n{self.log_path.read_text()}")
-        self.addr = line.removeprefix("prism: serving on ").strip()
-        self.killed = False
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.killed = True
-
-    def stop(self) -> None:
-        if not self.killed:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=15)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        self.log.close()
-        if not self.killed:
-            assert code == 0, self.log_path.read_text()
-
-
 @pytest.fixture
-def replicas(tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer) -> Iterator[list[Replica]]:
+def replicas(tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer) -> Iterator[list[PrismProcess]]:
     redis_server.flush()
     nats_server.reset()
     config = CONFIG.replace("{redis_port}", str(redis_server.port)).replace("{nats_url}", nats_server.url)
     config = config.replace("{{", "{").replace("}}", "}")
-    started = [Replica(tmp_path / f"replica-{i}", config) for i in range(3)]
+    # Each replica keeps its own Admin state (none is written here).
+    started = [
+        PrismProcess(tmp_path / f"replica-{i}", config.replace("{state}", str(tmp_path / f"replica-{i}" / "state")))
+        for i in range(3)
+    ]
     yield started
     for replica in started:
         replica.stop()
 
 
-async def test_a_write_on_one_replica_is_read_on_the_others(replicas: list[Replica]) -> None:
+async def test_a_write_on_one_replica_is_read_on_the_others(replicas: list[PrismProcess]) -> None:
     clients = [PrismClient(r.addr) for r in replicas]
     try:
         for i in range(20):
@@ -110,7 +76,7 @@ async def test_a_write_on_one_replica_is_read_on_the_others(replicas: list[Repli
             await c.close()
 
 
-async def test_a_consumer_group_across_replicas_gets_each_message_once(replicas: list[Replica]) -> None:
+async def test_a_consumer_group_across_replicas_gets_each_message_once(replicas: list[PrismProcess]) -> None:
     clients = [PrismClient(r.addr, namespace="events") for r in replicas]
     try:
         subs = [c.pubsub.subscribe("orders", group="billing") for c in clients]
@@ -139,7 +105,7 @@ async def test_a_consumer_group_across_replicas_gets_each_message_once(replicas:
             await c.close()
 
 
-async def test_a_multicast_on_one_replica_reaches_a_listener_on_another(replicas: list[Replica]) -> None:
+async def test_a_multicast_on_one_replica_reaches_a_listener_on_another(replicas: list[PrismProcess]) -> None:
     clients = [PrismClient(r.addr, namespace="devices") for r in replicas]
     try:
         await clients[0].registry.register("sensor-1", {"type": "sensor"})
@@ -158,7 +124,7 @@ async def test_a_multicast_on_one_replica_reaches_a_listener_on_another(replicas
             await c.close()
 
 
-async def test_killing_a_replica_under_load_loses_nothing_acknowledged(replicas: list[Replica]) -> None:
+async def test_killing_a_replica_under_load_loses_nothing_acknowledged(replicas: list[PrismProcess]) -> None:
     every = [r.addr for r in replicas]
     async with (
         PrismClient(every) as kv,
