@@ -92,39 +92,47 @@ impl Drop for Waiting {
 
 /// Shared by a call's store (its epoch callback) and whoever drives the call.
 pub struct CallTicket {
-    started: Instant,
+    /// When the deadline started counting, and the instance's [`HostClock`]
+    /// total then. Reset by [`CallTicket::start_on`]: the deadline bounds
+    /// the call on its instance, and waiting for the instance is bounded on
+    /// its own (RESOURCE_EXHAUSTED), so time queued under load never turns
+    /// into a deadline trap of a call that barely ran.
+    clock: Mutex<(Instant, Duration)>,
     deadline: Duration,
-    /// Set at the first epoch callback: the call computes rather than waits.
+    /// Set once the call has computed for its first slice.
     long: AtomicBool,
+    /// Epoch callbacks this call has seen since it started on its instance.
+    ticks_seen: AtomicU64,
     /// The namespace's compute slots; long calls take turns on them.
     compute: Arc<Semaphore>,
     /// The slot this call holds while it computes, if any.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
-    /// The instance's [`HostClock`] total when the call started.
-    host_base: Mutex<Duration>,
 }
 
 impl CallTicket {
     pub fn new(deadline: Duration, compute: Arc<Semaphore>) -> Arc<CallTicket> {
         Arc::new(CallTicket {
-            started: Instant::now(),
+            clock: Mutex::new((Instant::now(), Duration::ZERO)),
             deadline,
             long: AtomicBool::new(false),
+            ticks_seen: AtomicU64::new(0),
             compute,
             permit: Mutex::new(None),
-            host_base: Mutex::new(Duration::ZERO),
         })
     }
 
-    /// Starts the call's compute time on an instance whose clock reads `host`.
+    /// Starts the call on an instance whose clock reads `host`: its
+    /// deadline and compute time count from now.
     pub fn start_on(&self, host: &HostClock) {
-        *self.host_base.lock() = host.total();
+        *self.clock.lock() = (Instant::now(), host.total());
+        self.ticks_seen.store(0, Ordering::Relaxed);
     }
 
     /// How long the call has run outside capability calls.
     fn computing(&self, host: &HostClock) -> Duration {
-        let waited = host.total().saturating_sub(*self.host_base.lock());
-        self.started.elapsed().saturating_sub(waited)
+        let (started, host_base) = *self.clock.lock();
+        let waited = host.total().saturating_sub(host_base);
+        started.elapsed().saturating_sub(waited)
     }
 
     /// Whether the call has run past its first slice.
@@ -138,7 +146,7 @@ impl CallTicket {
 
     /// Time left before the deadline (zero once it has passed).
     pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_sub(self.started.elapsed())
+        self.deadline.saturating_sub(self.clock.lock().0.elapsed())
     }
 
     /// When the namespace already has long calls on all its compute slots,
@@ -191,9 +199,15 @@ pub fn on_epoch(ctx: StoreContextMut<'_, InstanceState>) -> wasmtime::Result<Upd
     if call.remaining().is_zero() {
         return Ok(UpdateDeadline::Interrupt);
     }
-    // The ticks may have passed while the guest awaited a backend: it is
-    // long only once it has computed for a first slice itself.
-    if !call.is_long() && call.computing(&ctx.data().host) < FIRST_SLICE {
+    // The ticks may have passed while the guest awaited a backend, or while
+    // its thread was preempted (a busy machine): it is long only once it
+    // has computed for a first slice itself, and was seen running at
+    // FIRST_SLICE_TICKS epoch ticks (a thread preempted for many ticks
+    // sees one callback when it resumes, a spinning guest one per tick).
+    let seen = call.ticks_seen.fetch_add(1, Ordering::Relaxed) + 1;
+    if !call.is_long()
+        && (seen < FIRST_SLICE_TICKS || call.computing(&ctx.data().host) < FIRST_SLICE)
+    {
         return Ok(UpdateDeadline::Continue(1));
     }
     call.long.store(true, Ordering::Relaxed);
