@@ -199,14 +199,23 @@ async fn run(
         println!("prism: metrics on http://{metrics}/metrics");
     }
     tokio::pin!(signal);
-    match reloads {
-        Some(mut reloads) => loop {
-            tokio::select! {
-                _ = &mut signal => break,
-                _ = reloads.recv() => reload(&server, config_file.as_ref()).await,
+    let mut reloads = reloads;
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            hangup = async { reloads.as_mut()?.recv().await }, if reloads.is_some() => {
+                if hangup.is_none() {
+                    // The signal stream ended: no more reloads, keep serving.
+                    reloads = None;
+                    continue;
+                }
+                // A shutdown signal during a reload wins: the reload is dropped.
+                tokio::select! {
+                    _ = &mut signal => break,
+                    () = reload(&server, config_file.as_ref()) => {}
+                }
             }
-        },
-        None => signal.await,
+        }
     }
     tracing::info!("shutting down: draining in-flight requests");
     server.shutdown().await?;

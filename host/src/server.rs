@@ -225,10 +225,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     if auth.is_none() && config.admin.allow_unauthenticated {
         tracing::warn!("the Admin API is open to any caller ([admin] allow_unauthenticated)");
     }
-    let requests = Arc::new(RequestMetrics::new(namespaces.clone()));
-    let metrics = match config.telemetry.metrics_listen {
-        None => None,
-        Some(at) => {
+    let requests = config
+        .telemetry
+        .metrics_listen
+        .map(|_| Arc::new(RequestMetrics::new(namespaces.clone())));
+    let metrics = match (config.telemetry.metrics_listen, &requests) {
+        (Some(at), Some(requests)) => {
             let listener = TcpListener::bind(at)
                 .await
                 .map_err(|source| ServerError::Bind { addr: at, source })?;
@@ -248,6 +250,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
                 tokio::spawn(crate::telemetry::http::serve(listener, sources)),
             ))
         }
+        _ => None,
     };
     // Outermost: calls refused by the layers below are counted too.
     let router = tonic::transport::Server::builder()

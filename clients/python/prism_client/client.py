@@ -57,7 +57,9 @@ _SERVICE_CONFIG = json.dumps(
 
 def _target(address: str | Sequence[str]) -> tuple[str, str | None]:
     """The gRPC target for one address, or a static list of replicas
-    (resolved now, balanced round-robin: `ipv4:a:1,b:2` / `ipv6:[a]:1,...`),
+    (resolved once, now, balanced round-robin: `ipv4:a:1,b:2` /
+    `ipv6:[a]:1,...`; for replicas whose addresses change, give one DNS
+    name that resolves to all of them, e.g. `dns:///prism.svc:8980`),
     and the `:authority` to send: gRPC would send the whole list, which is
     no valid authority, and servers reset such streams."""
     if isinstance(address, str):
@@ -77,10 +79,16 @@ def _target(address: str | Sequence[str]) -> tuple[str, str | None]:
         try:
             ips = [ipaddress.ip_address(host)]
         except ValueError:
-            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            try:
+                infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except OSError as err:
+                raise InvalidArgumentError(f"cannot resolve {entry!r}: {err}") from None
             ips = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
         for ip in ips:
             (v4 if ip.version == 4 else v6).append(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
+    if v4 and v6:
+        # One static target holds one address family.
+        raise InvalidArgumentError(f"the replicas mix IPv4 and IPv6 addresses ({v4[0]}, {v6[0]}); give one family")
     if v4:
         return "ipv4:" + ",".join(v4), addresses[0]
     return "ipv6:" + ",".join(v6), addresses[0]

@@ -90,6 +90,14 @@ impl Control {
             let namespace = Namespace::start(name, ns, &self.platform)
                 .await
                 .map_err(invalid_start)?;
+            // Warmed before anything switches, so the switch itself is quick.
+            if let Ok(current) = self.namespaces.get(name) {
+                namespace
+                    .deployment()
+                    .primary
+                    .warm(name, current.deployment().primary.live_instances())
+                    .await;
+            }
             started.push((namespace, ns.clone()));
         }
         let removed: Vec<Arc<Namespace>> = old
@@ -103,11 +111,6 @@ impl Control {
             match self.namespaces.get(&name) {
                 Ok(current) => {
                     let deployment = current.deployment();
-                    replacement
-                        .deployment()
-                        .primary
-                        .warm(&name, deployment.primary.live_instances())
-                        .await;
                     replacement.swap(Deployment {
                         primary: replacement.deployment().primary.clone(),
                         previous: deployment.previous.clone(),

@@ -514,7 +514,10 @@ impl BrokerSubscription for JetStreamSubscription {
                         &self.topic,
                         message.headers.as_ref(),
                         message.payload,
-                        || format!("js-{stream}-{sequence}"),
+                        || match sequence {
+                            0 => native_id(),
+                            _ => format!("js-{stream}-{sequence}"),
+                        },
                         || stored_ms,
                     );
                     self.acks.pending.lock().insert(decoded.id.clone(), acker);

@@ -4,7 +4,8 @@
 //! as `Prism-Timestamp` (milliseconds), and every metadata entry as a header
 //! of its own (`traceparent` included). A native publish's headers arrive
 //! as metadata. Metadata a NATS header cannot carry (a key that is not
-//! printable ASCII or holds ':', a value with CR/LF, a key NATS reserves)
+//! printable ASCII or holds ':', a value with CR/LF or with whitespace at
+//! either end, which readers trim, a key NATS reserves)
 //! makes that one message travel in Prism's byte envelope instead, so
 //! nothing is lost; messages in that envelope — all of them, before this
 //! format — are still read.
@@ -82,7 +83,9 @@ fn native_headers(message: &BrokerMessage) -> Option<HeaderMap> {
         HeaderValue::from_str(&message.timestamp_ms.to_string()).ok()?,
     );
     for (key, value) in &message.metadata {
-        if key.is_empty() || reserved(key) {
+        // async-nats trims header values when it reads them: a value with
+        // leading or trailing whitespace would come back changed.
+        if key.is_empty() || reserved(key) || value.trim() != value {
             return None;
         }
         headers.insert(

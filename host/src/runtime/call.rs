@@ -15,8 +15,8 @@ use wasmtime::{StoreContextMut, UpdateDeadline};
 use super::state::InstanceState;
 use crate::telemetry::backends::BackendStats;
 
-/// Epoch ticks a call may run before it counts as long (2 ticks = 5 to 10 ms
-/// of running guest code at the moment the epoch is checked).
+/// Epoch ticks a call may be seen running before it counts as long (2 ticks
+/// = 5 to 10 ms of running guest code; stores check the epoch at every tick).
 pub const FIRST_SLICE_TICKS: u64 = 2;
 /// The guest compute time that makes a call long.
 const FIRST_SLICE: Duration = super::engine::EPOCH_TICK.saturating_mul(FIRST_SLICE_TICKS as u32);

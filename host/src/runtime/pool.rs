@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Store, Trap};
 
-use super::call::{CallTicket, FIRST_SLICE_TICKS, on_epoch};
+use super::call::{CallTicket, on_epoch};
 use super::engine::EPOCH_TICK;
 use super::lane;
 use super::state::{InstanceState, Slots};
@@ -152,7 +152,7 @@ impl<W: PatternWorld> PatternPool<W> {
                 } = &mut lease.instance;
                 job_ticket.start_on(&store.data().host);
                 store.data_mut().call = Some(job_ticket.clone());
-                store.set_epoch_deadline(FIRST_SLICE_TICKS);
+                store.set_epoch_deadline(1);
                 // Epochs interrupt guest code only; a guest blocked inside a
                 // host call (a WASI sleep) is bounded by this timer instead.
                 let bound = job_ticket.deadline() + 2 * EPOCH_TICK;
@@ -235,7 +235,7 @@ impl<W: PatternWorld> PatternPool<W> {
         ));
         let mut store = Store::new(W::engine(&self.pre), state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(FIRST_SLICE_TICKS);
+        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(on_epoch);
         let bindings = match W::instantiate(&self.pre, &mut store).await {
             Ok(b) => b,

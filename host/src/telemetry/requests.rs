@@ -129,13 +129,15 @@ impl RequestMetrics {
     }
 }
 
+/// `None`: no metrics listener, so nothing is recorded (no series build up
+/// that no scrape would ever read or prune).
 #[derive(Clone)]
 pub struct MetricsLayer {
-    metrics: Arc<RequestMetrics>,
+    metrics: Option<Arc<RequestMetrics>>,
 }
 
 impl MetricsLayer {
-    pub fn new(metrics: Arc<RequestMetrics>) -> MetricsLayer {
+    pub fn new(metrics: Option<Arc<RequestMetrics>>) -> MetricsLayer {
         MetricsLayer { metrics }
     }
 }
@@ -154,7 +156,7 @@ impl<S> Layer<S> for MetricsLayer {
 #[derive(Clone)]
 pub struct MetricsService<S> {
     inner: S,
-    metrics: Arc<RequestMetrics>,
+    metrics: Option<Arc<RequestMetrics>>,
 }
 
 impl<S, B, ResBody> Service<http::Request<B>> for MetricsService<S>
@@ -173,6 +175,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Some(metrics) = &self.metrics else {
+            let response = self.inner.call(request);
+            return Box::pin(async move { Ok(response.await?.map(tonic::body::Body::new)) });
+        };
         let method = methods::index(request.uri().path());
         let namespace = if methods::get(method).namespaced {
             request
@@ -183,7 +189,7 @@ where
         } else {
             ""
         };
-        let call = Call::start(self.metrics.series(method, namespace));
+        let call = Call::start(metrics.series(method, namespace));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = match response.await {
