@@ -22,12 +22,6 @@ pub struct Reloaded {
     pub managed_by_admin: Vec<String>,
 }
 
-impl Reloaded {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
-    }
-}
-
 /// The sections a reload cannot apply (the listener, engine, backends and
 /// authenticator are built once), named as the file names them.
 fn restart_only(running: &Config, new: &Config) -> Vec<&'static str> {
