@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use prism_acceptance::pubsub::{Sub, subscribe_request};
+use prism_acceptance::pubsub::{Sub, publish_with as publish, subscribe_request};
 use prism_acceptance::servers::NatsServer;
-use prism_acceptance::{pb, start};
+use prism_acceptance::start;
 use tokio_stream::StreamExt;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -39,17 +39,6 @@ pattern = "pubsub"
 slots = {{ pubsub = "js" }}
 "#
     )
-}
-
-fn publish(topic: &str, payload: &[u8], metadata: &[(&str, &str)]) -> pb::PublishRequest {
-    pb::PublishRequest {
-        topic: topic.into(),
-        payload: payload.to_vec(),
-        metadata: metadata
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
 }
 
 fn header(message: &async_nats::Message, name: &str) -> Option<String> {
@@ -179,5 +168,148 @@ async fn jetstream_drops_a_native_publish_that_repeats_a_prism_message_id() -> a
         HashMap::from([("source".to_string(), "nats".to_string())])
     );
     assert!(sub.next(Duration::from_millis(500)).await?.is_none());
+    t.stop().await
+}
+
+fn mapped_config(nats: &NatsServer) -> String {
+    let url = nats.url();
+    format!(
+        r#"
+[backends.core]
+type = "nats"
+url = "{url}"
+subjects = {{ shop = "shop.orders" }}
+
+[backends.js]
+type = "nats"
+url = "{url}"
+jetstream = true
+stream = "SHOP"
+subjects = {{ shopjs = "shop.js" }}
+
+[backends.wrong]
+type = "nats"
+url = "{url}"
+jetstream = true
+stream = "OTHER"
+subjects = {{ misfit = "shop.misfit" }}
+
+[namespaces.shop]
+pattern = "pubsub"
+slots = {{ pubsub = "core" }}
+
+[namespaces.shopjs]
+pattern = "pubsub"
+slots = {{ pubsub = "js" }}
+
+[namespaces.misfit]
+pattern = "pubsub"
+slots = {{ pubsub = "wrong" }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_mapped_onto_an_existing_subject_prefix_talks_to_that_application()
+-> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let t = start(&mapped_config(&nats)).await?;
+    let native = async_nats::connect(nats.url()).await?;
+    let mut subscriber = native.subscribe("shop.orders.created").await?;
+    native.flush().await?;
+
+    // Prism → the application's own subject.
+    let sent = t
+        .pubsub("shop")
+        .publish(publish("created", br#"{"id": 7}"#, &[("k", "v")]))
+        .await?
+        .into_inner();
+    let message = tokio::time::timeout(WAIT, subscriber.next())
+        .await
+        .context("nothing reached shop.orders.created")?
+        .context("the subscription ended")?;
+    assert_eq!(message.subject.as_str(), "shop.orders.created");
+    assert_eq!(message.payload.as_ref(), br#"{"id": 7}"#);
+    assert_eq!(header(&message, "Nats-Msg-Id"), Some(sent.id));
+    assert_eq!(header(&message, "k").as_deref(), Some("v"));
+
+    // The application → a Prism subscriber of the mapped namespace.
+    let mut sub = Sub::open(&mut t.pubsub("shop"), subscribe_request("created")).await?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("k2", "v2");
+    native
+        .publish_with_headers("shop.orders.created", headers, "native".into())
+        .await?;
+    native.flush().await?;
+    let got = sub.next(WAIT).await?.context("no message")?;
+    assert_eq!(got.payload, b"native");
+    assert_eq!(got.topic, "created");
+    assert_eq!(got.metadata.get("k2").map(String::as_str), Some("v2"));
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_namespace_publishes_into_the_applications_existing_stream() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start().await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    // The application's streams, made before Prism starts.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SHOP".into(),
+        subjects: vec!["shop.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "OTHER".into(),
+        subjects: vec!["other.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let t = start(&mapped_config(&nats)).await?;
+
+    let sent = t
+        .pubsub("shopjs")
+        .publish(publish("created", b"kept", &[]))
+        .await?
+        .into_inner();
+    let mut stream = js.get_stream("SHOP").await?;
+    let info = stream.info().await?;
+    assert_eq!(
+        info.state.messages, 1,
+        "the message is in the application's stream"
+    );
+    assert_eq!(
+        info.config.subjects,
+        vec!["shop.>".to_string()],
+        "Prism leaves an existing stream's subjects alone"
+    );
+    let stored = stream
+        .get_last_raw_message_by_subject("shop.js.created")
+        .await?;
+    assert_eq!(stored.payload.as_ref(), b"kept");
+    assert_eq!(
+        stored
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_string()),
+        Some(sent.id)
+    );
+
+    // A stream that does not capture the mapped prefix is named, with the fix.
+    let refused = t
+        .pubsub("misfit")
+        .publish(publish("created", b"lost?", &[]))
+        .await;
+    let status = match refused {
+        Ok(_) => anyhow::bail!("publishing into a stream that cannot hold the subject succeeded"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("OTHER") && status.message().contains("shop.misfit.>"),
+        "{}",
+        status.message()
+    );
     t.stop().await
 }

@@ -2,11 +2,13 @@
 //! tonic echo and against Prism's host path without the guest (each its own
 //! process), and Prism on Redis against redis-rs straight to the same
 //! server, the echo and Prism on MemStore — interleaved within each group.
+//! Every gRPC target, baselines included, is loaded through the Rust client
+//! (`prism-client`), so client-side cost is the same on both sides of a row.
 
 use std::time::Duration;
 
-use prism::pb;
 use prism_acceptance::servers::RedisServer;
+use prism_client::KeyValue;
 
 use crate::load::{self, Op, Target, run_interleaved};
 use crate::procs::Server;
@@ -28,19 +30,19 @@ pub async fn start(payload: &[u8]) -> anyhow::Result<Servers> {
         direct: Server::baseline(&["serve-direct"]).await?,
     };
     for addr in [servers.prism.addr, servers.direct.addr] {
-        seed(&load::connect(addr).await?, payload).await?;
+        seed(&key_value(addr).await?, payload).await?;
     }
     Ok(servers)
 }
 
-async fn seed(channel: &tonic::transport::Channel, payload: &[u8]) -> anyhow::Result<()> {
-    pb::key_value_client::KeyValueClient::new(channel.clone())
-        .set(pb::SetRequest {
-            key: load::BENCH_KEY.into(),
-            value: payload.to_vec(),
-            ttl_ms: None,
-        })
-        .await?;
+/// Every gRPC target of these rows, the baselines included, is loaded
+/// through the same Rust client, each on a connection of its own.
+async fn key_value(addr: std::net::SocketAddr) -> anyhow::Result<KeyValue> {
+    Ok(load::client(addr).await?.key_value("default"))
+}
+
+async fn seed(kv: &KeyValue, payload: &[u8]) -> anyhow::Result<()> {
+    kv.set(load::BENCH_KEY, payload.to_vec()).await?;
     Ok(())
 }
 
@@ -50,15 +52,15 @@ pub async fn memstore_rows(
     payload: &[u8],
     measure: Duration,
 ) -> anyhow::Result<()> {
-    let echo = load::connect(servers.echo.addr).await?;
-    let prism = load::connect(servers.prism.addr).await?;
-    let direct = load::connect(servers.direct.addr).await?;
+    let echo = key_value(servers.echo.addr).await?;
+    let prism = key_value(servers.prism.addr).await?;
+    let direct = key_value(servers.direct.addr).await?;
     for op in [Op::Get, Op::Set] {
         for concurrency in [1usize, 64] {
             let targets = [
-                Target::Grpc(echo.clone()),
-                Target::Grpc(prism.clone()),
-                Target::Grpc(direct.clone()),
+                Target::Client(echo.clone()),
+                Target::Client(prism.clone()),
+                Target::Client(direct.clone()),
             ];
             let results = run_interleaved(&targets, op, concurrency, measure, payload).await?;
             let [base, ours, no_guest] = <[_; 3]>::try_from(results)
@@ -113,19 +115,19 @@ pub async fn redis_rows(
         redis.url()
     );
     let on_redis = Server::prism(&toml).await?;
-    let channel = load::connect(on_redis.addr).await?;
-    seed(&channel, payload).await?;
+    let on_redis_kv = key_value(on_redis.addr).await?;
+    seed(&on_redis_kv, payload).await?;
     let stored_key = format!("default/{}", load::BENCH_KEY);
     let direct = Target::Redis(redis.connect().await?, stored_key);
-    let echo = load::connect(servers.echo.addr).await?;
-    let memstore = load::connect(servers.prism.addr).await?;
+    let echo = key_value(servers.echo.addr).await?;
+    let memstore = key_value(servers.prism.addr).await?;
     for op in [Op::Get, Op::Set] {
         for concurrency in [1usize, 64] {
             let targets = [
                 direct.clone(),
-                Target::Grpc(channel.clone()),
-                Target::Grpc(memstore.clone()),
-                Target::Grpc(echo.clone()),
+                Target::Client(on_redis_kv.clone()),
+                Target::Client(memstore.clone()),
+                Target::Client(echo.clone()),
             ];
             let results = run_interleaved(&targets, op, concurrency, measure, payload).await?;
             let [base, ours, mem, echo] = <[_; 4]>::try_from(results)
@@ -172,5 +174,66 @@ pub async fn redis_rows(
         }
     }
     on_redis.stop().await?;
+    Ok(())
+}
+
+/// What observability costs on the data path: Prism on MemStore as it runs
+/// by default, against the same config with a Prometheus listener, and with
+/// OTLP tracing on at sample ratio 0 (every span is made and dropped
+/// unsampled; nothing is exported, so no collector's speed is measured).
+/// Interleaved, each its own process.
+pub async fn telemetry_rows(
+    report: &mut Report,
+    servers: &Servers,
+    payload: &[u8],
+    measure: Duration,
+) -> anyhow::Result<()> {
+    let with_metrics = Server::prism(&format!(
+        "[telemetry]\nmetrics_listen = \"127.0.0.1:0\"\n{DEV_CONFIG}"
+    ))
+    .await?;
+    // Port 9 (discard): nothing is sampled, so nothing is ever sent there.
+    let with_traces = Server::prism(&format!(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:9\"\ntrace_sample_ratio = 0.0\n{DEV_CONFIG}"
+    ))
+    .await?;
+    let plain = key_value(servers.prism.addr).await?;
+    let metrics = key_value(with_metrics.addr).await?;
+    let traces = key_value(with_traces.addr).await?;
+    for kv in [&metrics, &traces] {
+        seed(kv, payload).await?;
+    }
+    for concurrency in [1usize, 64] {
+        let targets = [
+            Target::Client(plain.clone()),
+            Target::Client(metrics.clone()),
+            Target::Client(traces.clone()),
+        ];
+        let results = run_interleaved(&targets, Op::Get, concurrency, measure, payload).await?;
+        let [off, on, traced] = <[_; 3]>::try_from(results)
+            .map_err(|_| anyhow::anyhow!("three targets, three results"))?;
+        let tag = format!("{}_c{concurrency}", Op::Get.name());
+        let (figure, unit, pick): (&str, &str, fn(&load::LoadResult) -> f64) = if concurrency == 1 {
+            ("p50", "us", |o| o.p50_us)
+        } else {
+            ("throughput", "req/s", |o| o.throughput)
+        };
+        report.push(Row::new(
+            format!("prism_{tag}_metrics_on_{figure}"),
+            pick(&on),
+            unit,
+            format!("prism_{tag}_metrics_off_{figure}"),
+            pick(&off),
+        ));
+        report.push(Row::new(
+            format!("prism_{tag}_traces_unsampled_{figure}"),
+            pick(&traced),
+            unit,
+            format!("prism_{tag}_traces_off_{figure}"),
+            pick(&off),
+        ));
+    }
+    with_metrics.stop().await?;
+    with_traces.stop().await?;
     Ok(())
 }

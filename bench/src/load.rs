@@ -44,6 +44,18 @@ pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
         .await?)
 }
 
+/// A Rust client (`prism-client`) on its own connection, set up to add
+/// nothing a raw stub does not do: no `grpc-timeout` (and so no timer per
+/// call) and no retries.
+pub async fn client(addr: SocketAddr) -> anyhow::Result<prism_client::Client> {
+    Ok(prism_client::Client::builder()
+        .endpoint(format!("http://{addr}"))
+        .request_timeout(None)
+        .max_attempts(1)
+        .connect()
+        .await?)
+}
+
 /// Loads each target in turn, in `ROUNDS` interleaved rounds, so drift on a
 /// shared machine (frequency, neighbours) hits baseline and subject alike.
 pub async fn run_interleaved(
@@ -95,6 +107,10 @@ pub async fn run_interleaved(
 pub enum Target {
     /// Requests name no namespace (`default`).
     Grpc(Channel),
+    /// KeyValue through the Rust client (`prism-client`), namespace
+    /// `default`: what an application would write. Built with no request
+    /// timeout and no retries, so a call is one request, as with `Grpc`.
+    Client(prism_client::KeyValue),
     /// redis-rs on one multiplexed connection, on the key Prism stores for `BENCH_KEY`.
     Redis(redis::aio::MultiplexedConnection, String),
     /// Like `Grpc`, with this `authorization` value (built once) on every call.
@@ -126,6 +142,13 @@ impl Target {
                     ttl_ms: None,
                 };
                 client.set(request).await?;
+            }
+            (Target::Client(kv), Op::Get) => {
+                kv.get(BENCH_KEY).await?;
+            }
+            (Target::Client(kv), Op::Set) => {
+                // Copied per call, as the `Grpc` arm does.
+                kv.set(BENCH_KEY, payload.to_vec()).await?;
             }
             (Target::GrpcAuth(channel, bearer), op) => {
                 let bearer = bearer.clone();

@@ -5,11 +5,13 @@
 //! nats-server likewise.
 //!
 //! - `kv`: gRPC KV GET/SET through Prism (MemStore, Redis) vs the echo, the
-//!   guest-less path and redis-rs direct, at concurrency 1 and 64.
+//!   guest-less path and redis-rs direct, at concurrency 1 and 64; KV GET
+//!   with metrics on and with tracing on (unsampled) vs plain.
 //! - `auth`: KV GET with JWT auth on vs off; first-sight vs cached token
 //!   verification.
 //! - `pubsub`: delivered msg/s to 1, 10, 100 subscribers and publish→deliver
-//!   p50, through Prism (NATS, embedded broker) vs async-nats direct.
+//!   p50, through Prism (NATS, embedded broker) vs async-nats direct; on
+//!   Redis Streams (1 and 10 subscribers) vs redis-rs XADD/XREAD direct.
 //! - `registry`: enumerate 1 000 identities by filter vs Redis read
 //!   directly, multicast to 100 / 1 000 listeners vs async-nats, register
 //!   throughput vs KV SET.
@@ -32,6 +34,7 @@ mod procs;
 mod pubsub;
 mod registry;
 mod report;
+mod streams;
 mod tenancy;
 
 use std::time::Duration;
@@ -107,6 +110,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         let servers = kv::start(&payload).await?;
         kv::memstore_rows(&mut report, &servers, &payload, measure).await?;
         kv::redis_rows(&mut report, &servers, &payload, measure).await?;
+        kv::telemetry_rows(&mut report, &servers, &payload, measure).await?;
         for server in [servers.echo, servers.prism, servers.direct] {
             server.stop().await?;
         }
@@ -116,6 +120,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     if run("pubsub") {
         pubsub::rows(&mut report, &payload, args.quick).await?;
+        streams::rows(&mut report, &payload, args.quick).await?;
     }
     if run("registry") {
         registry::rows(&mut report, args.quick).await?;

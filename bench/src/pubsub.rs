@@ -13,45 +13,43 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use prism::pb;
 use prism_acceptance::pubsub::pubsub_config;
 use prism_acceptance::servers::NatsServer;
-use tonic::Request;
-use tonic::transport::Channel;
+use prism_client::{OutgoingMessage, PubSub, SubscribeOptions, Subscription};
 
 use crate::load;
 use crate::procs::Server;
 use crate::report::{Report, Row};
 
 /// Messages published per subscriber count and round (about 60k deliveries).
-fn messages_for(subscribers: usize, quick: bool) -> usize {
+pub(crate) fn messages_for(subscribers: usize, quick: bool) -> usize {
     let total = if quick { 20_000 } else { 60_000 };
     (total / subscribers).max(500)
 }
 
-const BATCH: usize = 100;
-const ROUNDS: usize = 3;
+pub(crate) const BATCH: usize = 100;
+pub(crate) const ROUNDS: usize = 3;
 /// No delivery progress for this long: the run stalled.
 const STALL: Duration = Duration::from_secs(10);
 
 /// What one fan-out run saw.
 #[derive(Default, Clone, Copy)]
-struct Fanout {
-    received: u64,
-    dropped: u64,
-    secs: f64,
-    stalled: bool,
+pub(crate) struct Fanout {
+    pub(crate) received: u64,
+    pub(crate) dropped: u64,
+    pub(crate) secs: f64,
+    pub(crate) stalled: bool,
 }
 
 impl Fanout {
-    fn add(&mut self, other: Fanout) {
+    pub(crate) fn add(&mut self, other: Fanout) {
         self.received += other.received;
         self.dropped += other.dropped;
         self.secs += other.secs;
         self.stalled |= other.stalled;
     }
 
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.received as f64 / self.secs
     }
 }
@@ -69,22 +67,23 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
         "",
     ))
     .await?;
-    let nats_channel = load::connect(on_nats.addr).await?;
-    let mem_channel = load::connect(on_mem.addr).await?;
+    // Prism is driven through the Rust client (`prism-client`).
+    let prism_on_nats = load::client(on_nats.addr).await?.pub_sub("bench");
+    let prism_on_mem = load::client(on_mem.addr).await?.pub_sub("bench");
     let direct = async_nats::connect(nats.url()).await?;
 
     for subscribers in [1usize, 10, 100] {
         let n = messages_for(subscribers, quick);
         // Warm-up: connections, instance pools, broker subjects.
         direct_fanout(&direct, subscribers, n / 10, payload).await?;
-        prism_fanout(&nats_channel, subscribers, n / 10, payload).await?;
-        prism_fanout(&mem_channel, subscribers, n / 10, payload).await?;
+        prism_fanout(&prism_on_nats, subscribers, n / 10, payload).await?;
+        prism_fanout(&prism_on_mem, subscribers, n / 10, payload).await?;
         let (mut base, mut ours, mut embedded) =
             (Fanout::default(), Fanout::default(), Fanout::default());
         for _ in 0..ROUNDS {
             base.add(direct_fanout(&direct, subscribers, n, payload).await?);
-            ours.add(prism_fanout(&nats_channel, subscribers, n, payload).await?);
-            embedded.add(prism_fanout(&mem_channel, subscribers, n, payload).await?);
+            ours.add(prism_fanout(&prism_on_nats, subscribers, n, payload).await?);
+            embedded.add(prism_fanout(&prism_on_mem, subscribers, n, payload).await?);
         }
         anyhow::ensure!(
             !base.stalled
@@ -139,8 +138,8 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
     }
 
     // Latency, interleaved in rounds after a warm-up.
-    let mut prism_nats = prism_latency(&nats_channel).await?;
-    let mut prism_mem = prism_latency(&mem_channel).await?;
+    let mut prism_nats = prism_latency(&prism_on_nats).await?;
+    let mut prism_mem = prism_latency(&prism_on_mem).await?;
     let mut direct_sub = direct.subscribe("bench.latency").await?;
     direct.flush().await?;
     let samples = if quick { 200 } else { 500 };
@@ -175,22 +174,13 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
     Ok(())
 }
 
-fn client(channel: &Channel) -> pb::pub_sub_client::PubSubClient<Channel> {
-    pb::pub_sub_client::PubSubClient::new(channel.clone())
-}
-
-fn with_ns<T>(message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.metadata_mut().insert(
-        prism::namespace::NAMESPACE_METADATA,
-        tonic::metadata::MetadataValue::from_static("bench"),
-    );
-    r
-}
-
 /// Waits until every subscriber accounted for `n` messages (received or
 /// reported dropped), or delivery made no progress for [`STALL`].
-async fn wait_all(received: &[Arc<AtomicU64>], dropped: &[Arc<AtomicU64>], n: u64) -> bool {
+pub(crate) async fn wait_all(
+    received: &[Arc<AtomicU64>],
+    dropped: &[Arc<AtomicU64>],
+    n: u64,
+) -> bool {
     let mut last = 0;
     let mut since = Instant::now();
     loop {
@@ -212,7 +202,7 @@ async fn wait_all(received: &[Arc<AtomicU64>], dropped: &[Arc<AtomicU64>], n: u6
     }
 }
 
-fn counters(n: usize) -> Vec<Arc<AtomicU64>> {
+pub(crate) fn counters(n: usize) -> Vec<Arc<AtomicU64>> {
     (0..n).map(|_| Arc::new(AtomicU64::new(0))).collect()
 }
 
@@ -246,21 +236,11 @@ async fn direct_fanout(
         client.publish(subject.clone(), payload.clone()).await?;
     }
     client.flush().await?;
-    let complete = wait_all(&received, &dropped, n as u64).await;
-    let secs = started.elapsed().as_secs_f64();
-    for t in tasks {
-        t.abort();
-    }
-    Ok(Fanout {
-        received: sum(&received),
-        dropped: sum(&dropped),
-        secs,
-        stalled: !complete,
-    })
+    Ok(finish(&received, &dropped, n, started, tasks).await)
 }
 
-async fn prism_fanout(
-    channel: &Channel,
+pub(crate) async fn prism_fanout(
+    pubsub: &PubSub,
     subscribers: usize,
     n: usize,
     payload: &[u8],
@@ -270,56 +250,51 @@ async fn prism_fanout(
     let dropped = counters(subscribers);
     let mut tasks = Vec::new();
     for (r, d) in received.iter().zip(&dropped) {
-        let request = pb::SubscribeRequest {
-            topic: topic.clone(),
-            buffer: 65_536,
-            ..Default::default()
-        };
-        let mut stream = client(channel)
-            .subscribe(with_ns(request))
-            .await?
-            .into_inner();
-        stream.message().await?; // the confirmation
+        // Returns once the subscription is confirmed live.
+        let mut sub = pubsub
+            .subscribe_with(&topic, SubscribeOptions::new().buffer(65_536))
+            .await?;
         let (r, d) = (r.clone(), d.clone());
         tasks.push(tokio::spawn(async move {
-            while let Ok(Some(frame)) = stream.message().await {
-                if let Some(pb::subscribe_response::Event::Messages(b)) = frame.event {
-                    r.fetch_add(b.messages.len() as u64, Ordering::Relaxed);
-                    d.fetch_add(b.dropped, Ordering::Relaxed);
-                }
+            // Frame by frame, as the server sends them (drop reports included).
+            while let Some(Ok(batch)) = sub.next_batch().await {
+                r.fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
+                d.fetch_add(batch.dropped, Ordering::Relaxed);
             }
         }));
     }
-    let mut publisher = client(channel);
     let started = Instant::now();
     let mut sent = 0;
     while sent < n {
         let count = BATCH.min(n - sent);
-        let messages = (0..count)
-            .map(|_| pb::BatchMessage {
-                payload: payload.to_vec(),
-                metadata: HashMap::new(),
-            })
-            .collect();
-        publisher
-            .publish_batch(with_ns(pb::PublishBatchRequest {
-                topic: topic.clone(),
-                messages,
-            }))
-            .await?;
+        // Copied per message, as before the client (wire bytes unchanged).
+        let messages = (0..count).map(|_| OutgoingMessage::new(payload.to_vec()));
+        pubsub.publish_many(&topic, messages).await?;
         sent += count;
     }
-    let complete = wait_all(&received, &dropped, n as u64).await;
+    Ok(finish(&received, &dropped, n, started, tasks).await)
+}
+
+/// Waits for the run to be delivered (or stall), stops the readers and
+/// reports what they received in how long since `started`.
+pub(crate) async fn finish(
+    received: &[Arc<AtomicU64>],
+    dropped: &[Arc<AtomicU64>],
+    n: usize,
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> Fanout {
+    let complete = wait_all(received, dropped, n as u64).await;
     let secs = started.elapsed().as_secs_f64();
     for t in tasks {
         t.abort();
     }
-    Ok(Fanout {
-        received: sum(&received),
-        dropped: sum(&dropped),
+    Fanout {
+        received: sum(received),
+        dropped: sum(dropped),
         secs,
         stalled: !complete,
-    })
+    }
 }
 
 fn p50(mut samples: Vec<f64>) -> f64 {
@@ -349,22 +324,16 @@ async fn direct_latency(
 
 /// A live Prism subscription and a publisher on one topic, sampled in rounds.
 struct PrismLatency {
-    stream: tonic::Streaming<pb::SubscribeResponse>,
-    publisher: pb::pub_sub_client::PubSubClient<Channel>,
+    sub: Subscription,
+    publisher: PubSub,
 }
 
-async fn prism_latency(channel: &Channel) -> anyhow::Result<PrismLatency> {
-    let mut stream = client(channel)
-        .subscribe(with_ns(pb::SubscribeRequest {
-            topic: "latency".into(),
-            ..Default::default()
-        }))
-        .await?
-        .into_inner();
-    stream.message().await?;
+async fn prism_latency(pubsub: &PubSub) -> anyhow::Result<PrismLatency> {
+    // Returns once the subscription is confirmed live.
+    let sub = pubsub.subscribe("latency").await?;
     Ok(PrismLatency {
-        stream,
-        publisher: client(channel),
+        sub,
+        publisher: pubsub.clone(),
     })
 }
 
@@ -374,13 +343,13 @@ impl PrismLatency {
         for _ in 0..n {
             let started = Instant::now();
             self.publisher
-                .publish(with_ns(pb::PublishRequest {
-                    topic: "latency".into(),
-                    payload: payload.to_vec(),
-                    metadata: HashMap::new(),
-                }))
+                .publish_with_metadata("latency", payload.to_vec(), HashMap::new())
                 .await?;
-            self.stream.message().await?;
+            // The next frame, as before the client.
+            self.sub
+                .next_batch()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("subscription ended"))??;
             samples.push(started.elapsed().as_secs_f64() * 1e6);
         }
         Ok(samples)

@@ -83,13 +83,43 @@ impl Default for ServerConfig {
 }
 
 /// `[telemetry]`: how Prism is observed.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Serve Prometheus metrics at `http://<metrics_listen>/metrics`
     /// (plain HTTP, its own port); unset = no metrics listener.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Export traces over OTLP/gRPC to this collector
+    /// (`http://collector:4317`, plaintext); unset = no spans are made at all.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// The share of traces started here that are kept (0..=1); a caller's
+    /// `traceparent` sampled flag decides for the traces it continues.
+    #[serde(default = "default_trace_sample_ratio")]
+    pub trace_sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            metrics_listen: None,
+            otlp_endpoint: None,
+            trace_sample_ratio: default_trace_sample_ratio(),
+            service_name: default_service_name(),
+        }
+    }
+}
+
+fn default_trace_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_service_name() -> String {
+    "prism".into()
 }
 
 /// `[admin]`: the Admin API and where its changes are kept.
@@ -400,6 +430,12 @@ pub struct NatsConfig {
     /// How long JetStream keeps messages.
     #[serde(default = "default_nats_max_age_secs")]
     pub max_age_secs: u64,
+    /// Namespace → subject prefix, to front an existing NATS application:
+    /// topic `t` of a namespace listed here is subject `<prefix>.t` instead
+    /// of `prism.<namespace>.t`. Prefixes never overlap each other or
+    /// `prism.`, so namespaces stay apart.
+    #[serde(default)]
+    pub subjects: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -409,6 +445,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("timeout_ms", &self.timeout_ms)
             .field("jetstream", &self.jetstream)
             .field("stream", &self.stream)
+            .field("subjects", &self.subjects)
             .finish()
     }
 }
@@ -421,6 +458,21 @@ pub struct RedisConfig {
     /// Longest wait for one Redis command (or reconnect) before UNAVAILABLE.
     #[serde(default = "default_redis_timeout_ms")]
     pub timeout_ms: u64,
+    /// PubSub on Redis Streams (XADD, consumer groups, acks, redelivery:
+    /// at-least-once, groups across Prism processes) instead of Redis
+    /// pub/sub (at-most-once, groups within one process).
+    #[serde(default)]
+    pub stream: bool,
+    /// Streams keep messages this long (trimmed by MINID as they grow).
+    #[serde(default = "default_nats_max_age_secs")]
+    pub max_age_secs: u64,
+    /// Or at most about this many per topic (MAXLEN ~; instead of the age).
+    #[serde(default)]
+    pub max_len: Option<u64>,
+    /// How long a group member may hold a message unacknowledged before
+    /// another member (or a new subscriber of the group) claims it.
+    #[serde(default = "default_nats_ack_wait_ms")]
+    pub ack_wait_ms: u64,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -428,6 +480,10 @@ impl std::fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &"<redacted>")
             .field("timeout_ms", &self.timeout_ms)
+            .field("stream", &self.stream)
+            .field("max_age_secs", &self.max_age_secs)
+            .field("max_len", &self.max_len)
+            .field("ack_wait_ms", &self.ack_wait_ms)
             .finish()
     }
 }
@@ -615,6 +671,7 @@ impl Config {
                 .map_err(|(field, message)| invalid(field, message))?;
         }
         self.validate_auth(&invalid)?;
+        self.validate_telemetry(&invalid)?;
         for (name, backend) in &self.backends {
             match backend {
                 BackendConfig::Memstore(m) => {
@@ -635,11 +692,18 @@ impl Config {
                             "must be a redis://host:port[/db] URL".into(),
                         ));
                     }
-                    if r.timeout_ms == 0 {
-                        return Err(invalid(
-                            format!("backends.{name}.timeout_ms"),
-                            "must be positive".into(),
-                        ));
+                    for (field, value) in [
+                        ("timeout_ms", r.timeout_ms),
+                        ("max_age_secs", r.max_age_secs),
+                        ("ack_wait_ms", r.ack_wait_ms),
+                        ("max_len", r.max_len.unwrap_or(1)),
+                    ] {
+                        if value == 0 {
+                            return Err(invalid(
+                                format!("backends.{name}.{field}"),
+                                "must be positive".into(),
+                            ));
+                        }
                     }
                 }
                 BackendConfig::Nats(n) => {
@@ -672,6 +736,9 @@ impl Config {
                             "must be ASCII letters, digits, '-' or '_'".into(),
                         ));
                     }
+                    check_subject_prefixes(&n.subjects).map_err(|(field, m)| {
+                        invalid(format!("backends.{name}.subjects.{field}"), m)
+                    })?;
                 }
             }
         }
@@ -760,6 +827,50 @@ impl Config {
                     "{} is more than runtime.total_instances ({})",
                     limits.max_instances, self.runtime.total_instances
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[telemetry]` alone, for values set by flags after the file was read.
+    pub fn check_telemetry(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: PathBuf::from("(command line)"),
+            field,
+            message,
+        };
+        self.validate_telemetry(&invalid)
+    }
+
+    fn validate_telemetry(
+        &self,
+        invalid: &impl Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.trace_sample_ratio) {
+            return Err(invalid(
+                "telemetry.trace_sample_ratio".into(),
+                format!(
+                    "is {}; it must be between 0 and 1 (1 keeps every trace)",
+                    t.trace_sample_ratio
+                ),
+            ));
+        }
+        if let Some(endpoint) = &t.otlp_endpoint {
+            let valid = endpoint.len() > "http://".len()
+                && endpoint.starts_with("http://")
+                && endpoint.parse::<http::Uri>().is_ok();
+            if !valid {
+                return Err(invalid(
+                    "telemetry.otlp_endpoint".into(),
+                    "must be the http:// URL of an OTLP/gRPC collector, e.g. http://127.0.0.1:4317 (spans leave in plain gRPC: run the collector beside Prism, as a sidecar or on the node)".into(),
+                ));
+            }
+        }
+        if t.service_name.is_empty() {
+            return Err(invalid(
+                "telemetry.service_name".into(),
+                "must not be empty".into(),
             ));
         }
         Ok(())
@@ -881,6 +992,48 @@ fn list_or_none(items: &[&str]) -> String {
     }
 }
 
+/// `subjects` of a NATS backend: namespace names mapped to prefixes of
+/// plain subject tokens that neither overlap each other nor `prism.`
+/// (the default scoping), so no namespace can read another's subjects.
+fn check_subject_prefixes(subjects: &BTreeMap<String, String>) -> Result<(), (String, String)> {
+    for (namespace, prefix) in subjects {
+        check_name(namespace).map_err(|m| (namespace.clone(), m))?;
+        let tokens: Vec<&str> = prefix.split('.').collect();
+        let plain = tokens.iter().all(|t| {
+            !t.is_empty()
+                && *t != "*"
+                && *t != ">"
+                && t.chars()
+                    .all(|c| c.is_ascii_graphic() && c != '*' && c != '>')
+        });
+        if !plain {
+            return Err((
+                namespace.clone(),
+                format!(
+                    "{prefix:?} is not a subject prefix: use dot-separated tokens without spaces or wildcards, e.g. \"orders.v1\""
+                ),
+            ));
+        }
+        if tokens[0] == "prism" {
+            return Err((
+                namespace.clone(),
+                format!("{prefix:?} is under prism., where Prism scopes unmapped namespaces"),
+            ));
+        }
+        for (other, other_prefix) in subjects {
+            let nested = other_prefix == prefix || other_prefix.starts_with(&format!("{prefix}."));
+            if other != namespace && nested {
+                return Err((
+                    namespace.clone(),
+                    format!(
+                        "{prefix:?} overlaps namespace {other:?}'s {other_prefix:?}: each namespace needs subjects of its own"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -910,6 +1063,74 @@ mod tests {
             Some("1024")
         );
         Ok(())
+    }
+
+    fn nats_with_subjects(subjects: &str) -> String {
+        parse(&format!(
+            r#"
+            [backends.bus]
+            type = "nats"
+            url = "nats://127.0.0.1:4222"
+            subjects = {{ {subjects} }}
+            [namespaces.orders]
+            pattern = "pubsub"
+            slots = {{ pubsub = "bus" }}
+            "#
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn subject_prefixes_are_plain_and_never_overlap() {
+        assert_eq!(nats_with_subjects(r#"orders = "legacy.orders""#), "");
+        assert_eq!(
+            nats_with_subjects(r#"orders = "legacy.orders", billing = "legacy.billing""#),
+            ""
+        );
+        for (subjects, expected) in [
+            (r#"orders = "legacy.*""#, "not a subject prefix"),
+            (r#"orders = "legacy..orders""#, "not a subject prefix"),
+            (r#"orders = "legacy orders""#, "not a subject prefix"),
+            (r#"orders = """#, "not a subject prefix"),
+            (r#"orders = "prism.orders""#, "under prism."),
+            (
+                r#"orders = "legacy", billing = "legacy.billing""#,
+                "overlaps",
+            ),
+            (r#"orders = "legacy", billing = "legacy""#, "overlaps"),
+        ] {
+            let err = nats_with_subjects(subjects);
+            assert!(
+                err.contains("backends.bus.subjects.") && err.contains(expected),
+                "{subjects}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn telemetry_values_are_checked() {
+        for (telemetry, field) in [
+            (
+                "otlp_endpoint = \"collector:4317\"",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"https://collector:4317\"",
+                "telemetry.otlp_endpoint",
+            ),
+            ("trace_sample_ratio = 1.5", "telemetry.trace_sample_ratio"),
+            ("service_name = \"\"", "telemetry.service_name"),
+        ] {
+            let err = parse(&format!(
+                "[telemetry]\n{telemetry}\n[backends.mem]\ntype = \"memstore\"\n[namespaces.default]\npattern = \"keyvalue\"\nslots = {{ kv = \"mem\" }}\n"
+            ))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+            assert!(err.contains(field), "{telemetry}: {err}");
+        }
     }
 
     #[test]

@@ -49,6 +49,9 @@ enum Command {
         /// Also serve Prometheus metrics at http://ADDR/metrics.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        /// Also export traces over OTLP/gRPC to this collector (overrides [telemetry] otlp_endpoint).
+        #[arg(long, value_name = "URL", env = "PRISM_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
     },
     /// Ask a running Prism whether it is serving (grpc.health.v1): exit 0
     /// if SERVING, 1 otherwise. For container and orchestrator health checks.
@@ -80,27 +83,19 @@ enum Command {
         /// Overrides [telemetry] metrics_listen (Prometheus metrics at http://ADDR/metrics).
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        /// Also export traces over OTLP/gRPC to this collector (overrides [telemetry] otlp_endpoint).
+        #[arg(long, value_name = "URL", env = "PRISM_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Clients say only what went wrong; servers narrate.
-    let level = match cli.command {
-        Command::Dev { .. } | Command::Serve { .. } => "info",
-        _ => "warn",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => logs.json().init(),
-        // Escape codes only where a person reads them: a log file or a
-        // pipe gets plain text.
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+    let log_format = cli.log_format;
+    // Clients say only what went wrong; servers narrate (set up below, once
+    // the config says whether spans are exported too).
+    if !matches!(cli.command, Command::Dev { .. } | Command::Serve { .. }) {
+        init_logs(log_format, "warn", None);
     }
     // Start-up errors name a config field; prefix the file they are in.
     let (config, source, file) = match cli.command {
@@ -114,20 +109,28 @@ fn main() -> ExitCode {
         Command::Dev {
             listen,
             metrics_listen,
+            otlp_endpoint,
         } => {
             let mut c = Config::dev(listen);
             c.telemetry.metrics_listen = metrics_listen;
+            c.telemetry.otlp_endpoint = otlp_endpoint;
+            if let Err(e) = c.check_telemetry() {
+                eprintln!("prism: {e}");
+                return ExitCode::from(2);
+            }
             (c, "prism dev".to_string(), None)
         }
         Command::Serve {
             config: path,
             listen,
             metrics_listen,
+            otlp_endpoint,
         } => {
             let file = ConfigFile {
                 path,
                 listen,
                 metrics_listen,
+                otlp_endpoint,
             };
             match file.load() {
                 Ok(c) => (c, file.path.display().to_string(), Some(file)),
@@ -148,6 +151,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The OTLP exporter's channel lives on the runtime.
+    let tracer = {
+        let _runtime = runtime.enter();
+        match prism::telemetry::traces::init(&config.telemetry) {
+            Ok(tracer) => tracer,
+            Err(e) => {
+                eprintln!("prism: {source}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    init_logs(log_format, "info", tracer);
     let server = match runtime.block_on(prism::server::start(config)) {
         Ok(server) => server,
         Err(e) => {
@@ -155,7 +170,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(server, file)) {
+    let served = runtime.block_on(run(server, file));
+    // The last spans leave while the runtime still runs the exporter's channel.
+    prism::telemetry::traces::shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("prism: {e:#}");
@@ -164,12 +182,51 @@ fn main() -> ExitCode {
     }
 }
 
+/// Log lines on stderr (`RUST_LOG` overrides `level`) and, with a tracer,
+/// the spans of [`prism::telemetry::traces::TARGET`] exported over OTLP.
+/// Those spans are not log lines: the log layer does not see them.
+fn init_logs(format: LogFormat, level: &str, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let span_target = prism::telemetry::traces::TARGET;
+    // Static directives only: the filter then decides once per callsite,
+    // and the many disabled `trace!`s of h2 and hyper cost nothing per
+    // request (a filter function would be asked at every one).
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = match format!("{span_target}=off").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Json => logs.json().boxed(),
+        // Escape codes only where a person reads them: a log file or a
+        // pipe gets plain text.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+    };
+    let spans = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(Targets::new().with_target(span_target, tracing::Level::TRACE))
+    });
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .init();
+}
+
 /// `prism serve`'s config file and the flags that override it (applied
 /// again at every reload, so a reload sees what start-up saw).
 struct ConfigFile {
     path: PathBuf,
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
+    otlp_endpoint: Option<String>,
 }
 
 impl ConfigFile {
@@ -180,6 +237,10 @@ impl ConfigFile {
         }
         if self.metrics_listen.is_some() {
             c.telemetry.metrics_listen = self.metrics_listen;
+        }
+        if self.otlp_endpoint.is_some() {
+            c.telemetry.otlp_endpoint = self.otlp_endpoint.clone();
+            c.check_telemetry()?;
         }
         Ok(c)
     }

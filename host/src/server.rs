@@ -33,6 +33,7 @@ use crate::pb::registry_server::RegistryServer;
 use crate::platform::Platform;
 use crate::runtime::Runtime;
 use crate::runtime::pool::IDLE_TTL;
+use crate::telemetry::request_span::RequestSpanLayer;
 use crate::telemetry::requests::{MetricsLayer, RequestMetrics};
 use crate::telemetry::scrape::Sources;
 
@@ -252,8 +253,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         }
         _ => None,
     };
-    // Outermost: calls refused by the layers below are counted too.
+    // Outermost: calls refused by the layers below are traced and counted too.
     let router = tonic::transport::Server::builder()
+        .layer(RequestSpanLayer)
         .layer(MetricsLayer::new(requests))
         .layer(OversizeLayer::new(max_message))
         .layer(AuthLayer::new(auth))

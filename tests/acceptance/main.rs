@@ -1,7 +1,7 @@
 //! The acceptance suite: every case runs against every backend through
 //! Prism over gRPC, with the same test bodies — the KeyValue part on MemStore
-//! and Redis, the PubSub part on the embedded broker, NATS, NATS JetStream
-//! and Redis, the Registry part on {MemStore, Redis} registries × {embedded,
+//! and Redis, the PubSub part on the embedded broker, NATS, NATS JetStream,
+//! Redis pub/sub and Redis Streams, the Registry part on {MemStore, Redis} registries × {embedded,
 //! NATS, JetStream} messaging. Prints a compliance table per part and fails
 //! if any case fails anywhere.
 

@@ -23,7 +23,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn at_least_once(&self) -> bool {
-        self.backend == "jetstream"
+        matches!(self.backend, "jetstream" | "redis-streams")
     }
 }
 

@@ -21,10 +21,12 @@ enum Broker {
     Nats(NatsServer),
     JetStream(NatsServer),
     Redis(RedisServer),
+    RedisStreams(RedisServer),
 }
 
 impl BrokerUnderTest {
-    /// Every pubsub backend: embedded, NATS core, NATS JetStream, Redis —
+    /// Every pubsub backend: embedded, NATS core, NATS JetStream, Redis
+    /// pub/sub, Redis Streams —
     /// real servers on free ports.
     pub async fn all() -> anyhow::Result<Vec<BrokerUnderTest>> {
         Ok(vec![
@@ -44,6 +46,10 @@ impl BrokerUnderTest {
                 name: "redis",
                 kind: Broker::Redis(RedisServer::start().await?),
             },
+            BrokerUnderTest {
+                name: "redis-streams",
+                kind: Broker::RedisStreams(RedisServer::start().await?),
+            },
         ])
     }
 
@@ -58,6 +64,10 @@ impl BrokerUnderTest {
             Broker::Redis(r) => {
                 format!("[backends.bus]\ntype = \"redis\"\nurl = \"{}\"\n", r.url())
             }
+            Broker::RedisStreams(r) => format!(
+                "[backends.bus]\ntype = \"redis\"\nurl = \"{}\"\nstream = true\nack_wait_ms = 2000\n",
+                r.url()
+            ),
         }
     }
 
@@ -92,6 +102,17 @@ pub fn subscribe_request(topic: &str) -> pb::SubscribeRequest {
     pb::SubscribeRequest {
         topic: topic.into(),
         ..Default::default()
+    }
+}
+
+/// A publish with metadata.
+pub fn publish_with(topic: &str, payload: &[u8], metadata: &[(&str, &str)]) -> pb::PublishRequest {
+    pb::PublishRequest {
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..publish_request(topic, payload)
     }
 }
 

@@ -22,6 +22,7 @@ pub enum Bus<'a> {
     Embedded,
     Nats(&'a NatsServer),
     JetStream(&'a NatsServer),
+    RedisStreams(&'a RedisServer),
 }
 
 /// One registry × messaging pair the Registry acceptance part runs on.
@@ -32,7 +33,8 @@ pub struct RegistryUnderTest<'a> {
 }
 
 impl RegistryUnderTest<'_> {
-    /// Every pair: {MemStore, Redis} registry × {embedded, NATS, JetStream} messaging.
+    /// Every pair: {MemStore, Redis} registry × {embedded, NATS, JetStream}
+    /// messaging, and Redis × Redis Streams.
     pub fn all<'a>(redis: &'a RedisServer, nats: &'a NatsServer) -> Vec<RegistryUnderTest<'a>> {
         let mut all = Vec::new();
         for (store_name, store) in [("mem", 0), ("redis", 1)] {
@@ -60,11 +62,17 @@ impl RegistryUnderTest<'_> {
                 });
             }
         }
+        // Identities and multicasts on one Redis: hashes and streams.
+        all.push(RegistryUnderTest {
+            name: "redis+redis-streams",
+            store: Store::Redis(redis),
+            bus: Bus::RedisStreams(redis),
+        });
         all
     }
 
     pub fn at_least_once(&self) -> bool {
-        matches!(self.bus, Bus::JetStream(_))
+        matches!(self.bus, Bus::JetStream(_) | Bus::RedisStreams(_))
     }
 
     pub fn backends_toml(&self) -> String {
@@ -78,6 +86,10 @@ impl RegistryUnderTest<'_> {
             Bus::JetStream(n) => format!(
                 "[backends.bus]\ntype = \"nats\"\nurl = \"{}\"\njetstream = true\nack_wait_ms = 2000\n",
                 n.url()
+            ),
+            Bus::RedisStreams(r) => format!(
+                "[backends.bus]\ntype = \"redis\"\nurl = \"{}\"\nstream = true\nack_wait_ms = 2000\n",
+                r.url()
             ),
         };
         store + &bus

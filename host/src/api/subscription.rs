@@ -14,6 +14,7 @@ use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::backend::pubsub::{
     Acker, BrokerMessage, BrokerSubscription, Delivery, SlowConsumerPolicy, SubscribeOptions,
@@ -22,6 +23,7 @@ use crate::capability::pubsub::PubSubSlot;
 use crate::clock::{next_id, now_ms};
 use crate::pb;
 use crate::runtime::bindings::pubsub_world::{self, SubscribeRequest, Verdict};
+use crate::telemetry::traces;
 
 /// Most messages sent in one stream frame.
 pub const MAX_BATCH: usize = 256;
@@ -208,6 +210,7 @@ async fn pump(
     outbox: Arc<Outbox>,
     hook: Option<Hook>,
     acker: Option<Arc<dyn Acker>>,
+    namespace: String,
 ) {
     loop {
         let delivery = tokio::select! {
@@ -228,10 +231,20 @@ async fn pump(
                 return;
             }
             Some(Delivery::Message { message, attempt }) => {
+                // With traces on: a consumer span under the publisher's
+                // context, and the message carries on as its child.
+                let span = traces::delivery_span(&namespace, &message.topic, &message.metadata);
+                let message = if span.is_none() {
+                    message
+                } else {
+                    let mut traced = BrokerMessage::clone(&message);
+                    traces::inject_metadata(&span, &mut traced.metadata);
+                    Arc::new(traced)
+                };
                 let message = match &hook {
                     Some(hook) => {
                         let id = message.id.clone();
-                        match run_hook(hook, message).await {
+                        match run_hook(hook, message).instrument(span.clone()).await {
                             Ok(Some(m)) => m,
                             Ok(None) => {
                                 // Filtered out: settled as far as the broker is concerned.
@@ -248,7 +261,10 @@ async fn pump(
                     }
                     None => message,
                 };
-                outbox.push(Outgoing { message, attempt }).await;
+                outbox
+                    .push(Outgoing { message, attempt })
+                    .instrument(span)
+                    .await;
             }
         }
     }
@@ -445,7 +461,13 @@ where
             acker: acker.clone(),
         },
     );
-    tokio::spawn(pump(subscription, outbox.clone(), held.hook, acker.clone()));
+    tokio::spawn(pump(
+        subscription,
+        outbox.clone(),
+        held.hook,
+        acker.clone(),
+        held.namespace.to_string(),
+    ));
     tracing::debug!(namespace = %held.namespace, topic = %held.client_topic, subscription = %id, "subscribed");
 
     let first = first(&id);

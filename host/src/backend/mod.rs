@@ -11,6 +11,7 @@ pub mod redis;
 pub mod redis_pubsub;
 mod redis_quota;
 pub mod redis_registry;
+pub mod redis_streams;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -226,9 +227,12 @@ impl Backends {
                         }
                     };
                     let kv = RedisKv::with_connection(name, c, conn).map_err(url_error)?;
-                    let pubsub =
+                    let pubsub: Arc<dyn PubSubBackend> = if c.stream {
+                        redis_streams::RedisStreams::new(c, kv.clone()).map_err(url_error)?
+                    } else {
                         redis_pubsub::RedisBroker::new(name, c, kv.clone(), MEMBROKER_BUFFER)
-                            .map_err(url_error)?;
+                            .map_err(url_error)?
+                    };
                     Backend {
                         registry: Some(redis_registry::RedisRegistry::new(kv.clone())),
                         kv: Some(kv),
@@ -247,15 +251,13 @@ impl Backends {
                 },
             };
             by_name.insert(name.clone(), backend);
-            stats.insert(name.clone(), Arc::default());
-            kinds.insert(
-                name.clone(),
-                match config {
-                    BackendConfig::Memstore(_) => "memstore",
-                    BackendConfig::Redis(_) => "redis",
-                    BackendConfig::Nats(_) => "nats",
-                },
-            );
+            let kind = match config {
+                BackendConfig::Memstore(_) => "memstore",
+                BackendConfig::Redis(_) => "redis",
+                BackendConfig::Nats(_) => "nats",
+            };
+            stats.insert(name.clone(), Arc::new(BackendStats::new(name, kind)));
+            kinds.insert(name.clone(), kind);
         }
         Ok(Backends {
             by_name,

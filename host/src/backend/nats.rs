@@ -5,7 +5,9 @@
 //!
 //! Scoping: topic `t` of namespace `ns` is subject `prism.<ns>.t`, with the
 //! namespace's dots spelt ':' (namespace names have no ':'), so a namespace
-//! name never reads as a subject token boundary. Messages are plain NATS
+//! name never reads as a subject token boundary; a namespace the backend's
+//! `subjects` maps to a prefix uses `<prefix>.t` (an existing application's
+//! subjects). Messages are plain NATS
 //! messages with Prism's fields as headers (`nats_wire.rs`), so NATS
 //! applications publish and subscribe alongside Prism.
 
@@ -107,11 +109,21 @@ impl NatsBroker {
     }
 
     fn subject(&self, topic: &TopicName) -> String {
-        format!(
-            "prism.{}.{}",
-            topic.namespace.replace('.', ":"),
-            topic.topic
-        )
+        match self.config.subjects.get(&*topic.namespace) {
+            Some(prefix) => format!("{prefix}.{}", topic.topic),
+            None => format!(
+                "prism.{}.{}",
+                topic.namespace.replace('.', ":"),
+                topic.topic
+            ),
+        }
+    }
+
+    /// The subjects Prism's stream captures: its own scope and every mapped prefix.
+    fn stream_subjects(&self) -> Vec<String> {
+        std::iter::once("prism.>".to_string())
+            .chain(self.config.subjects.values().map(|p| format!("{p}.>")))
+            .collect()
     }
 
     async fn jetstream(&self) -> Result<(jetstream::Context, &stream::Stream), BackendError> {
@@ -122,14 +134,40 @@ impl NatsBroker {
             .get_or_try_init(|| async {
                 let config = stream::Config {
                     name: self.config.stream.clone(),
-                    subjects: vec!["prism.>".into()],
+                    subjects: self.stream_subjects(),
                     max_age: Duration::from_secs(self.config.max_age_secs),
                     storage: stream::StorageType::File,
                     ..Default::default()
                 };
                 let call = context.get_or_create_stream(config);
                 match tokio::time::timeout(self.timeout, call).await {
-                    Ok(Ok(stream)) => Ok(stream),
+                    Ok(Ok(mut stream)) => {
+                        // An existing stream (an application's own) keeps its
+                        // subjects: it must capture every mapped prefix, or
+                        // those publishes would reach no stream.
+                        let info = stream.info().await.map_err(|e| {
+                            self.unavailable(format!("cannot read JetStream stream '{}': {e}", self.config.stream))
+                        })?;
+                        let captured = &info.config.subjects;
+                        let missing: Vec<&String> = self
+                            .config
+                            .subjects
+                            .values()
+                            .filter(|prefix| !captured.iter().any(|s| covers(s, prefix)))
+                            .collect();
+                        if !missing.is_empty() {
+                            return Err(self.unavailable(format!(
+                                "JetStream stream '{}' (subjects {captured:?}) does not capture {}; add them to the stream's subjects, or point `stream` at the stream that does",
+                                self.config.stream,
+                                missing
+                                    .iter()
+                                    .map(|p| format!("{p}.>"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )));
+                        }
+                        Ok(stream)
+                    }
                     Ok(Err(e)) => Err(self.unavailable(format!(
                         "cannot open JetStream stream '{}': {e}",
                         self.config.stream
@@ -228,6 +266,19 @@ impl NatsBroker {
             }),
         }))
     }
+}
+
+/// Whether stream subject `pattern` captures every subject under `prefix.`
+/// (NATS wildcards: `*` one token, `>` the rest).
+fn covers(pattern: &str, prefix: &str) -> bool {
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let prefix: Vec<&str> = prefix.split('.').collect();
+    let Some((last, head)) = pattern.split_last() else {
+        return false;
+    };
+    *last == ">"
+        && head.len() <= prefix.len()
+        && head.iter().zip(&prefix).all(|(p, t)| *p == "*" || p == t)
 }
 
 /// Durable consumer names cannot hold '.', so the subject is hashed in:
@@ -578,5 +629,22 @@ impl Acker for JetStreamAcker {
             })?;
         }
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn stream_subjects_cover_prefixes_as_nats_matches_them() {
+        assert!(covers(">", "legacy.orders"));
+        assert!(covers("legacy.>", "legacy.orders"));
+        assert!(covers("legacy.orders.>", "legacy.orders"));
+        assert!(covers("*.orders.>", "legacy.orders"));
+        assert!(!covers("legacy.orders.created", "legacy.orders"));
+        assert!(!covers("legacy.orders.*", "legacy.orders"));
+        assert!(!covers("legacy.billing.>", "legacy.orders"));
+        assert!(!covers("legacy.orders.v1.>", "legacy.orders"));
     }
 }

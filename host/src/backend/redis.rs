@@ -82,7 +82,7 @@ impl RedisKv {
         }))
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
         self.bounded(cmd.query_async::<T>(&mut conn)).await
     }
@@ -105,6 +105,22 @@ impl RedisKv {
     ) -> Result<T, BackendError> {
         let mut conn = self.conn.clone();
         self.bounded(pipe.query_async::<T>(&mut conn)).await
+    }
+
+    /// `query`, with the Redis error `code` answered as `None` (an
+    /// expected refusal, such as BUSYGROUP for a group that exists).
+    pub(crate) async fn query_unless<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        code: &str,
+    ) -> Result<Option<T>, BackendError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Ok(Some(v)),
+            Ok(Err(e)) if e.code() == Some(code) => Ok(None),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(self.timed_out()),
+        }
     }
 
     /// Runs one Redis call within the backend timeout, mapping its errors.
@@ -359,6 +375,17 @@ impl KvBackend for RedisKv {
 
 #[cfg(test)]
 mod tests {
+    fn redis_config(url: &str) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            timeout_ms: 100,
+            stream: false,
+            max_age_secs: 60,
+            max_len: None,
+            ack_wait_ms: 1000,
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -382,10 +409,7 @@ mod tests {
             .build()
             .map_err(|e| RedisConfigError(e.to_string()))?;
         let _guard = rt.enter();
-        let config = RedisConfig {
-            url: "redis://user:s3cret@127.0.0.1:1/2".into(),
-            timeout_ms: 100,
-        };
+        let config = redis_config("redis://user:s3cret@127.0.0.1:1/2");
         let kv = RedisKv::new("cache", &config)?;
         assert_eq!(kv.summary(), "Redis 'cache' at 127.0.0.1:1/2");
         let err = rt
@@ -398,16 +422,7 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("s3cret"), "{err}");
-        assert!(
-            RedisKv::new(
-                "bad",
-                &RedisConfig {
-                    url: "http://x".into(),
-                    timeout_ms: 100
-                }
-            )
-            .is_err()
-        );
+        assert!(RedisKv::new("bad", &redis_config("http://x")).is_err());
         Ok(())
     }
 }

@@ -125,8 +125,12 @@ impl KvSlot {
         let mut cursor: Option<String> = None;
         loop {
             let page = self
-                .backend
-                .scan(&self.scope, cursor.as_deref(), MAX_SCAN_PAGE as usize)
+                .clock
+                .command(
+                    "scan",
+                    self.backend
+                        .scan(&self.scope, cursor.as_deref(), MAX_SCAN_PAGE as usize),
+                )
                 .await?;
             let keys: Vec<String> = page
                 .keys
@@ -135,8 +139,19 @@ impl KvSlot {
                 .collect();
             if !keys.is_empty() {
                 purged += match &self.quota {
-                    Some(quota) => self.backend.delete_many_within(quota, &keys).await?,
-                    None => self.backend.delete_many(&keys).await?,
+                    Some(quota) => {
+                        self.clock
+                            .command(
+                                "delete_many_within",
+                                self.backend.delete_many_within(quota, &keys),
+                            )
+                            .await?
+                    }
+                    None => {
+                        self.clock
+                            .command("delete_many", self.backend.delete_many(&keys))
+                            .await?
+                    }
                 };
             }
             match page.cursor {
@@ -174,15 +189,30 @@ impl KvSlot {
             return Ok(());
         }
         let written = match &self.quota {
-            Some(quota) => self.backend.set_many_within(quota, entries).await,
+            Some(quota) => {
+                self.clock
+                    .command(
+                        "set_many_within",
+                        self.backend.set_many_within(quota, entries),
+                    )
+                    .await
+            }
             None if entries.len() == 1 => {
                 let mut entries = entries;
                 match entries.pop() {
-                    Some(e) => self.backend.set(&e.key, e.value, e.ttl).await,
+                    Some(e) => {
+                        self.clock
+                            .command("set", self.backend.set(&e.key, e.value, e.ttl))
+                            .await
+                    }
                     None => Ok(()),
                 }
             }
-            None => self.backend.set_many(entries).await,
+            None => {
+                self.clock
+                    .command("set_many", self.backend.set_many(entries))
+                    .await
+            }
         };
         written.map_err(guest_error)
     }
@@ -192,8 +222,19 @@ impl KvSlot {
             return Ok(0);
         }
         let removed = match &self.quota {
-            Some(quota) => self.backend.delete_many_within(quota, keys).await,
-            None => self.backend.delete_many(keys).await,
+            Some(quota) => {
+                self.clock
+                    .command(
+                        "delete_many_within",
+                        self.backend.delete_many_within(quota, keys),
+                    )
+                    .await
+            }
+            None => {
+                self.clock
+                    .command("delete_many", self.backend.delete_many(keys))
+                    .await
+            }
         };
         removed.map_err(guest_error)
     }
@@ -288,9 +329,16 @@ impl types::Host for KvSlot {}
 impl kv::Host for KvSlot {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, CapabilityError> {
         let _waiting = self.clock.waiting();
-        let key = self.scoped(&key)?;
-        let value = self.backend.get(&key).await.map_err(guest_error)?;
-        Ok(value.map(|v| v.to_vec()))
+        crate::telemetry::traces::capability("kv.get", async {
+            let key = self.scoped(&key)?;
+            let value = self
+                .clock
+                .command("get", self.backend.get(&key))
+                .await
+                .map_err(guest_error)?;
+            Ok(value.map(|v| v.to_vec()))
+        })
+        .await
     }
 
     async fn set(
@@ -300,29 +348,44 @@ impl kv::Host for KvSlot {
         ttl_ms: Option<u64>,
     ) -> Result<(), CapabilityError> {
         let _waiting = self.clock.waiting();
-        check_value(&value)?;
-        let key = self.scoped(&key)?;
-        self.write(vec![KvEntry {
-            key,
-            value: Bytes::from(value),
-            ttl: ttl(ttl_ms),
-        }])
+        crate::telemetry::traces::capability("kv.set", async {
+            check_value(&value)?;
+            let key = self.scoped(&key)?;
+            self.write(vec![KvEntry {
+                key,
+                value: Bytes::from(value),
+                ttl: ttl(ttl_ms),
+            }])
+            .await
+        })
         .await
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, CapabilityError> {
         let _waiting = self.clock.waiting();
-        let key = self.scoped(&key)?;
-        if self.quota.is_some() || self.read_only {
-            return Ok(self.remove(&[key]).await? > 0);
-        }
-        self.backend.delete(&key).await.map_err(guest_error)
+        crate::telemetry::traces::capability("kv.delete", async {
+            let key = self.scoped(&key)?;
+            if self.quota.is_some() || self.read_only {
+                return Ok(self.remove(&[key]).await? > 0);
+            }
+            self.clock
+                .command("delete", self.backend.delete(&key))
+                .await
+                .map_err(guest_error)
+        })
+        .await
     }
 
     async fn exists(&mut self, key: String) -> Result<bool, CapabilityError> {
         let _waiting = self.clock.waiting();
-        let key = self.scoped(&key)?;
-        self.backend.exists(&key).await.map_err(guest_error)
+        crate::telemetry::traces::capability("kv.exists", async {
+            let key = self.scoped(&key)?;
+            self.clock
+                .command("exists", self.backend.exists(&key))
+                .await
+                .map_err(guest_error)
+        })
+        .await
     }
 
     async fn scan(
@@ -332,24 +395,27 @@ impl kv::Host for KvSlot {
         limit: u32,
     ) -> Result<kv::ScanPage, CapabilityError> {
         let _waiting = self.clock.waiting();
-        let prefix = self.scoped(&prefix)?;
-        check_cursor(cursor.as_deref())?;
-        let limit = limit.clamp(1, MAX_SCAN_PAGE) as usize;
-        let page = self
-            .backend
-            .scan(&prefix, cursor.as_deref(), limit)
-            .await
-            .map_err(guest_error)?;
-        // Every key the backend returns carries the scope; drop any that do not (defence in depth).
-        let keys = page
-            .keys
-            .into_iter()
-            .filter_map(|k| self.unscoped(k))
-            .collect();
-        Ok(kv::ScanPage {
-            keys,
-            cursor: page.cursor,
+        crate::telemetry::traces::capability("kv.scan", async {
+            let prefix = self.scoped(&prefix)?;
+            check_cursor(cursor.as_deref())?;
+            let limit = limit.clamp(1, MAX_SCAN_PAGE) as usize;
+            let page = self
+                .clock
+                .command("scan", self.backend.scan(&prefix, cursor.as_deref(), limit))
+                .await
+                .map_err(guest_error)?;
+            // Every key the backend returns carries the scope; drop any that do not (defence in depth).
+            let keys = page
+                .keys
+                .into_iter()
+                .filter_map(|k| self.unscoped(k))
+                .collect();
+            Ok(kv::ScanPage {
+                keys,
+                cursor: page.cursor,
+            })
         })
+        .await
     }
 
     async fn get_many(
@@ -357,39 +423,52 @@ impl kv::Host for KvSlot {
         keys: Vec<String>,
     ) -> Result<Vec<Option<Vec<u8>>>, CapabilityError> {
         let _waiting = self.clock.waiting();
-        let keys = self.scoped_all(&keys)?;
-        let values = self.backend.get_many(&keys).await.map_err(guest_error)?;
-        Ok(values.into_iter().map(|v| v.map(|b| b.to_vec())).collect())
+        crate::telemetry::traces::capability("kv.get_many", async {
+            let keys = self.scoped_all(&keys)?;
+            let values = self
+                .clock
+                .command("get_many", self.backend.get_many(&keys))
+                .await
+                .map_err(guest_error)?;
+            Ok(values.into_iter().map(|v| v.map(|b| b.to_vec())).collect())
+        })
+        .await
     }
 
     async fn set_many(&mut self, entries: Vec<Entry>) -> Result<(), CapabilityError> {
         let _waiting = self.clock.waiting();
-        check_batch(entries.len())?;
-        let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
-        if bytes > MAX_BATCH_BYTES {
-            return Err(CapabilityError::InvalidArgument(format!(
-                "batch holds {bytes} bytes; the host accepts at most {MAX_BATCH_BYTES} per call"
-            )));
-        }
-        let entries = entries
-            .into_iter()
-            .map(|e| {
-                check_value(&e.value)?;
-                Ok(KvEntry {
-                    key: self.scoped(&e.key)?,
-                    value: Bytes::from(e.value),
-                    ttl: ttl(e.ttl_ms),
+        crate::telemetry::traces::capability("kv.set_many", async {
+            check_batch(entries.len())?;
+            let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
+            if bytes > MAX_BATCH_BYTES {
+                return Err(CapabilityError::InvalidArgument(format!(
+                    "batch holds {bytes} bytes; the host accepts at most {MAX_BATCH_BYTES} per call"
+                )));
+            }
+            let entries = entries
+                .into_iter()
+                .map(|e| {
+                    check_value(&e.value)?;
+                    Ok(KvEntry {
+                        key: self.scoped(&e.key)?,
+                        value: Bytes::from(e.value),
+                        ttl: ttl(e.ttl_ms),
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, CapabilityError>>()?;
-        self.write(entries).await
+                .collect::<Result<Vec<_>, CapabilityError>>()?;
+            self.write(entries).await
+        })
+        .await
     }
 
     async fn delete_many(&mut self, keys: Vec<String>) -> Result<u32, CapabilityError> {
         let _waiting = self.clock.waiting();
-        let keys = self.scoped_all(&keys)?;
-        let deleted = self.remove(&keys).await?;
-        Ok(u32::try_from(deleted).unwrap_or(u32::MAX))
+        crate::telemetry::traces::capability("kv.delete_many", async {
+            let keys = self.scoped_all(&keys)?;
+            let deleted = self.remove(&keys).await?;
+            Ok(u32::try_from(deleted).unwrap_or(u32::MAX))
+        })
+        .await
     }
 }
 

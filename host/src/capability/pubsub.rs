@@ -153,8 +153,8 @@ impl PubSubSlot {
         options: &SubscribeOptions,
     ) -> Result<Box<dyn BrokerSubscription>, CapabilityError> {
         let topic = self.topic(topic)?;
-        self.backend
-            .subscribe(&topic, options)
+        self.clock
+            .command("subscribe", self.backend.subscribe(&topic, options))
             .await
             .map_err(guest_error)
     }
@@ -169,34 +169,37 @@ impl pubsub::Host for PubSubSlot {
         messages: Vec<Outgoing>,
     ) -> Result<Vec<Published>, CapabilityError> {
         let _waiting = self.clock.waiting();
-        let topic = self.topic(&topic)?;
-        check_publish(&messages)?;
-        let timestamp_ms = now_ms();
-        let mut published = Vec::with_capacity(messages.len());
-        let messages = messages
-            .into_iter()
-            .map(|m| {
-                let id = next_id(timestamp_ms);
-                published.push(Published {
-                    id: id.clone(),
-                    timestamp_ms,
-                });
-                BrokerMessage {
-                    id,
-                    topic: topic.topic.clone(),
-                    payload: Bytes::from(m.payload),
-                    metadata: m.metadata,
-                    timestamp_ms,
-                }
-            })
-            .collect();
-        if !self.read_only {
-            self.backend
-                .publish(&topic, messages)
-                .await
-                .map_err(guest_error)?;
-        }
-        Ok(published)
+        crate::telemetry::traces::capability("pubsub.publish", async {
+            let topic = self.topic(&topic)?;
+            check_publish(&messages)?;
+            let timestamp_ms = now_ms();
+            let mut published = Vec::with_capacity(messages.len());
+            let messages = messages
+                .into_iter()
+                .map(|m| {
+                    let id = next_id(timestamp_ms);
+                    published.push(Published {
+                        id: id.clone(),
+                        timestamp_ms,
+                    });
+                    BrokerMessage {
+                        id,
+                        topic: topic.topic.clone(),
+                        payload: Bytes::from(m.payload),
+                        metadata: traced(m.metadata),
+                        timestamp_ms,
+                    }
+                })
+                .collect();
+            if !self.read_only {
+                self.clock
+                    .command("publish", self.backend.publish(&topic, messages))
+                    .await
+                    .map_err(guest_error)?;
+            }
+            Ok(published)
+        })
+        .await
     }
 
     async fn publish_each(
@@ -204,43 +207,56 @@ impl pubsub::Host for PubSubSlot {
         messages: Vec<Addressed>,
     ) -> Result<Vec<Result<Published, CapabilityError>>, CapabilityError> {
         let _waiting = self.clock.waiting();
-        let outgoing: Vec<&Outgoing> = messages.iter().map(|m| &m.message).collect();
-        check_publish_refs(&outgoing)?;
-        let timestamp_ms = now_ms();
-        let mut published = Vec::with_capacity(messages.len());
-        let mut items = Vec::with_capacity(messages.len());
-        for m in messages {
-            let topic = self.topic(&m.topic)?;
-            let id = next_id(timestamp_ms);
-            published.push(Published {
-                id: id.clone(),
-                timestamp_ms,
-            });
-            items.push((
-                topic.clone(),
-                BrokerMessage {
-                    id,
-                    topic: topic.topic,
-                    payload: Bytes::from(m.message.payload),
-                    metadata: m.message.metadata,
+        crate::telemetry::traces::capability("pubsub.publish_each", async {
+            let outgoing: Vec<&Outgoing> = messages.iter().map(|m| &m.message).collect();
+            check_publish_refs(&outgoing)?;
+            let timestamp_ms = now_ms();
+            let mut published = Vec::with_capacity(messages.len());
+            let mut items = Vec::with_capacity(messages.len());
+            for m in messages {
+                let topic = self.topic(&m.topic)?;
+                let id = next_id(timestamp_ms);
+                published.push(Published {
+                    id: id.clone(),
                     timestamp_ms,
-                },
-            ));
-        }
-        let results = if self.read_only {
-            items.iter().map(|_| Ok(())).collect()
-        } else {
-            self.backend
-                .publish_each(items)
-                .await
-                .map_err(guest_error)?
-        };
-        Ok(results
-            .into_iter()
-            .zip(published)
-            .map(|(result, p)| result.map(|()| p).map_err(guest_error))
-            .collect())
+                });
+                items.push((
+                    topic.clone(),
+                    BrokerMessage {
+                        id,
+                        topic: topic.topic,
+                        payload: Bytes::from(m.message.payload),
+                        metadata: traced(m.message.metadata),
+                        timestamp_ms,
+                    },
+                ));
+            }
+            let results = if self.read_only {
+                items.iter().map(|_| Ok(())).collect()
+            } else {
+                self.clock
+                    .command("publish_each", self.backend.publish_each(items))
+                    .await
+                    .map_err(guest_error)?
+            };
+            Ok(results
+                .into_iter()
+                .zip(published)
+                .map(|(result, p)| result.map(|()| p).map_err(guest_error))
+                .collect())
+        })
+        .await
     }
+}
+
+/// With traces on, a published message carries the publishing span's
+/// W3C context in its metadata, so its consumers join the trace.
+fn traced(mut metadata: Vec<(String, String)>) -> Vec<(String, String)> {
+    let span = tracing::Span::current();
+    if crate::telemetry::traces::enabled() && crate::telemetry::traces::is_ours(&span) {
+        crate::telemetry::traces::inject_metadata(&span, &mut metadata);
+    }
+    metadata
 }
 
 /// The broker behind an unbound slot.

@@ -98,8 +98,11 @@ impl RegistrySlot {
             // Removed records drop out of the listing, so each page starts
             // from the beginning again.
             let page = self
-                .backend
-                .list(&self.namespace, None, 1000, now_ms())
+                .clock
+                .command(
+                    "list",
+                    self.backend.list(&self.namespace, None, 1000, now_ms()),
+                )
                 .await?;
             if page.records.is_empty() {
                 return Ok(purged);
@@ -107,8 +110,12 @@ impl RegistrySlot {
             let before = purged;
             for record in &page.records {
                 if self
-                    .backend
-                    .remove(&self.namespace, &record.identity, now_ms())
+                    .clock
+                    .command(
+                        "remove",
+                        self.backend
+                            .remove(&self.namespace, &record.identity, now_ms()),
+                    )
                     .await?
                 {
                     purged += 1;
@@ -167,72 +174,97 @@ impl registry::Host for RegistrySlot {
         max_identities: u64,
     ) -> Result<PutOutcome, CapabilityError> {
         let _waiting = self.clock.waiting();
-        check_identity(&entry.identity)?;
-        if entry.metadata.len() > MAX_METADATA_BYTES {
-            return Err(CapabilityError::InvalidArgument(format!(
-                "metadata is {} bytes; the host limit is {MAX_METADATA_BYTES}",
-                entry.metadata.len()
-            )));
-        }
-        if entry.ttl_ms.is_some_and(|t| t == 0 || t > MAX_TTL_MS) {
-            return Err(CapabilityError::InvalidArgument(format!(
-                "ttl must be 1 to {MAX_TTL_MS} ms"
-            )));
-        }
-        let entry = backend::NewIdentity {
-            identity: entry.identity,
-            metadata: entry.metadata,
-            ttl_ms: entry.ttl_ms,
-        };
-        if self.read_only {
-            return Ok(PutOutcome::Stored(to_guest(entry.record(now_ms()))));
-        }
-        let outcome = self
-            .backend
-            .put(&self.namespace, entry, replace, max_identities, now_ms())
-            .await
-            .map_err(guest_error)?;
-        Ok(match outcome {
-            backend::PutOutcome::Stored(r) => PutOutcome::Stored(to_guest(r)),
-            backend::PutOutcome::Exists(r) => PutOutcome::Exists(to_guest(r)),
+        crate::telemetry::traces::capability("registry.put", async {
+            check_identity(&entry.identity)?;
+            if entry.metadata.len() > MAX_METADATA_BYTES {
+                return Err(CapabilityError::InvalidArgument(format!(
+                    "metadata is {} bytes; the host limit is {MAX_METADATA_BYTES}",
+                    entry.metadata.len()
+                )));
+            }
+            if entry.ttl_ms.is_some_and(|t| t == 0 || t > MAX_TTL_MS) {
+                return Err(CapabilityError::InvalidArgument(format!(
+                    "ttl must be 1 to {MAX_TTL_MS} ms"
+                )));
+            }
+            let entry = backend::NewIdentity {
+                identity: entry.identity,
+                metadata: entry.metadata,
+                ttl_ms: entry.ttl_ms,
+            };
+            if self.read_only {
+                return Ok(PutOutcome::Stored(to_guest(entry.record(now_ms()))));
+            }
+            let outcome = self
+                .clock
+                .command(
+                    "put",
+                    self.backend
+                        .put(&self.namespace, entry, replace, max_identities, now_ms()),
+                )
+                .await
+                .map_err(guest_error)?;
+            Ok(match outcome {
+                backend::PutOutcome::Stored(r) => PutOutcome::Stored(to_guest(r)),
+                backend::PutOutcome::Exists(r) => PutOutcome::Exists(to_guest(r)),
+            })
         })
+        .await
     }
 
     async fn get(&mut self, identity: String) -> Result<Option<IdentityRecord>, CapabilityError> {
         let _waiting = self.clock.waiting();
-        check_identity(&identity)?;
-        let record = self
-            .backend
-            .get(&self.namespace, &identity, now_ms())
-            .await
-            .map_err(guest_error)?;
-        Ok(record.map(to_guest))
+        crate::telemetry::traces::capability("registry.get", async {
+            check_identity(&identity)?;
+            let record = self
+                .clock
+                .command(
+                    "get",
+                    self.backend.get(&self.namespace, &identity, now_ms()),
+                )
+                .await
+                .map_err(guest_error)?;
+            Ok(record.map(to_guest))
+        })
+        .await
     }
 
     async fn renew(&mut self, identity: String) -> Result<Option<IdentityRecord>, CapabilityError> {
         let _waiting = self.clock.waiting();
-        check_identity(&identity)?;
-        if self.read_only {
-            return self.get(identity).await;
-        }
-        let record = self
-            .backend
-            .renew(&self.namespace, &identity, now_ms())
-            .await
-            .map_err(guest_error)?;
-        Ok(record.map(to_guest))
+        crate::telemetry::traces::capability("registry.renew", async {
+            check_identity(&identity)?;
+            if self.read_only {
+                return self.get(identity).await;
+            }
+            let record = self
+                .clock
+                .command(
+                    "renew",
+                    self.backend.renew(&self.namespace, &identity, now_ms()),
+                )
+                .await
+                .map_err(guest_error)?;
+            Ok(record.map(to_guest))
+        })
+        .await
     }
 
     async fn remove(&mut self, identity: String) -> Result<bool, CapabilityError> {
         let _waiting = self.clock.waiting();
-        check_identity(&identity)?;
-        if self.read_only {
-            return Ok(self.get(identity).await?.is_some());
-        }
-        self.backend
-            .remove(&self.namespace, &identity, now_ms())
-            .await
-            .map_err(guest_error)
+        crate::telemetry::traces::capability("registry.remove", async {
+            check_identity(&identity)?;
+            if self.read_only {
+                return Ok(self.get(identity).await?.is_some());
+            }
+            self.clock
+                .command(
+                    "remove",
+                    self.backend.remove(&self.namespace, &identity, now_ms()),
+                )
+                .await
+                .map_err(guest_error)
+        })
+        .await
     }
 
     async fn list(
@@ -241,32 +273,43 @@ impl registry::Host for RegistrySlot {
         limit: u32,
     ) -> Result<Listing, CapabilityError> {
         let _waiting = self.clock.waiting();
-        if let Some(c) = &cursor {
-            check_identity(c)?;
-        }
-        let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
-        let RegistryPage { records, cursor } = self
-            .backend
-            .list(&self.namespace, cursor.as_deref(), limit, now_ms())
-            .await
-            .map_err(guest_error)?;
-        Ok(Listing {
-            records: records.into_iter().map(to_guest).collect(),
-            cursor,
+        crate::telemetry::traces::capability("registry.list", async {
+            if let Some(c) = &cursor {
+                check_identity(c)?;
+            }
+            let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
+            let RegistryPage { records, cursor } = self
+                .clock
+                .command(
+                    "list",
+                    self.backend
+                        .list(&self.namespace, cursor.as_deref(), limit, now_ms()),
+                )
+                .await
+                .map_err(guest_error)?;
+            Ok(Listing {
+                records: records.into_iter().map(to_guest).collect(),
+                cursor,
+            })
         })
+        .await
     }
 
     async fn count(&mut self) -> Result<u64, CapabilityError> {
         let _waiting = self.clock.waiting();
-        self.backend
-            .count(&self.namespace, now_ms())
-            .await
-            .map_err(guest_error)
+        crate::telemetry::traces::capability("registry.count", async {
+            self.clock
+                .command("count", self.backend.count(&self.namespace, now_ms()))
+                .await
+                .map_err(guest_error)
+        })
+        .await
     }
 
     async fn inbox(&mut self, identity: String) -> String {
         let _waiting = self.clock.waiting();
-        inbox_topic(&identity)
+        crate::telemetry::traces::capability("registry.inbox", async { inbox_topic(&identity) })
+            .await
     }
 }
 

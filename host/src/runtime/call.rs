@@ -62,6 +62,16 @@ impl SlotClock {
         }
     }
 
+    /// Runs one backend command: with traces on, inside a span naming the
+    /// slot's backend (the waiting is counted by the caller's guard).
+    pub async fn command<F, T, E>(&self, operation: &'static str, fut: F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+        E: std::fmt::Display,
+    {
+        crate::telemetry::traces::command(self.backend.as_deref(), operation, fut).await
+    }
+
     /// Counts the time until the returned guard drops.
     pub fn waiting(&self) -> Waiting {
         Waiting {

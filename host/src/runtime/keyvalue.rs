@@ -25,7 +25,7 @@ impl KeyValueRuntime {
     }
 
     /// Runs one export on a pooled instance.
-    async fn call<T, F>(&self, f: F) -> Result<T, CallError>
+    async fn call<T, F>(&self, export: &'static str, f: F) -> Result<T, CallError>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(
@@ -36,7 +36,7 @@ impl KeyValueRuntime {
             + 'static,
     {
         self.pool
-            .call(move |store, bindings: &Keyvalue| {
+            .call(export, move |store, bindings: &Keyvalue| {
                 f(store, bindings.prism_pattern_keyvalue_pattern())
             })
             .await?
@@ -44,8 +44,10 @@ impl KeyValueRuntime {
     }
 
     pub async fn get(&self, key: String) -> Result<Vec<u8>, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_get(s, &key).await }))
-            .await
+        self.call("get", move |s, g| {
+            Box::pin(async move { g.call_get(s, &key).await })
+        })
+        .await
     }
 
     pub async fn set(
@@ -54,37 +56,51 @@ impl KeyValueRuntime {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<(), CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_set(s, &key, &value, ttl_ms).await }))
-            .await
+        self.call("set", move |s, g| {
+            Box::pin(async move { g.call_set(s, &key, &value, ttl_ms).await })
+        })
+        .await
     }
 
     pub async fn delete(&self, key: String) -> Result<bool, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_delete(s, &key).await }))
-            .await
+        self.call("delete", move |s, g| {
+            Box::pin(async move { g.call_delete(s, &key).await })
+        })
+        .await
     }
 
     pub async fn exists(&self, key: String) -> Result<bool, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_exists(s, &key).await }))
-            .await
+        self.call("exists", move |s, g| {
+            Box::pin(async move { g.call_exists(s, &key).await })
+        })
+        .await
     }
 
     pub async fn scan(&self, request: ScanRequest) -> Result<ScanResult, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_scan(s, &request).await }))
-            .await
+        self.call("scan", move |s, g| {
+            Box::pin(async move { g.call_scan(s, &request).await })
+        })
+        .await
     }
 
     pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_get_many(s, &keys).await }))
-            .await
+        self.call("get_many", move |s, g| {
+            Box::pin(async move { g.call_get_many(s, &keys).await })
+        })
+        .await
     }
 
     pub async fn set_many(&self, entries: Vec<Entry>) -> Result<(), CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_set_many(s, &entries).await }))
-            .await
+        self.call("set_many", move |s, g| {
+            Box::pin(async move { g.call_set_many(s, &entries).await })
+        })
+        .await
     }
 
     pub async fn delete_many(&self, keys: Vec<String>) -> Result<u32, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_delete_many(s, &keys).await }))
-            .await
+        self.call("delete_many", move |s, g| {
+            Box::pin(async move { g.call_delete_many(s, &keys).await })
+        })
+        .await
     }
 }

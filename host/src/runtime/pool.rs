@@ -23,6 +23,8 @@ use super::state::{InstanceState, Slots};
 use super::world::PatternWorld;
 use super::{CallError, RuntimeError, TrapKind};
 use crate::config::InstanceLimits;
+use crate::telemetry::traces;
+use tracing::Instrument;
 
 /// How long an instance may sit idle before it is dropped (down to the
 /// namespace's `idle_instances`).
@@ -127,7 +129,7 @@ impl<W: PatternWorld> PatternPool<W> {
 
     /// Runs one export on an instance of this pool: lease, deadline, yields
     /// at each epoch slice, the background lane for long calls, settle.
-    pub async fn call<T, F>(self: &Arc<Self>, f: F) -> Result<T, CallError>
+    pub async fn call<T, F>(self: &Arc<Self>, export: &'static str, f: F) -> Result<T, CallError>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(&'a mut Store<InstanceState>, &'a W) -> GuestFuture<'a, T>
@@ -167,6 +169,7 @@ impl<W: PatternWorld> PatternPool<W> {
             }
             pool.settle(lease, result)
         };
+        let job = job.instrument(traces::pattern_span(&self.namespace, export));
         Ok(lane::run(self.lane.as_ref(), ticket, job).await??)
     }
 

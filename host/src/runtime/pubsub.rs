@@ -27,7 +27,7 @@ impl PubSubRuntime {
     }
 
     /// Runs one export on a pooled instance.
-    async fn call<T, F>(&self, f: F) -> Result<T, CallError>
+    async fn call<T, F>(&self, export: &'static str, f: F) -> Result<T, CallError>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(&'a mut Store<InstanceState>, &'a PubSubExports) -> GuestFuture<'a, T>
@@ -35,7 +35,7 @@ impl PubSubRuntime {
             + 'static,
     {
         self.pool
-            .call(move |store, bindings: &PubsubWorld| {
+            .call(export, move |store, bindings: &PubsubWorld| {
                 f(store, bindings.prism_pattern_pubsub_pattern())
             })
             .await
@@ -46,18 +46,22 @@ impl PubSubRuntime {
         topic: String,
         messages: Vec<Outgoing>,
     ) -> Result<Vec<Published>, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_publish(s, &topic, &messages).await }))
-            .await?
-            .map_err(CallError::Pattern)
+        self.call("publish", move |s, g| {
+            Box::pin(async move { g.call_publish(s, &topic, &messages).await })
+        })
+        .await?
+        .map_err(CallError::Pattern)
     }
 
     pub async fn subscribe(
         &self,
         request: SubscribeRequest,
     ) -> Result<SubscriptionPlan, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_subscribe(s, &request).await }))
-            .await?
-            .map_err(CallError::Pattern)
+        self.call("subscribe", move |s, g| {
+            Box::pin(async move { g.call_subscribe(s, &request).await })
+        })
+        .await?
+        .map_err(CallError::Pattern)
     }
 
     /// The delivery hook: runs only for subscriptions planned with `inspect`.
@@ -68,7 +72,9 @@ impl PubSubRuntime {
     ) -> Result<Verdict, CallError> {
         // The hook's arguments must outlive the pooled call; the request is small.
         let request = request.clone();
-        self.call(move |s, g| Box::pin(async move { g.call_deliver(s, &request, &message).await }))
-            .await
+        self.call("deliver", move |s, g| {
+            Box::pin(async move { g.call_deliver(s, &request, &message).await })
+        })
+        .await
     }
 }

@@ -29,7 +29,7 @@ impl RegistryRuntime {
     }
 
     /// Runs one export on a pooled instance.
-    async fn call<T, F>(&self, f: F) -> Result<T, CallError>
+    async fn call<T, F>(&self, export: &'static str, f: F) -> Result<T, CallError>
     where
         T: Send + 'static,
         F: for<'a> FnOnce(
@@ -40,7 +40,7 @@ impl RegistryRuntime {
             + 'static,
     {
         self.pool
-            .call(move |store, bindings: &MulticastRegistry| {
+            .call(export, move |store, bindings: &MulticastRegistry| {
                 f(store, bindings.prism_pattern_registry_pattern())
             })
             .await?
@@ -48,37 +48,51 @@ impl RegistryRuntime {
     }
 
     pub async fn register(&self, request: RegisterRequest) -> Result<RegisterOutcome, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_register(s, &request).await }))
-            .await
+        self.call("register", move |s, g| {
+            Box::pin(async move { g.call_register(s, &request).await })
+        })
+        .await
     }
 
     pub async fn heartbeat(&self, identity: String) -> Result<IdentityRecord, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_heartbeat(s, &identity).await }))
-            .await
+        self.call("heartbeat", move |s, g| {
+            Box::pin(async move { g.call_heartbeat(s, &identity).await })
+        })
+        .await
     }
 
     pub async fn unregister(&self, identity: String) -> Result<bool, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_unregister(s, &identity).await }))
-            .await
+        self.call("unregister", move |s, g| {
+            Box::pin(async move { g.call_unregister(s, &identity).await })
+        })
+        .await
     }
 
     pub async fn get(&self, identity: String) -> Result<IdentityRecord, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_get(s, &identity).await }))
-            .await
+        self.call("get", move |s, g| {
+            Box::pin(async move { g.call_get(s, &identity).await })
+        })
+        .await
     }
 
     pub async fn enumerate(&self, request: EnumerateRequest) -> Result<EnumerateResult, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_enumerate(s, &request).await }))
-            .await
+        self.call("enumerate", move |s, g| {
+            Box::pin(async move { g.call_enumerate(s, &request).await })
+        })
+        .await
     }
 
     pub async fn multicast(&self, request: MulticastRequest) -> Result<MulticastResult, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_multicast(s, &request).await }))
-            .await
+        self.call("multicast", move |s, g| {
+            Box::pin(async move { g.call_multicast(s, &request).await })
+        })
+        .await
     }
 
     pub async fn listen(&self, identity: String, buffer: u32) -> Result<ListenPlan, CallError> {
-        self.call(move |s, g| Box::pin(async move { g.call_listen(s, &identity, buffer).await }))
-            .await
+        self.call("listen", move |s, g| {
+            Box::pin(async move { g.call_listen(s, &identity, buffer).await })
+        })
+        .await
     }
 }

@@ -9,6 +9,9 @@ use super::histogram::Histogram;
 
 #[derive(Debug, Default)]
 pub struct BackendStats {
+    /// The backend's name in `[backends]` and its `type` (for spans).
+    name: String,
+    kind: &'static str,
     up: AtomicBool,
     /// Whether any ping has completed yet (before that, `up` means nothing).
     checked: AtomicBool,
@@ -21,6 +24,22 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
+    pub fn new(name: &str, kind: &'static str) -> BackendStats {
+        BackendStats {
+            name: name.to_string(),
+            kind,
+            ..BackendStats::default()
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
     /// One health ping's outcome and how long it took.
     pub fn ping(&self, ok: bool, took: Duration) {
         let was_checked = self.checked.swap(true, Ordering::Relaxed);
