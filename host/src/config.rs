@@ -556,6 +556,9 @@ fn default_sweep_interval_ms() -> u64 {
 fn default_redis_timeout_ms() -> u64 {
     1000
 }
+/// The longest a message may stay unacknowledged before redelivery.
+const MAX_ACK_WAIT_MS: u64 = 24 * 3600 * 1000;
+
 fn default_nats_timeout_ms() -> u64 {
     2000
 }
@@ -704,6 +707,12 @@ impl Config {
                                 "must be positive".into(),
                             ));
                         }
+                    }
+                    if r.ack_wait_ms > MAX_ACK_WAIT_MS {
+                        return Err(invalid(
+                            format!("backends.{name}.ack_wait_ms"),
+                            format!("must be at most {MAX_ACK_WAIT_MS} (a day)"),
+                        ));
                     }
                 }
                 BackendConfig::Nats(n) => {
@@ -1014,6 +1023,16 @@ fn check_subject_prefixes(subjects: &BTreeMap<String, String>) -> Result<(), (St
                 ),
             ));
         }
+        // `$JS.API`, `$SYS`, `$KV`...: the server's own APIs; `_INBOX`:
+        // every client's replies. A tenant mapped there could reach them.
+        if tokens.iter().any(|t| t.starts_with('$')) || tokens[0] == "_INBOX" {
+            return Err((
+                namespace.clone(),
+                format!(
+                    "{prefix:?} reaches NATS's own subjects ($... APIs or _INBOX replies); map the namespace onto application subjects"
+                ),
+            ));
+        }
         if tokens[0] == "prism" {
             return Err((
                 namespace.clone(),
@@ -1095,6 +1114,9 @@ mod tests {
             (r#"orders = "legacy orders""#, "not a subject prefix"),
             (r#"orders = """#, "not a subject prefix"),
             (r#"orders = "prism.orders""#, "under prism."),
+            (r#"orders = "$JS.API""#, "NATS's own subjects"),
+            (r#"orders = "app.$SYS""#, "NATS's own subjects"),
+            (r#"orders = "_INBOX""#, "NATS's own subjects"),
             (
                 r#"orders = "legacy", billing = "legacy.billing""#,
                 "overlaps",

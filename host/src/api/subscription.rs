@@ -94,7 +94,10 @@ impl Outbox {
             let room = self.space.notified();
             {
                 let mut state = self.state.lock();
-                if state.end.is_some() || state.ended {
+                // Stopped (client gone, unsubscribed): a pump waiting for
+                // room would otherwise wait forever, holding its broker
+                // subscription (and an at-least-once broker's messages).
+                if state.end.is_some() || state.ended || self.stopped.load(Ordering::SeqCst) {
                     return;
                 }
                 if state.queue.len() < self.capacity {
@@ -562,4 +565,43 @@ fn token_expired() -> Status {
         "the token this stream was opened with has expired; open it again with a fresh token",
         metadata,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> Outgoing {
+        Outgoing {
+            message: Arc::new(BrokerMessage {
+                id: "1".into(),
+                topic: "t".into(),
+                payload: bytes::Bytes::new(),
+                metadata: Vec::new(),
+                timestamp_ms: 1,
+            }),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pump_waiting_for_room_is_released_when_the_stream_stops() {
+        let outbox = Outbox::new(1, WhenFull::Wait);
+        outbox.push(message()).await;
+        let waiting = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.push(message()).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "a full outbox holds the pump");
+        // The client went away: the pump must not wait forever (it holds
+        // the broker subscription and its unacknowledged messages).
+        outbox.stop();
+        let released = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(matches!(released, Ok(Ok(()))), "{released:?}");
+        // And it does not wait again on a stopped outbox.
+        let again =
+            tokio::time::timeout(std::time::Duration::from_secs(5), outbox.push(message())).await;
+        assert!(again.is_ok());
+    }
 }

@@ -142,31 +142,39 @@ impl NatsBroker {
                 let call = context.get_or_create_stream(config);
                 match tokio::time::timeout(self.timeout, call).await {
                     Ok(Ok(mut stream)) => {
-                        // An existing stream (an application's own) keeps its
-                        // subjects: it must capture every mapped prefix, or
-                        // those publishes would reach no stream.
-                        let info = stream.info().await.map_err(|e| {
-                            self.unavailable(format!("cannot read JetStream stream '{}': {e}", self.config.stream))
-                        })?;
+                        // An existing stream keeps its subjects: it must
+                        // capture every mapped prefix, or those publishes
+                        // would reach no stream.
+                        let info = self
+                            .bounded("reading the JetStream stream", stream.info())
+                            .await?
+                            .clone();
                         let captured = &info.config.subjects;
-                        let missing: Vec<&String> = self
+                        let missing: Vec<String> = self
                             .config
                             .subjects
                             .values()
                             .filter(|prefix| !captured.iter().any(|s| covers(s, prefix)))
+                            .map(|p| format!("{p}.>"))
                             .collect();
-                        if !missing.is_empty() {
-                            return Err(self.unavailable(format!(
-                                "JetStream stream '{}' (subjects {captured:?}) does not capture {}; add them to the stream's subjects, or point `stream` at the stream that does",
-                                self.config.stream,
-                                missing
-                                    .iter()
-                                    .map(|p| format!("{p}.>"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )));
+                        if missing.is_empty() {
+                            return Ok(stream);
                         }
-                        Ok(stream)
+                        // Prism's own stream (it captures prism.>) takes a
+                        // mapping added later; an application's is never changed.
+                        if captured.iter().any(|s| s == "prism.>") {
+                            let mut config = info.config.clone();
+                            config.subjects.extend(missing.iter().cloned());
+                            self.bounded("adding subjects to the JetStream stream", context.update_stream(&config))
+                                .await?;
+                            tracing::info!(stream = %self.config.stream, subjects = ?missing, "JetStream stream now captures the mapped subjects");
+                            return Ok(stream);
+                        }
+                        Err(self.unavailable(format!(
+                            "JetStream stream '{}' (subjects {captured:?}) does not capture {}; add them to the stream's subjects, or point `stream` at the stream that does",
+                            self.config.stream,
+                            missing.join(", ")
+                        )))
                     }
                     Ok(Err(e)) => Err(self.unavailable(format!(
                         "cannot open JetStream stream '{}': {e}",

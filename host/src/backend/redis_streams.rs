@@ -44,6 +44,8 @@ const READ_COUNT: usize = 256;
 /// How long one blocking read waits before the loop looks around again
 /// (claims due, a subscription dropped).
 const BLOCK: Duration = Duration::from_millis(1000);
+/// Beyond BLOCK, how long a read's reply may take (a page of large entries).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Trim {
     MaxLen(u64),
@@ -137,7 +139,7 @@ impl RedisStreams {
     async fn reader(&self) -> Result<redis::aio::MultiplexedConnection, BackendError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(BLOCK + self.timeout));
+            .set_response_timeout(Some(BLOCK + self.timeout.max(READ_TIMEOUT)));
         self.kv
             .bounded(
                 self.client
@@ -166,6 +168,9 @@ impl PubSubBackend for RedisStreams {
         topic: &TopicName,
         messages: Vec<BrokerMessage>,
     ) -> Result<(), BackendError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         RedisStreams::check(&messages.iter().collect::<Vec<_>>())?;
         let key = RedisStreams::key(topic);
         let mut pipe = redis::pipe();
@@ -223,7 +228,7 @@ impl PubSubBackend for RedisStreams {
                 }
             }
             Some(group) => {
-                ensure_group(&self.kv, &key, group).await?;
+                ensure_group(&self.kv, &key, group, "$").await?;
                 let n = self.next_consumer.fetch_add(1, Ordering::Relaxed);
                 let consumer = format!("{}-{n}", self.consumer_prefix);
                 Mode::Group {
@@ -238,6 +243,7 @@ impl PubSubBackend for RedisStreams {
                     // A new member looks for messages a gone member left at once.
                     next_claim: Instant::now(),
                     claim_cursor: "0-0".into(),
+                    buffer: options.buffer.max(1),
                 }
             }
         };
@@ -257,15 +263,20 @@ impl PubSubBackend for RedisStreams {
     }
 }
 
-/// XGROUP CREATE at the stream's end (making the stream if missing); a
-/// group that exists keeps its place.
-async fn ensure_group(kv: &RedisKv, key: &str, group: &str) -> Result<(), BackendError> {
+/// XGROUP CREATE at `from` (`$`: the stream's end; making the stream if
+/// missing); a group that exists keeps its place.
+async fn ensure_group(
+    kv: &RedisKv,
+    key: &str,
+    group: &str,
+    from: &str,
+) -> Result<(), BackendError> {
     kv.query_unless::<()>(
         redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(key)
             .arg(group)
-            .arg("$")
+            .arg(from)
             .arg("MKSTREAM"),
         "BUSYGROUP",
     )
@@ -293,6 +304,9 @@ enum Mode {
         acks: Arc<StreamAcker>,
         next_claim: Instant,
         claim_cursor: String,
+        /// Most messages this member holds unacknowledged (the
+        /// subscriber's buffer, as JetStream's max_ack_pending).
+        buffer: usize,
     },
 }
 
@@ -322,7 +336,7 @@ impl StreamSubscription {
         if self.conn.is_none() {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.timeout))
-                .set_response_timeout(Some(BLOCK + self.timeout));
+                .set_response_timeout(Some(BLOCK + self.timeout.max(READ_TIMEOUT)));
             let conn = self
                 .client
                 .get_multiplexed_async_connection_with_config(&config)
@@ -373,8 +387,16 @@ impl StreamSubscription {
                 acks,
                 next_claim,
                 claim_cursor,
+                buffer,
             } => {
                 let (group, consumer, acks) = (group.clone(), consumer.clone(), acks.clone());
+                // Held unacknowledged already: read only what fits.
+                let held = acks.pending.lock().len() + self.buffered.len();
+                let count = buffer.saturating_sub(held).min(READ_COUNT);
+                if count == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return Ok(());
+                }
                 let now = Instant::now();
                 let claim_due = now >= *next_claim;
                 let cursor = claim_cursor.clone();
@@ -388,7 +410,7 @@ impl StreamSubscription {
                         .arg(ack_wait.as_millis() as u64)
                         .arg(&cursor)
                         .arg("COUNT")
-                        .arg(READ_COUNT)
+                        .arg(count)
                         .query_async(conn)
                         .await
                         .map_err(read_error)?;
@@ -405,21 +427,26 @@ impl StreamSubscription {
                             .last()
                             .map(|e| e.id.clone())
                             .unwrap_or_default();
-                        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
-                            .arg(&key)
-                            .arg(&group)
-                            .arg(&first)
-                            .arg(&last)
-                            .arg(claimed.claimed.len())
-                            .arg(&consumer)
-                            .query_async(conn)
-                            .await
-                            .map_err(read_error)?;
+                        // For the attempt counts only: the claimed entries
+                        // are delivered (as attempt 2) even if this fails.
+                        let pending: redis::RedisResult<StreamPendingCountReply> =
+                            redis::cmd("XPENDING")
+                                .arg(&key)
+                                .arg(&group)
+                                .arg(&first)
+                                .arg(&last)
+                                .arg(claimed.claimed.len())
+                                .arg(&consumer)
+                                .query_async(conn)
+                                .await;
                         pending
-                            .ids
-                            .into_iter()
-                            .map(|p| (p.id, p.times_delivered))
-                            .collect()
+                            .map(|p| {
+                                p.ids
+                                    .into_iter()
+                                    .map(|p| (p.id, p.times_delivered))
+                                    .collect()
+                            })
+                            .unwrap_or_default()
                     };
                     for entry in &claimed.claimed {
                         let message = decode(&topic, entry);
@@ -440,7 +467,7 @@ impl StreamSubscription {
                     {
                         // A full page: there may be more, look again at once.
                         let more =
-                            claimed.claimed.len() >= READ_COUNT && claimed.next_stream_id != "0-0";
+                            claimed.claimed.len() >= count && claimed.next_stream_id != "0-0";
                         *claim_cursor = claimed.next_stream_id;
                         *next_claim = if more {
                             Instant::now()
@@ -463,7 +490,7 @@ impl StreamSubscription {
                     .arg(&group)
                     .arg(&consumer)
                     .arg("COUNT")
-                    .arg(READ_COUNT)
+                    .arg(count)
                     .arg("BLOCK")
                     .arg(block.as_millis() as u64)
                     .arg("STREAMS")
@@ -505,9 +532,11 @@ impl BrokerSubscription for StreamSubscription {
                 Ok(()) => delay = Duration::from_millis(50),
                 Err(ReadError::NoGroup) => {
                     // The stream or its group went away (Redis restarted
-                    // empty, the key was deleted): make it again and go on.
+                    // empty, the key was deleted): make it again, from the
+                    // stream's start, so what was added since is delivered
+                    // (twice at worst, never lost).
                     if let Mode::Group { group, .. } = &self.mode
-                        && let Err(e) = ensure_group(&self.kv, &self.key, group).await
+                        && let Err(e) = ensure_group(&self.kv, &self.key, group, "0").await
                     {
                         tracing::debug!(stream = %self.key, error = %e, "cannot recreate the consumer group yet");
                         tokio::time::sleep(delay).await;
@@ -549,7 +578,10 @@ impl Drop for StreamSubscription {
         let entries: Vec<String> = acks.pending.lock().drain().map(|(_, e)| e).collect();
         let kv = self.kv.clone();
         let (key, group, consumer) = (self.key.clone(), group.clone(), consumer.clone());
-        let idle = self.ack_wait.as_millis() as u64 * 10 + 1000;
+        let idle = u64::try_from(self.ack_wait.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(10)
+            .saturating_add(1000);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 if !entries.is_empty() {
@@ -561,30 +593,15 @@ impl Drop for StreamSubscription {
                     cmd.arg("IDLE").arg(idle).arg("JUSTID");
                     let _ = kv.query::<Value>(&cmd).await;
                 }
-                // A consumer holding nothing is forgotten; one still holding
-                // messages (not yet claimed) stays until they are.
-                let pending: Result<Value, _> = kv
-                    .query(
-                        redis::cmd("XPENDING")
-                            .arg(&key)
-                            .arg(&group)
-                            .arg("-")
-                            .arg("+")
-                            .arg(1)
-                            .arg(&consumer),
-                    )
+                // A consumer holding nothing is forgotten, in one step: a
+                // read still in flight on the dropped connection may hand it
+                // entries at any moment, and deleting a consumer deletes
+                // what it holds. One still holding messages stays (they
+                // remain claimable).
+                let script = redis::Script::new(DELETE_IF_IDLE);
+                let _ = kv
+                    .invoke::<Value>(script.key(&key).arg(&group).arg(&consumer))
                     .await;
-                if matches!(&pending, Ok(Value::Array(items)) if items.is_empty()) {
-                    let _ = kv
-                        .query::<Value>(
-                            redis::cmd("XGROUP")
-                                .arg("DELCONSUMER")
-                                .arg(&key)
-                                .arg(&group)
-                                .arg(&consumer),
-                        )
-                        .await;
-                }
             });
         }
     }
@@ -649,6 +666,14 @@ fn decode(topic: &str, entry: &StreamId) -> BrokerMessage {
         timestamp_ms: entry.get::<u64>(TIMESTAMP).unwrap_or(entry_ms),
     }
 }
+
+/// XGROUP DELCONSUMER, only when the consumer holds nothing.
+const DELETE_IF_IDLE: &str = r"
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+";
 
 #[cfg(test)]
 mod tests {
