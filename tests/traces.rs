@@ -154,6 +154,18 @@ fn child<'a>(
     }
 }
 
+/// `prism dev` exporting to a fresh receiver, and a channel to it.
+async fn dev_traced() -> anyhow::Result<(Receiver, PrismProcess, Channel)> {
+    let (receiver, endpoint) = receiver().await?;
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let prism =
+        PrismProcess::start(&["dev", "--listen", &listen, "--otlp-endpoint", &endpoint]).await?;
+    let channel = Channel::from_shared(format!("http://{}", prism.addr))?
+        .connect()
+        .await?;
+    Ok((receiver, prism, channel))
+}
+
 async fn stop_and_collect(prism: PrismProcess, receiver: &Receiver) -> anyhow::Result<Vec<Got>> {
     let (status, stderr) = prism.terminate_with_stderr(WAIT).await?;
     anyhow::ensure!(status.success(), "prism exited with {status}: {stderr}");
@@ -164,13 +176,7 @@ async fn stop_and_collect(prism: PrismProcess, receiver: &Receiver) -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_is_one_trace_from_the_callers_span_down_to_the_backend_command()
 -> anyhow::Result<()> {
-    let (receiver, endpoint) = receiver().await?;
-    let listen = format!("127.0.0.1:{}", free_port()?);
-    let prism =
-        PrismProcess::start(&["dev", "--listen", &listen, "--otlp-endpoint", &endpoint]).await?;
-    let channel = Channel::from_shared(format!("http://{}", prism.addr))?
-        .connect()
-        .await?;
+    let (receiver, prism, channel) = dev_traced().await?;
     let mut kv = KeyValueClient::with_interceptor(channel.clone(), Namespace::new("default"));
 
     let mut set = tonic::Request::new(pb::SetRequest {
@@ -252,13 +258,7 @@ async fn a_call_is_one_trace_from_the_callers_span_down_to_the_backend_command()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_message_carries_the_trace_to_its_consumer() -> anyhow::Result<()> {
-    let (receiver, endpoint) = receiver().await?;
-    let listen = format!("127.0.0.1:{}", free_port()?);
-    let prism =
-        PrismProcess::start(&["dev", "--listen", &listen, "--otlp-endpoint", &endpoint]).await?;
-    let channel = Channel::from_shared(format!("http://{}", prism.addr))?
-        .connect()
-        .await?;
+    let (receiver, prism, channel) = dev_traced().await?;
     let mut ps = PubSubClient::with_interceptor(channel.clone(), Namespace::new("events"));
     let mut sub = Sub::open(&mut ps, subscribe_request("orders.created")).await?;
 

@@ -137,9 +137,7 @@ impl RedisStreams {
     }
 
     async fn reader(&self) -> Result<redis::aio::MultiplexedConnection, BackendError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(BLOCK + self.timeout.max(READ_TIMEOUT)));
+        let config = reader_config(self.timeout);
         self.kv
             .bounded(
                 self.client
@@ -263,6 +261,14 @@ impl PubSubBackend for RedisStreams {
     }
 }
 
+/// A subscription's own connection: its replies may take a whole BLOCK
+/// and then a page of large entries.
+fn reader_config(timeout: Duration) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(BLOCK + timeout.max(READ_TIMEOUT)))
+}
+
 /// XGROUP CREATE at `from` (`$`: the stream's end; making the stream if
 /// missing); a group that exists keeps its place.
 async fn ensure_group(
@@ -334,9 +340,7 @@ enum ReadError {
 impl StreamSubscription {
     async fn connection(&mut self) -> Result<&mut redis::aio::MultiplexedConnection, ReadError> {
         if self.conn.is_none() {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(self.timeout))
-                .set_response_timeout(Some(BLOCK + self.timeout.max(READ_TIMEOUT)));
+            let config = reader_config(self.timeout);
             let conn = self
                 .client
                 .get_multiplexed_async_connection_with_config(&config)

@@ -99,8 +99,9 @@ fn request_span<B>(request: &http::Request<B>) -> Option<tracing::Span> {
         return None;
     }
     let path = request.uri().path();
-    let method = methods::get(methods::index(path));
-    let known = methods::index(path) < METHODS.len();
+    let index = methods::index(path);
+    let method = methods::get(index);
+    let known = index < METHODS.len();
     let (service, name) = if known {
         (method.service, method.method)
     } else {
