@@ -62,6 +62,10 @@ setup-services:
     command -v redis-server >/dev/null || missing+=(redis-server)
     # Debian's nats-server is in /usr/sbin, which a non-root PATH may lack.
     command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+    # Debian keeps initdb and postgres in /usr/lib/postgresql/<version>/bin, off PATH. The tests
+    # run their own clusters; the package's postinst may create and start a system one on 5432,
+    # which they never use.
+    command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
     if [ ${#missing[@]} -gt 0 ]; then
         sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
         echo "installing ${missing[*]} (apt)"

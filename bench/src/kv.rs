@@ -37,11 +37,11 @@ pub async fn start(payload: &[u8]) -> anyhow::Result<Servers> {
 
 /// Every gRPC target of these rows, the baselines included, is loaded
 /// through the same Rust client, each on a connection of its own.
-async fn key_value(addr: std::net::SocketAddr) -> anyhow::Result<KeyValue> {
+pub async fn key_value(addr: std::net::SocketAddr) -> anyhow::Result<KeyValue> {
     Ok(load::client(addr).await?.key_value("default"))
 }
 
-async fn seed(kv: &KeyValue, payload: &[u8]) -> anyhow::Result<()> {
+pub async fn seed(kv: &KeyValue, payload: &[u8]) -> anyhow::Result<()> {
     kv.set(load::BENCH_KEY, payload.to_vec()).await?;
     Ok(())
 }

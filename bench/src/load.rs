@@ -1,6 +1,7 @@
 //! The one load generator every scenario uses: N concurrent loops over one
-//! connection (an HTTP/2 channel, or a multiplexed Redis connection) for a
-//! fixed time, latencies in an HDR histogram.
+//! connection (an HTTP/2 channel, or a multiplexed Redis connection; for
+//! PostgreSQL, a fixed set of connections taken in turn) for a fixed time,
+//! latencies in an HDR histogram.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -113,6 +114,9 @@ pub enum Target {
     Client(prism_client::KeyValue),
     /// redis-rs on one multiplexed connection, on the key Prism stores for `BENCH_KEY`.
     Redis(redis::aio::MultiplexedConnection, String),
+    /// tokio-postgres on as many connections as Prism's pool, running PgKv's
+    /// statements on the row Prism stores for `BENCH_KEY`.
+    Postgres(Arc<crate::postgres::Direct>),
     /// Like `Grpc`, with this `authorization` value (built once) on every call.
     GrpcAuth(
         Channel,
@@ -182,6 +186,8 @@ impl Target {
                     .query_async(conn)
                     .await?;
             }
+            (Target::Postgres(pg), Op::Get) => pg.get(payload).await?,
+            (Target::Postgres(pg), Op::Set) => pg.set(payload).await?,
             (Target::Register(channel, counter), _) => {
                 let n = counter.fetch_add(1, Ordering::Relaxed) % 1000;
                 let mut request = tonic::Request::new(pb::RegisterRequest {

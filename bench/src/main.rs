@@ -4,9 +4,10 @@
 //! `prism` binary, the tonic echo and the guest-less path; redis-server and
 //! nats-server likewise.
 //!
-//! - `kv`: gRPC KV GET/SET through Prism (MemStore, Redis) vs the echo, the
-//!   guest-less path and redis-rs direct, at concurrency 1 and 64; KV GET
-//!   with metrics on and with tracing on (unsampled) vs plain.
+//! - `kv`: gRPC KV GET/SET through Prism (MemStore, Redis, PostgreSQL) vs
+//!   the echo, the guest-less path, redis-rs direct and tokio-postgres
+//!   direct, at concurrency 1 and 64; KV GET with metrics on and with
+//!   tracing on (unsampled) vs plain.
 //! - `auth`: KV GET with JWT auth on vs off; first-sight vs cached token
 //!   verification.
 //! - `pubsub`: delivered msg/s to 1, 10, 100 subscribers and publish→deliver
@@ -30,6 +31,7 @@ mod echo;
 mod inprocess;
 mod kv;
 mod load;
+mod postgres;
 mod procs;
 mod pubsub;
 mod registry;
@@ -110,6 +112,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         let servers = kv::start(&payload).await?;
         kv::memstore_rows(&mut report, &servers, &payload, measure).await?;
         kv::redis_rows(&mut report, &servers, &payload, measure).await?;
+        postgres::postgres_rows(&mut report, &servers, &payload, measure).await?;
         kv::telemetry_rows(&mut report, &servers, &payload, measure).await?;
         for server in [servers.echo, servers.prism, servers.direct] {
             server.stop().await?;

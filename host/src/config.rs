@@ -386,6 +386,7 @@ pub enum BackendConfig {
     Memstore(MemStoreConfig),
     Redis(RedisConfig),
     Nats(NatsConfig),
+    Postgres(PostgresConfig),
 }
 
 impl BackendConfig {
@@ -394,6 +395,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Memstore(_) | BackendConfig::Redis(_) => &["kv", "pubsub", "registry"],
             BackendConfig::Nats(_) => &["pubsub"],
+            BackendConfig::Postgres(_) => &["kv", "registry"],
         }
     }
 }
@@ -487,6 +489,65 @@ impl std::fmt::Debug for RedisConfig {
             .finish()
     }
 }
+
+/// A PostgreSQL database holding the `kv` and `registry` slots of the
+/// namespaces bound to it, in two tables of its own (`<table>_kv`,
+/// `<table>_registry`), created on first use.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user[:password]@host[:port]/database[?sslmode=disable]`;
+    /// the password never reaches logs.
+    pub url: String,
+    /// Connections the backend keeps open at most.
+    #[serde(default = "default_postgres_pool_size")]
+    pub pool_size: usize,
+    /// Longest wait for one statement (or a connection) before UNAVAILABLE.
+    #[serde(default = "default_postgres_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Table name prefix; defaults to `prism_<backend name>` (lower case,
+    /// `-` and `.` as `_`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// How often rows past their TTL are deleted (reads never return them).
+    #[serde(default = "default_sweep_interval_ms")]
+    pub sweep_interval_ms: u64,
+}
+
+impl PostgresConfig {
+    /// The table name prefix for backend `name`.
+    pub fn table_prefix(&self, name: &str) -> String {
+        match &self.table {
+            Some(t) => t.clone(),
+            None => format!("prism_{name}")
+                .to_ascii_lowercase()
+                .replace(['-', '.'], "_"),
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &"<redacted>")
+            .field("pool_size", &self.pool_size)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("table", &self.table)
+            .field("sweep_interval_ms", &self.sweep_interval_ms)
+            .finish()
+    }
+}
+
+fn default_postgres_pool_size() -> usize {
+    16
+}
+fn default_postgres_timeout_ms() -> u64 {
+    2000
+}
+
+/// Longest table prefix: PostgreSQL identifiers hold 63 bytes, and the
+/// longest suffix (`_registry`) and its index names need the rest.
+const MAX_TABLE_PREFIX: usize = 40;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -712,6 +773,56 @@ impl Config {
                         return Err(invalid(
                             format!("backends.{name}.ack_wait_ms"),
                             format!("must be at most {MAX_ACK_WAIT_MS} (a day)"),
+                        ));
+                    }
+                }
+                BackendConfig::Postgres(p) => {
+                    let scheme_ok = ["postgres://", "postgresql://"]
+                        .iter()
+                        .any(|s| p.url.starts_with(s));
+                    if !scheme_ok {
+                        return Err(invalid(
+                            format!("backends.{name}.url"),
+                            "must be a postgres://user[:password]@host[:port]/database URL".into(),
+                        ));
+                    }
+                    for (field, value) in [
+                        ("timeout_ms", p.timeout_ms),
+                        ("pool_size", p.pool_size as u64),
+                        ("sweep_interval_ms", p.sweep_interval_ms),
+                    ] {
+                        if value == 0 {
+                            return Err(invalid(
+                                format!("backends.{name}.{field}"),
+                                "must be positive".into(),
+                            ));
+                        }
+                    }
+                    let table = p.table_prefix(name);
+                    let table_ok = table.len() <= MAX_TABLE_PREFIX
+                        && table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                        && table
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                    if !table_ok {
+                        return Err(invalid(
+                            format!("backends.{name}.table"),
+                            format!(
+                                "table prefix '{}' must be 1-{MAX_TABLE_PREFIX} lower-case letters, digits or '_', not starting with a digit; set `table` to one",
+                                crate::namespace::shorten(&table)
+                            ),
+                        ));
+                    }
+                    let clash = self.backends.iter().find(|(other, b)| {
+                        other.as_str() < name.as_str()
+                            && matches!(b, BackendConfig::Postgres(o) if o.url == p.url && o.table_prefix(other) == table)
+                    });
+                    if let Some((other, _)) = clash {
+                        return Err(invalid(
+                            format!("backends.{name}.table"),
+                            format!(
+                                "backend '{other}' already uses tables '{table}_*' in this database; set a different `table`"
+                            ),
                         ));
                     }
                 }

@@ -1,9 +1,10 @@
 //! The acceptance suite: every case runs against every backend through
-//! Prism over gRPC, with the same test bodies — the KeyValue part on MemStore
-//! and Redis, the PubSub part on the embedded broker, NATS, NATS JetStream,
-//! Redis pub/sub and Redis Streams, the Registry part on {MemStore, Redis} registries × {embedded,
-//! NATS, JetStream} messaging. Prints a compliance table per part and fails
-//! if any case fails anywhere.
+//! Prism over gRPC, with the same test bodies — the KeyValue part on
+//! MemStore, Redis and PostgreSQL, the PubSub part on the embedded broker,
+//! NATS, NATS JetStream, Redis pub/sub and Redis Streams, the Registry part
+//! on {MemStore, Redis} registries × {embedded, NATS, JetStream} messaging,
+//! Redis × Redis Streams and PostgreSQL × {embedded, NATS}. Prints a
+//! compliance table per part and fails if any case fails anywhere.
 
 mod kv_cases;
 mod ps_cases;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use prism_acceptance::backends::BackendUnderTest;
 use prism_acceptance::pubsub::BrokerUnderTest;
 use prism_acceptance::registry::RegistryUnderTest;
-use prism_acceptance::servers::{NatsServer, RedisServer};
+use prism_acceptance::servers::{NatsServer, PostgresServer, RedisServer};
 
 /// Longest one case may take before it counts as failed (hung).
 const CASE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -92,8 +93,12 @@ async fn run(filter: &[String]) -> anyhow::Result<bool> {
     print_table("PubSub", &case_names, &names, &results);
     tally(&results, &mut passed, &mut failed);
 
-    let (redis, nats) = (RedisServer::start().await?, NatsServer::start().await?);
-    let pairs = RegistryUnderTest::all(&redis, &nats);
+    let (redis, nats, postgres) = (
+        RedisServer::start().await?,
+        NatsServer::start().await?,
+        PostgresServer::start().await?,
+    );
+    let pairs = RegistryUnderTest::all(&redis, &nats, &postgres);
     let names: Vec<&str> = pairs.iter().map(|p| p.name).collect();
     let cases: Vec<&reg_cases::Case> = reg_cases::CASES
         .iter()

@@ -2,19 +2,26 @@
 //! interface: a TOML `[backends.store]` table, a reset between cases, and a
 //! Prism whose namespaces all share that one backend.
 
-use crate::servers::RedisServer;
+use crate::servers::{PostgresServer, RedisServer};
 use crate::{TestServer, start};
 
 pub struct BackendUnderTest {
     pub name: &'static str,
-    redis: Option<RedisServer>,
+    server: Server,
+}
+
+/// The server a backend talks to, if it is not in-process.
+enum Server {
+    None,
+    Redis(RedisServer),
+    Postgres(PostgresServer),
 }
 
 impl BackendUnderTest {
     pub fn memstore() -> BackendUnderTest {
         BackendUnderTest {
             name: "memstore",
-            redis: None,
+            server: Server::None,
         }
     }
 
@@ -22,7 +29,15 @@ impl BackendUnderTest {
     pub async fn redis() -> anyhow::Result<BackendUnderTest> {
         Ok(BackendUnderTest {
             name: "redis",
-            redis: Some(RedisServer::start().await?),
+            server: Server::Redis(RedisServer::start().await?),
+        })
+    }
+
+    /// Starts a throwaway PostgreSQL cluster on a free port.
+    pub async fn postgres() -> anyhow::Result<BackendUnderTest> {
+        Ok(BackendUnderTest {
+            name: "postgres",
+            server: Server::Postgres(PostgresServer::start().await?),
         })
     }
 
@@ -31,15 +46,20 @@ impl BackendUnderTest {
         Ok(vec![
             BackendUnderTest::memstore(),
             BackendUnderTest::redis().await?,
+            BackendUnderTest::postgres().await?,
         ])
     }
 
     pub fn backend_toml(&self) -> String {
-        match &self.redis {
-            None => "[backends.store]\ntype = \"memstore\"\n".to_string(),
-            Some(r) => format!(
+        match &self.server {
+            Server::None => "[backends.store]\ntype = \"memstore\"\n".to_string(),
+            Server::Redis(r) => format!(
                 "[backends.store]\ntype = \"redis\"\nurl = \"{}\"\n",
                 r.url()
+            ),
+            Server::Postgres(p) => format!(
+                "[backends.store]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                p.url()
             ),
         }
     }
@@ -47,8 +67,10 @@ impl BackendUnderTest {
     /// A fresh Prism whose `namespaces` (KeyValue) all use this backend, which
     /// is emptied first so cases never see each other's keys.
     pub async fn start_prism(&self, namespaces: &[&str]) -> anyhow::Result<TestServer> {
-        if let Some(r) = &self.redis {
-            r.flush().await?;
+        match &self.server {
+            Server::None => {}
+            Server::Redis(r) => r.flush().await?,
+            Server::Postgres(p) => p.reset().await?,
         }
         let mut toml = self.backend_toml();
         for ns in namespaces {

@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tonic::Streaming;
 
-use crate::servers::{NatsServer, RedisServer};
+use crate::servers::{NatsServer, PostgresServer, RedisServer};
 use crate::{RegClient, TestServer, pb, start};
 
 /// Where identities live.
 pub enum Store<'a> {
     Mem,
     Redis(&'a RedisServer),
+    Postgres(&'a PostgresServer),
 }
 
 /// What carries multicasts.
@@ -34,8 +35,12 @@ pub struct RegistryUnderTest<'a> {
 
 impl RegistryUnderTest<'_> {
     /// Every pair: {MemStore, Redis} registry × {embedded, NATS, JetStream}
-    /// messaging, and Redis × Redis Streams.
-    pub fn all<'a>(redis: &'a RedisServer, nats: &'a NatsServer) -> Vec<RegistryUnderTest<'a>> {
+    /// messaging, Redis × Redis Streams, and PostgreSQL × {embedded, NATS}.
+    pub fn all<'a>(
+        redis: &'a RedisServer,
+        nats: &'a NatsServer,
+        postgres: &'a PostgresServer,
+    ) -> Vec<RegistryUnderTest<'a>> {
         let mut all = Vec::new();
         for (store_name, store) in [("mem", 0), ("redis", 1)] {
             for (bus_name, bus) in [("embedded", 0), ("nats", 1), ("jetstream", 2)] {
@@ -68,6 +73,18 @@ impl RegistryUnderTest<'_> {
             store: Store::Redis(redis),
             bus: Bus::RedisStreams(redis),
         });
+        // Identities in PostgreSQL tables (appended last, so the pairs above
+        // keep their indices and with them their namespace names).
+        all.push(RegistryUnderTest {
+            name: "postgres+embedded",
+            store: Store::Postgres(postgres),
+            bus: Bus::Embedded,
+        });
+        all.push(RegistryUnderTest {
+            name: "postgres+nats",
+            store: Store::Postgres(postgres),
+            bus: Bus::Nats(nats),
+        });
         all
     }
 
@@ -79,6 +96,10 @@ impl RegistryUnderTest<'_> {
         let store = match &self.store {
             Store::Mem => "[backends.reg]\ntype = \"memstore\"\n".to_string(),
             Store::Redis(r) => format!("[backends.reg]\ntype = \"redis\"\nurl = \"{}\"\n", r.url()),
+            Store::Postgres(p) => format!(
+                "[backends.reg]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                p.url()
+            ),
         };
         let bus = match &self.bus {
             Bus::Embedded => "[backends.bus]\ntype = \"memstore\"\n".to_string(),
@@ -95,15 +116,18 @@ impl RegistryUnderTest<'_> {
         store + &bus
     }
 
-    /// A fresh Prism with registry `namespaces` on this pair; a Redis
-    /// registry is emptied first so cases never see each other's identities.
+    /// A fresh Prism with registry `namespaces` on this pair; a Redis or
+    /// PostgreSQL registry is emptied first so cases never see each other's
+    /// identities.
     pub async fn start_prism(
         &self,
         namespaces: &[&str],
         settings: &str,
     ) -> anyhow::Result<TestServer> {
-        if let Store::Redis(r) = &self.store {
-            r.flush().await?;
+        match &self.store {
+            Store::Mem => {}
+            Store::Redis(r) => r.flush().await?,
+            Store::Postgres(p) => p.reset().await?,
         }
         start(&registry_config(
             &self.backends_toml(),

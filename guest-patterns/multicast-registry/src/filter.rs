@@ -342,6 +342,32 @@ impl Filter {
     pub fn is_all(&self) -> bool {
         self.root.always_true()
     }
+
+    /// Equalities every matching identity's metadata meets: `(path, value
+    /// as JSON)` for each string, boolean or null equality the filter's
+    /// top level (and nested `$and`s) requires. The host may use them to
+    /// leave out records early (`registry::list-where`); the filter itself
+    /// is still applied to whatever comes back. Numbers are left out: the
+    /// filter compares them by value, a backend may compare their spelling.
+    pub fn implied_equalities(&self) -> Vec<(Vec<String>, String)> {
+        fn walk(node: &Node, out: &mut Vec<(Vec<String>, String)>) {
+            match node {
+                Node::And(children) => children.iter().for_each(|c| walk(c, out)),
+                Node::Cond(Cond {
+                    path,
+                    op: Op::Eq(v @ (Value::String(_) | Value::Bool(_) | Value::Null)),
+                }) => {
+                    if let Ok(text) = serde_json::to_string(v) {
+                        out.push((path.clone(), text));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &mut out);
+        out
+    }
 }
 
 /// Checks identity metadata: it must be a map, and lists/maps may nest at
@@ -759,6 +785,35 @@ mod tests {
 
     fn m(f: Value, meta: &Value) -> bool {
         parse(f).matches(meta)
+    }
+
+    #[test]
+    fn implied_equalities_are_only_what_every_match_must_hold() {
+        let f = parse(json!({
+            "type": "sensor",
+            "location.building.eq": "HQ",
+            "on": true,
+            "gone": null,
+            "floor": 2,
+            "name": "*",
+            "zone.ne": "x",
+            "$and": [{"kind": "a"}, {"$or": [{"x": "1"}, {"y": "2"}]}],
+            "$not": {"z": "q"},
+        }));
+        let mut got = f.implied_equalities();
+        got.sort();
+        let p = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            vec![
+                (p(&["gone"]), "null".to_string()),
+                (p(&["kind"]), "\"a\"".to_string()),
+                (p(&["location", "building"]), "\"HQ\"".to_string()),
+                (p(&["on"]), "true".to_string()),
+                (p(&["type"]), "\"sensor\"".to_string()),
+            ]
+        );
+        assert!(parse(json!({})).implied_equalities().is_empty());
     }
 
     fn err(f: Value) -> FilterError {

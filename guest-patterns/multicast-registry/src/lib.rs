@@ -84,7 +84,7 @@ impl Guest for RegistryPattern {
         let filter = metadata::parse_filter(&request.filter, &limits)?;
         let page = limits.page_size(request.limit) as usize;
         let cursor = request.cursor.filter(|c| !c.is_empty());
-        scan::enumerate_page(list, &filter, cursor, page, limits.list_batch())
+        scan::enumerate_page(lister(&filter), &filter, cursor, page, limits.list_batch())
     }
 
     fn multicast(request: MulticastRequest) -> Result<MulticastResult, PatternError> {
@@ -93,7 +93,7 @@ impl Guest for RegistryPattern {
         // A malformed filter is refused before anything is looked up or sent.
         let filter = metadata::parse_filter(&request.filter, &limits)?;
         let keep = limits.max_fanout as usize;
-        let targets = scan::collect_targets(list, &filter, keep, limits.list_batch())?;
+        let targets = scan::collect_targets(lister(&filter), &filter, keep, limits.list_batch())?;
         limits.check_fanout(targets.matched)?;
         fanout::deliver(
             targets.identities,
@@ -115,8 +115,31 @@ impl Guest for RegistryPattern {
     }
 }
 
-fn list(cursor: Option<&str>, limit: u32) -> Result<registry::Listing, PatternError> {
-    registry::list(cursor, limit).map_err(capability)
+/// The registry listing a filter's scan walks: with the filter's implied
+/// equalities handed to the host, which may push them down to the backend
+/// (the scan still applies the whole filter to every record it gets).
+fn lister(
+    filter: &filter::Filter,
+) -> impl FnMut(Option<&str>, u32) -> Result<registry::Listing, PatternError> + use<> {
+    let conditions: Vec<registry::MetadataEquals> = filter
+        .implied_equalities()
+        .into_iter()
+        // Within the host's bounds on list-where (conditions, segments,
+        // bytes); what does not fit is simply not pushed down.
+        .filter(|(path, value)| {
+            path.len() <= 16 && path.iter().map(String::len).sum::<usize>() + value.len() <= 4096
+        })
+        .take(64)
+        .map(|(path, value)| registry::MetadataEquals { path, value })
+        .collect();
+    move |cursor, limit| {
+        if conditions.is_empty() {
+            registry::list(cursor, limit)
+        } else {
+            registry::list_where(&conditions, cursor, limit)
+        }
+        .map_err(capability)
+    }
 }
 
 fn not_registered(identity: &str) -> PatternError {

@@ -6,6 +6,9 @@ pub mod membroker;
 pub mod memstore;
 pub mod nats;
 pub mod nats_wire;
+pub mod postgres;
+pub mod postgres_kv;
+pub mod postgres_registry;
 pub mod pubsub;
 pub mod redis;
 pub mod redis_pubsub;
@@ -239,6 +242,17 @@ impl Backends {
                         pubsub: Some(pubsub),
                     }
                 }
+                BackendConfig::Postgres(c) => {
+                    let db = postgres::Postgres::new(name, c).map_err(|e| BackendBuildError {
+                        field: format!("backends.{name}.url"),
+                        message: e.to_string(),
+                    })?;
+                    Backend {
+                        kv: Some(postgres_kv::PgKv::new(db.clone())),
+                        pubsub: None,
+                        registry: Some(postgres_registry::PgRegistry::new(db)),
+                    }
+                }
                 BackendConfig::Nats(c) => Backend {
                     kv: None,
                     registry: None,
@@ -255,6 +269,7 @@ impl Backends {
                 BackendConfig::Memstore(_) => "memstore",
                 BackendConfig::Redis(_) => "redis",
                 BackendConfig::Nats(_) => "nats",
+                BackendConfig::Postgres(_) => "postgres",
             };
             stats.insert(name.clone(), Arc::new(BackendStats::new(name, kind)));
             kinds.insert(name.clone(), kind);
@@ -271,7 +286,7 @@ impl Backends {
         self.stats.get(name).cloned()
     }
 
-    /// The backend's configured `type` (`memstore`, `redis`, `nats`).
+    /// The backend's configured `type` (`memstore`, `redis`, `nats`, `postgres`).
     pub fn kind(&self, name: &str) -> &'static str {
         self.kinds.get(name).copied().unwrap_or("unknown")
     }

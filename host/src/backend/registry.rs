@@ -59,6 +59,15 @@ pub struct RegistryPage {
     pub cursor: Option<String>,
 }
 
+/// A condition a pattern's filter implies for every record it can match:
+/// the metadata, read as JSON, holds `value` (JSON text) at `path` (map
+/// keys, outermost first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataEquals {
+    pub path: Vec<String>,
+    pub value: String,
+}
+
 /// The error for a namespace at its identity limit.
 pub fn registry_full(namespace: &str, max: u64) -> BackendError {
     BackendError::QuotaExceeded(format!(
@@ -114,5 +123,20 @@ pub trait RegistryBackend: Send + Sync {
         limit: usize,
         now_ms: u64,
     ) -> Result<RegistryPage, BackendError>;
+    /// `list`, where the backend may leave out records that do not meet
+    /// every condition (it may also keep them: the pattern still applies
+    /// its whole filter). A page's cursor follows the same rule as `list`.
+    /// Backends that cannot filter natively list everything.
+    async fn list_where(
+        &self,
+        namespace: &str,
+        conditions: &[MetadataEquals],
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<RegistryPage, BackendError> {
+        let _ = conditions;
+        self.list(namespace, after, limit, now_ms).await
+    }
     async fn count(&self, namespace: &str, now_ms: u64) -> Result<u64, BackendError>;
 }

@@ -25,6 +25,9 @@ pub const MAX_IDENTITY_BYTES: usize = 4096;
 pub const MAX_METADATA_BYTES: usize = 1 << 20;
 /// Records in one listing page.
 pub const MAX_LIST_PAGE: u32 = 10_000;
+/// Conditions one `list-where` call may push down, and path segments of one.
+pub const MAX_CONDITIONS: usize = 64;
+pub const MAX_CONDITION_PATH: usize = 16;
 /// A TTL (ten years).
 pub const MAX_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 
@@ -295,6 +298,41 @@ impl registry::Host for RegistrySlot {
         .await
     }
 
+    async fn list_where(
+        &mut self,
+        conditions: Vec<registry::MetadataEquals>,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Result<Listing, CapabilityError> {
+        let _waiting = self.clock.waiting();
+        crate::telemetry::traces::capability("registry.list_where", async {
+            if let Some(c) = &cursor {
+                check_identity(c)?;
+            }
+            let conditions = check_conditions(conditions)?;
+            let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
+            let RegistryPage { records, cursor } = self
+                .clock
+                .command(
+                    "list_where",
+                    self.backend.list_where(
+                        &self.namespace,
+                        &conditions,
+                        cursor.as_deref(),
+                        limit,
+                        now_ms(),
+                    ),
+                )
+                .await
+                .map_err(guest_error)?;
+            Ok(Listing {
+                records: records.into_iter().map(to_guest).collect(),
+                cursor,
+            })
+        })
+        .await
+    }
+
     async fn count(&mut self) -> Result<u64, CapabilityError> {
         let _waiting = self.clock.waiting();
         crate::telemetry::traces::capability("registry.count", async {
@@ -311,6 +349,33 @@ impl registry::Host for RegistrySlot {
         crate::telemetry::traces::capability("registry.inbox", async { inbox_topic(&identity) })
             .await
     }
+}
+
+/// A guest's conditions, bounded (they are copied into a query).
+fn check_conditions(
+    conditions: Vec<registry::MetadataEquals>,
+) -> Result<Vec<backend::MetadataEquals>, CapabilityError> {
+    if conditions.len() > MAX_CONDITIONS {
+        return Err(CapabilityError::InvalidArgument(format!(
+            "list-where takes at most {MAX_CONDITIONS} conditions, got {}",
+            conditions.len()
+        )));
+    }
+    conditions
+        .into_iter()
+        .map(|c| {
+            let bytes: usize = c.path.iter().map(String::len).sum::<usize>() + c.value.len();
+            if c.path.len() > MAX_CONDITION_PATH || bytes > MAX_IDENTITY_BYTES {
+                return Err(CapabilityError::InvalidArgument(format!(
+                    "a list-where condition may have at most {MAX_CONDITION_PATH} path segments and {MAX_IDENTITY_BYTES} bytes"
+                )));
+            }
+            Ok(backend::MetadataEquals {
+                path: c.path,
+                value: c.value,
+            })
+        })
+        .collect()
 }
 
 /// The registry behind an unbound slot.
