@@ -499,7 +499,8 @@ pub struct PostgresConfig {
     /// `postgres://user[:password]@host[:port]/database[?sslmode=disable]`;
     /// the password never reaches logs.
     pub url: String,
-    /// Connections the backend keeps open at most.
+    /// Connections for transactions (batches under a quota, registry
+    /// puts); single statements share up to 4 more, pipelined.
     #[serde(default = "default_postgres_pool_size")]
     pub pool_size: usize,
     /// Longest wait for one statement (or a connection) before UNAVAILABLE.

@@ -8,20 +8,25 @@
 //! processes meeting an empty database at once would otherwise race on
 //! `CREATE TABLE IF NOT EXISTS` (it is not atomic against itself).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
-use tokio::sync::OnceCell;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Statement};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::BackendError;
 use crate::config::PostgresConfig;
 
 /// Rows one sweep statement deletes, so a sweep never holds long locks.
 const SWEEP_BATCH: i64 = 1000;
+
+/// Connections single statements share (at most; never more than the pool).
+const SHARED_CONNECTIONS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -38,7 +43,23 @@ pub struct Postgres {
     /// `"<prefix>_registry"`, quoted.
     pub(crate) registry_table: String,
     prefix: String,
-    schema: OnceCell<()>,
+    /// Whether the tables exist (as far as this process knows: a dropped
+    /// table turns it off again, and the next request recreates them).
+    schema_ready: AtomicBool,
+    schema_lock: tokio::sync::Mutex<()>,
+    /// Single statements run on a few shared connections: tokio-postgres
+    /// pipelines concurrent queries on one connection, so a request never
+    /// waits for a connection of its own. Transactions take one from `pool`.
+    shared: Vec<tokio::sync::Mutex<Option<Shared>>>,
+    next: AtomicUsize,
+    pg: tokio_postgres::Config,
+}
+
+/// One shared connection and the statements prepared on it.
+#[derive(Clone)]
+struct Shared {
+    client: Arc<Client>,
+    statements: Arc<parking_lot::Mutex<HashMap<String, Statement>>>,
 }
 
 impl Postgres {
@@ -67,8 +88,15 @@ impl Postgres {
         let mut pg = pg;
         pg.connect_timeout(timeout);
         pg.application_name("prism");
+        // The server gives up when Prism does: a statement or lock wait past
+        // the timeout is cancelled there too, so a connection handed back
+        // to the pool after a timeout is not still busy.
+        pg.options(format!(
+            "-c statement_timeout={ms} -c lock_timeout={ms}",
+            ms = config.timeout_ms
+        ));
         let manager = Manager::from_config(
-            pg,
+            pg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -90,7 +118,13 @@ impl Postgres {
             kv_table: format!("\"{prefix}_kv\""),
             registry_table: format!("\"{prefix}_registry\""),
             prefix,
-            schema: OnceCell::new(),
+            schema_ready: AtomicBool::new(false),
+            schema_lock: tokio::sync::Mutex::new(()),
+            shared: (0..SHARED_CONNECTIONS.min(config.pool_size))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+            pg,
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep_forever(
@@ -107,15 +141,83 @@ impl Postgres {
 
     /// A pooled connection, with the tables in place.
     pub(crate) async fn conn(&self) -> Result<Object, BackendError> {
-        let conn = self.connection().await?;
-        if self.schema.initialized() {
-            return Ok(conn);
+        let mut conn = self.connection().await?;
+        if !self.schema_ready.load(Ordering::Acquire) {
+            let _creating = self.schema_lock.lock().await;
+            if !self.schema_ready.load(Ordering::Acquire) {
+                self.create_schema(&mut conn).await?;
+                self.schema_ready.store(true, Ordering::Release);
+            }
         }
-        let mut conn = conn;
-        self.schema
-            .get_or_try_init(|| self.create_schema(&mut conn))
-            .await?;
         Ok(conn)
+    }
+
+    /// One statement on a shared connection, prepared there once; the
+    /// tables are created first if this is the first use.
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, BackendError> {
+        if !self.schema_ready.load(Ordering::Acquire) {
+            drop(self.conn().await?);
+        }
+        let (index, shared) = self.shared_connection().await?;
+        let result = async {
+            let cached = shared.statements.lock().get(sql).cloned();
+            let statement = match cached {
+                Some(s) => s,
+                None => {
+                    let s = self.bounded(shared.client.prepare(sql)).await?;
+                    shared.statements.lock().insert(sql.to_string(), s.clone());
+                    s
+                }
+            };
+            self.bounded(shared.client.query(&statement, params)).await
+        }
+        .await;
+        if result.is_err() && (shared.client.is_closed() || result_timed_out(&result)) {
+            // A connection that stopped answering may never report itself
+            // closed (a silent peer): the next request dials a new one. Other
+            // errors (a deadlock, a constraint) leave the connection in use.
+            let mut slot = self.shared[index].lock().await;
+            if slot
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(&s.client, &shared.client))
+            {
+                *slot = None;
+            }
+        }
+        result
+    }
+
+    /// A shared connection, round robin; a closed one is replaced (the
+    /// request that finds it closed waits for the new one, within the timeout).
+    async fn shared_connection(&self) -> Result<(usize, Shared), BackendError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len().max(1);
+        let slot = &self.shared[index];
+        let mut slot = match tokio::time::timeout(self.timeout, slot.lock()).await {
+            Ok(guard) => guard,
+            Err(_) => return Err(self.timed_out()),
+        };
+        if let Some(shared) = slot.as_ref()
+            && !shared.client.is_closed()
+        {
+            return Ok((index, shared.clone()));
+        }
+        let (client, connection) = self.bounded(self.pg.connect(NoTls)).await?;
+        let summary = self.summary.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(backend = %summary, error = %e, "shared connection closed");
+            }
+        });
+        let shared = Shared {
+            client: Arc::new(client),
+            statements: Arc::default(),
+        };
+        *slot = Some(shared.clone());
+        Ok((index, shared))
     }
 
     async fn connection(&self) -> Result<Object, BackendError> {
@@ -191,7 +293,7 @@ impl Postgres {
     pub(crate) fn timed_out(&self) -> BackendError {
         BackendError::Unavailable {
             backend: self.summary.clone(),
-            reason: format!("no answer within {} ms", self.timeout.as_millis()),
+            reason: format!("{NO_ANSWER} {} ms", self.timeout.as_millis()),
         }
     }
 
@@ -232,6 +334,14 @@ impl Postgres {
                 self.summary,
                 code.code()
             ))
+        } else if *code == SqlState::DATETIME_FIELD_OVERFLOW
+            || *code == SqlState::INTERVAL_FIELD_OVERFLOW
+        {
+            BackendError::InvalidArgument(format!(
+                "{} cannot store an expiry that far ahead (SQLSTATE {})",
+                self.summary,
+                code.code()
+            ))
         } else if *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
             || *code == SqlState::UNTRANSLATABLE_CHARACTER
         {
@@ -240,10 +350,18 @@ impl Postgres {
                 self.summary,
                 code.code()
             ))
-        } else if matches!(class, "08" | "40" | "53" | "57" | "58") {
-            // Connection, rolled-back transaction (deadlock, serialization:
-            // worth retrying), resources, operator intervention (shutdown,
-            // admin cancel), system errors: the server is not serving now.
+        } else if *code == SqlState::UNDEFINED_TABLE {
+            // Someone dropped the tables: make them again on the next request.
+            self.schema_ready.store(false, Ordering::Release);
+            unavailable("its tables were dropped; they are recreated on the next request".into())
+        } else if matches!(class, "08" | "28" | "3D" | "40" | "53" | "57" | "58")
+            || *code == SqlState::INSUFFICIENT_PRIVILEGE
+        {
+            // Connection, credentials, missing database, rolled-back
+            // transaction (deadlock, serialization: worth retrying),
+            // resources, operator intervention (shutdown, admin cancel,
+            // statement timeout), system errors, privileges: the server is
+            // not serving this backend now.
             unavailable(format!("server answered SQLSTATE {}", code.code()))
         } else {
             BackendError::Internal(format!("{}: SQLSTATE {}", self.summary, code.code()))
@@ -254,11 +372,14 @@ impl Postgres {
     async fn sweep(&self) -> Result<u64, BackendError> {
         let conn = self.conn().await?;
         let kv = format!(
-            "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE expires_at <= clock_timestamp() LIMIT $1)",
+            // The outer test again: a row rewritten (live again) after the
+            // subquery picked it must stay. now() (not clock_timestamp())
+            // lets the expiry index answer.
+            "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED) AND expires_at <= now()",
             t = self.kv_table
         );
         let reg = format!(
-            "DELETE FROM {t} WHERE (namespace, identity) IN (SELECT namespace, identity FROM {t} WHERE expires_at_ms <= $1 LIMIT $2)",
+            "DELETE FROM {t} WHERE (namespace, identity) IN (SELECT namespace, identity FROM {t} WHERE expires_at_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED) AND expires_at_ms <= $1",
             t = self.registry_table
         );
         let (kv, reg) = (
@@ -280,10 +401,16 @@ impl Postgres {
     }
 
     pub(crate) async fn ping(&self) -> Result<(), BackendError> {
-        let conn = self.conn().await?;
-        self.bounded(conn.simple_query("SELECT 1")).await.map(drop)
+        self.query("SELECT 1", &[]).await.map(drop)
     }
 }
+
+fn result_timed_out<T>(result: &Result<T, BackendError>) -> bool {
+    matches!(result, Err(BackendError::Unavailable { reason, .. }) if reason.starts_with(NO_ANSWER))
+}
+
+/// How a timed-out call's reason starts.
+const NO_ANSWER: &str = "no answer within";
 
 /// The first line of a connection error, without addresses it may carry.
 fn short_io(e: &tokio_postgres::Error) -> String {
@@ -313,7 +440,7 @@ async fn sweep_forever(backend: Weak<Postgres>, every: Duration) {
         let Some(backend) = backend.upgrade() else {
             return;
         };
-        if !backend.schema.initialized() {
+        if !backend.schema_ready.load(Ordering::Acquire) {
             continue;
         }
         match backend.sweep().await {

@@ -26,7 +26,12 @@ use super::postgres::Postgres;
 use super::{BackendError, KvBackend, KvEntry, QuotaKind, ScanPage, StorageQuota, Usage};
 
 /// A row is live when it has no expiry or its expiry is still ahead.
-const LIVE: &str = "(expires_at IS NULL OR expires_at > clock_timestamp())";
+/// `now()` is the statement's (or transaction's) start: one instant for
+/// every statement of a quota check.
+const LIVE: &str = "(expires_at IS NULL OR expires_at > now())";
+
+/// Longest key the table takes: a btree index entry holds about 2700 bytes.
+pub const MAX_KEY_BYTES: usize = 2048;
 
 pub struct PgKv {
     db: Arc<Postgres>,
@@ -50,7 +55,7 @@ struct Statements {
 
 impl Statements {
     fn new(t: &str) -> Statements {
-        let expiry = "CASE WHEN e IS NULL THEN NULL ELSE clock_timestamp() + e * interval '1 millisecond' END";
+        let expiry = "CASE WHEN e IS NULL THEN NULL ELSE now() + e * interval '1 millisecond' END";
         Statements {
             get: format!("SELECT value FROM {t} WHERE key = $1 AND {LIVE}"),
             exists: format!("SELECT 1 FROM {t} WHERE key = $1 AND {LIVE}"),
@@ -97,15 +102,12 @@ impl PgKv {
         Arc::new(PgKv { db, sql })
     }
 
-    /// One statement on a pooled connection.
     async fn query(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, BackendError> {
-        let conn = self.db.conn().await?;
-        let stmt = self.db.prepare(&conn, sql).await?;
-        self.db.bounded(conn.query(&stmt, params)).await
+        self.db.query(sql, params).await
     }
 
     async fn usage_of(
@@ -171,11 +173,28 @@ fn last_write_wins(entries: Vec<KvEntry>) -> Vec<KvEntry> {
 /// The three arrays of a batch insert.
 type Columns = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Option<i64>>);
 
+/// Sorted by key: two overlapping batches then lock their rows in the same
+/// order and cannot deadlock each other.
 fn columns(entries: &[KvEntry]) -> Columns {
+    let mut order: Vec<&KvEntry> = entries.iter().collect();
+    order.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+    let entries = order;
     let keys = entries.iter().map(|e| e.key.as_bytes().to_vec()).collect();
     let values = entries.iter().map(|e| e.value.to_vec()).collect();
     let ttls = entries.iter().map(|e| ttl_ms(e.ttl)).collect();
     (keys, values, ttls)
+}
+
+/// Keys past what the primary key index holds are refused up front (the
+/// other backends take them; PostgreSQL would fail the write).
+fn check_key(key: &str) -> Result<(), BackendError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(BackendError::InvalidArgument(format!(
+            "key is {} bytes with its namespace prefix; PostgreSQL backends take at most {MAX_KEY_BYTES} (lower the pattern's max_key_bytes setting)",
+            key.len()
+        )));
+    }
+    Ok(())
 }
 
 fn key_bytes(keys: &[String]) -> Vec<&[u8]> {
@@ -292,6 +311,7 @@ impl KvBackend for PgKv {
         if entries.is_empty() {
             return Ok(());
         }
+        entries.iter().try_for_each(|e| check_key(&e.key))?;
         let (keys, values, ttls) = columns(&last_write_wins(entries));
         self.query(&self.sql.set_many, &[&keys, &values, &ttls])
             .await
@@ -316,6 +336,7 @@ impl KvBackend for PgKv {
         if entries.is_empty() {
             return Ok(());
         }
+        entries.iter().try_for_each(|e| check_key(&e.key))?;
         let entries = last_write_wins(entries);
         let mut conn = self.db.conn().await?;
         let db = &self.db;

@@ -7,9 +7,10 @@
 //! authority) and, when it is a JSON object, also as `doc jsonb` under a GIN
 //! index: [`RegistryBackend::list_where`] pushes a pattern's equality
 //! conditions down as `doc @> {...}`, so a selective enumerate reads only
-//! the rows that can match instead of the whole namespace. Rows whose
-//! metadata could not be indexed (`doc IS NULL`) are always handed to the
-//! pattern, which evaluates its whole filter on everything it gets.
+//! the rows that can match instead of the whole namespace. Rows without a
+//! `doc` (metadata that is not a JSON object) are left out by it: no
+//! equality can hold on them. The pattern still evaluates its whole filter
+//! on everything it gets.
 
 use std::sync::Arc;
 
@@ -30,6 +31,10 @@ use super::registry::{
 /// shared by every backend and Prism process).
 const LIVE: &str = "(expires_at_ms IS NULL OR expires_at_ms > $2)";
 const COLUMNS: &str = "identity, metadata, registered_at_ms, expires_at_ms, ttl_ms";
+
+/// Longest identity the table takes (with the namespace, within what a
+/// btree index entry holds).
+const MAX_IDENTITY_BYTES: usize = 2048;
 
 pub struct PgRegistry {
     db: Arc<Postgres>,
@@ -92,12 +97,19 @@ impl Statements {
             String::new()
         };
         let matching = if matching {
-            format!(" AND (doc IS NULL OR doc @> ${})", next())
+            format!(" AND doc @> ${}", next())
         } else {
             String::new()
         };
+        // The byte budget is applied in the server (a running total of
+        // identity and metadata bytes, rows starting within it kept), so a
+        // page of large records never crosses into Prism whole.
+        let size = "octet_length(identity) + octet_length(metadata)";
         format!(
-            "SELECT {COLUMNS} FROM {t} WHERE namespace = $1 AND {LIVE}{after}{matching} ORDER BY identity LIMIT $3"
+            "SELECT {COLUMNS}, upto >= {LIST_BYTES} FROM (
+               SELECT {COLUMNS}, {size} AS size, sum({size}) OVER (ORDER BY identity) AS upto
+               FROM {t} WHERE namespace = $1 AND {LIVE}{after}{matching} ORDER BY identity LIMIT $3
+             ) page WHERE upto - size < {LIST_BYTES} ORDER BY identity"
         )
     }
 }
@@ -112,10 +124,8 @@ impl PgRegistry {
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, BackendError> {
-        let conn = self.db.conn().await?;
-        let stmt = self.db.prepare(&conn, sql).await?;
-        self.db.bounded(conn.query(&stmt, params)).await
+    ) -> Result<Vec<tokio_postgres::Row>, BackendError> {
+        self.db.query(sql, params).await
     }
 
     async fn page(
@@ -137,19 +147,12 @@ impl PgRegistry {
             params.push(doc);
         }
         let rows = self.query(&sql, &params).await?;
-        let looked_at = rows.len();
-        let mut records = Vec::with_capacity(looked_at.min(limit));
-        let mut bytes = 0;
-        for row in rows.iter().take(limit) {
-            let record = record(row);
-            bytes += record.identity.len() + record.metadata.len();
-            records.push(record);
-            if bytes >= LIST_BYTES {
-                break;
-            }
-        }
-        // A cursor only when another live (matching) record follows.
-        let cursor = if looked_at > records.len() {
+        // The row past the page, or a page cut by the byte budget (whose
+        // last row is where the running total reached it): more may follow.
+        let full = rows.last().is_some_and(|r| r.get::<_, bool>(5));
+        let more = rows.len() > limit || full;
+        let records: Vec<IdentityRecord> = rows.iter().take(limit).map(record).collect();
+        let cursor = if more {
             records.last().map(|r| r.identity.clone())
         } else {
             None
@@ -177,8 +180,8 @@ fn record(row: &Row) -> IdentityRecord {
 /// (NUL characters) left out so the row still stores — map keys holding one
 /// are dropped and strings holding one become `null`. Neither can make a
 /// record that meets a pushed-down condition look as if it did not:
-/// conditions never name such keys or values. None for anything else, whose
-/// row the pattern then judges alone.
+/// conditions never name such keys or values. None for anything else: no
+/// equality on a field can hold on it, so `list_where` leaves it out.
 fn indexed(metadata: &str) -> Option<Value> {
     fn clean(v: Value) -> Value {
         match v {
@@ -264,10 +267,16 @@ impl RegistryBackend for PgRegistry {
         let db = &self.db;
         let mut conn = db.conn().await?;
         let tx = db.bounded(conn.transaction()).await?;
+        if entry.identity.len() > MAX_IDENTITY_BYTES {
+            return Err(BackendError::InvalidArgument(format!(
+                "identity is {} bytes; PostgreSQL registries take at most {MAX_IDENTITY_BYTES} (the primary key index limit)",
+                entry.identity.len()
+            )));
+        }
         let now = ms(now_ms);
-        if max_identities > 0 {
-            // Puts of one namespace take turns, so the count and the insert
-            // are one step even across Prism processes.
+        {
+            // Puts of one namespace take turns, so "absent, so insert" and
+            // the count are one step even across Prism processes.
             let lock = format!("prism-registry:{}:{namespace}", db.registry_table);
             db.bounded(tx.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
