@@ -1196,6 +1196,67 @@ mod tests {
         Ok(())
     }
 
+    fn postgres_error(backends: &str) -> String {
+        parse(&format!(
+            "{backends}\n[namespaces.orders]\npattern = \"keyvalue\"\nslots = {{ kv = \"pg\" }}\n"
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn postgres_backends_are_checked() {
+        let pg = |extra: &str| {
+            format!(
+                "[backends.pg]\ntype = \"postgres\"\nurl = \"postgres://u:pw@db/prism\"\n{extra}"
+            )
+        };
+        assert_eq!(postgres_error(&pg("")), "");
+        for (backends, field, expected) in [
+            (
+                "[backends.pg]\ntype = \"postgres\"\nurl = \"mysql://db\"\n".to_string(),
+                "backends.pg.url",
+                "postgres://",
+            ),
+            (pg("pool_size = 0"), "backends.pg.pool_size", "positive"),
+            (pg("timeout_ms = 0"), "backends.pg.timeout_ms", "positive"),
+            (
+                pg("table = \"Bad-Name\""),
+                "backends.pg.table",
+                "lower-case",
+            ),
+            (
+                pg(&format!("table = \"{}\"", "t".repeat(41))),
+                "backends.pg.table",
+                "1-40",
+            ),
+            (
+                format!(
+                    "{}[backends.pg2]\ntype = \"postgres\"\nurl = \"postgres://u:pw@db/prism\"\ntable = \"prism_pg\"\n",
+                    pg("")
+                ),
+                "backends.pg2.table",
+                "already uses tables",
+            ),
+        ] {
+            let err = postgres_error(&backends);
+            assert!(err.contains(field) && err.contains(expected), "{err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
+        // A long backend name needs its own table prefix.
+        let n = "b".repeat(45);
+        let long = format!(
+            "[backends.{n}]\ntype = \"postgres\"\nurl = \"postgres://db/p\"\n[namespaces.orders]\npattern = \"keyvalue\"\nslots = {{ kv = \"{n}\" }}\n"
+        );
+        let err = parse(&long)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("set `table`"), "{err}");
+        assert!(parse(&long.replace("url = ", "table = \"short\"\nurl = ")).is_ok());
+    }
+
     fn nats_with_subjects(subjects: &str) -> String {
         parse(&format!(
             r#"

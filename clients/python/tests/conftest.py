@@ -1,12 +1,14 @@
 """Fixtures: a real `prism` process per test, started on a free port from a
 config written to a temp dir, stopped with SIGTERM (which must be graceful).
 
-Every KeyValue test runs twice: with its namespaces on MemStore and on Redis (a
-real redis-server this session starts on a free port), with the same test code.
-Every PubSub test runs on MemStore, Redis, core NATS and NATS JetStream (a real
-nats-server with JetStream, also started once per session). Every Multicast
-Registry test runs with both slots on MemStore, and with identities on Redis
-and multicasts on NATS JetStream.
+Every KeyValue test runs three times: with its namespaces on MemStore, on Redis
+(a real redis-server this session starts on a free port) and on PostgreSQL (a
+throwaway cluster this session initdb's and starts on a free port), with the
+same test code. Every PubSub test runs on MemStore, Redis, core NATS and NATS
+JetStream (a real nats-server with JetStream, also started once per session).
+Every Multicast Registry test runs with both slots on MemStore, with identities
+on Redis and multicasts on NATS JetStream, and with identities on PostgreSQL and
+multicasts on core NATS.
 
 Auth tests use a real OpenID Connect issuer (`tests/oidc/issuer.mjs`, driven by
 `oidc_issuer.py`) and a prism with `[auth] mode = "jwt"` trusting it, both
@@ -17,13 +19,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from oidc_issuer import ISSUER_DIR, OidcIssuer
@@ -95,11 +100,246 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture(params=["memstore", "redis"])
+#: Superuser, password and database of the test cluster (as in tests/support/servers.rs).
+POSTGRES_USER = "prism"
+POSTGRES_PASSWORD = "s3cret-pg"
+POSTGRES_DATABASE = "prism"
+
+#: Drops every `prism_*` table (where Prism's postgres backends keep their
+#: data), whatever its schema, so tests never see each other's keys or
+#: identities. A lock timeout makes a table still held by a connection fail the
+#: reset instead of hanging the test. (The same SQL as the Rust suites' reset.)
+POSTGRES_RESET_SQL = r"""
+SET lock_timeout = '10s';
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT schemaname, tablename FROM pg_tables
+        WHERE tablename LIKE 'prism\_%'
+          AND schemaname NOT IN ('pg_catalog', 'information_schema')
+    LOOP
+        -- A table already dropped by an earlier CASCADE is skipped.
+        EXECUTE format('DROP TABLE IF EXISTS %I.%I CASCADE', t.schemaname, t.tablename);
+    END LOOP;
+END
+$$;
+"""
+
+
+def _postgres_bin_dir() -> Path:
+    """The directory with `initdb` and `postgres`: the first on PATH that has
+    both, else Debian's /usr/lib/postgresql/<version>/bin (off PATH), the
+    newest version."""
+
+    def has_both(directory: Path) -> bool:
+        return (directory / "initdb").is_file() and (directory / "postgres").is_file()
+
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if entry and has_both(Path(entry)):
+            return Path(entry)
+    versions: list[tuple[list[int], Path]] = []
+    root = Path("/usr/lib/postgresql")
+    for child in root.iterdir() if root.is_dir() else []:
+        try:
+            # "15", "9.6": compared as numbers, so 10 is newer than 9.6.
+            version = [int(part) for part in child.name.split(".")]
+        except ValueError:
+            continue
+        if has_both(child / "bin"):
+            versions.append((version, child / "bin"))
+    if not versions:
+        pytest.fail(
+            "PostgreSQL is not installed (no initdb and postgres on PATH or in /usr/lib/postgresql/*/bin); "
+            "`just test` installs it"
+        )
+    return max(versions)[1]
+
+
+def _postgres_client_tool(bin_dir: Path, name: str) -> str:
+    """`psql` or `pg_isready` of the same installation as `bin_dir`'s initdb
+    (which may be a symlink into it from a dir without the client tools), else
+    the one on PATH (Debian's version-selecting wrapper)."""
+    for directory in (bin_dir, (bin_dir / "initdb").resolve().parent):
+        if (directory / name).is_file():
+            return str(directory / name)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed (package postgresql-client); `just test` installs it")
+    return found
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on a free port with database `prism`,
+    superuser `prism` with a password over TCP, in a temp dir removed at stop.
+    As root (which initdb and postgres refuse) its processes run as the
+    `postgres` user the Debian package creates."""
+
+    def __init__(self) -> None:
+        self.bin = _postgres_bin_dir()
+        self.psql = _postgres_client_tool(self.bin, "psql")
+        self.pg_isready = _postgres_client_tool(self.bin, "pg_isready")
+        self.run_as: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            try:
+                entry = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.fail(
+                    "the tests run as root, which postgres refuses, and there is no `postgres` user "
+                    "to run it as; `just test` installs PostgreSQL (its package creates the user)"
+                )
+            self.run_as = (entry.pw_uid, entry.pw_gid)
+        # In the system temp dir, not pytest's (whose base dir is 0700, closed
+        # to the postgres user); the postgres user must enter this one and
+        # write in it (initdb creates data/ there, the postmaster its socket
+        # and lock file). Short, too: the socket path has a ~107 byte limit.
+        self.dir = Path(tempfile.mkdtemp(prefix="prism-pg-"))
+        self.dir.chmod(0o755)
+        if self.run_as is not None:
+            os.chown(self.dir, *self.run_as)
+        self.data = self.dir / "data"
+        self.log_path = self.dir / "postgres.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        try:
+            self._initdb()
+            for _ in range(5):
+                self.port = _free_port()
+                # False: it exited at once, most likely the port was taken
+                # between _free_port and its bind; another port then.
+                if self._launch():
+                    break
+            else:
+                pytest.fail(f"postgres did not start (5 ports tried)\n{self._log_tail()}")
+            self._psql("postgres", f"CREATE DATABASE {POSTGRES_DATABASE}")
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"postgres://{POSTGRES_USER}:{POSTGRES_PASSWORD}@127.0.0.1:{self.port}/{POSTGRES_DATABASE}"
+
+    def _spawn(self, args: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        """A PostgreSQL server binary, its output to `log`, in the temp dir (our
+        cwd may be closed to the postgres user), as the postgres user when we
+        are root: set in the child itself rather than through `runuser`/`su`,
+        whose fork would make a kill of our child leave the postmaster running."""
+        user, group = self.run_as if self.run_as is not None else (None, None)
+        return subprocess.Popen(
+            args,
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            user=user,
+            group=group,
+            extra_groups=[] if self.run_as is not None else None,
+        )
+
+    def _initdb(self) -> None:
+        pwfile = self.dir / "pwfile"
+        pwfile.write_text(f"{POSTGRES_PASSWORD}\n")
+        pwfile.chmod(0o600)
+        if self.run_as is not None:
+            os.chown(pwfile, *self.run_as)
+        failures: list[str] = []
+        try:
+            # C.UTF-8 sorts by code point (byte order for UTF-8); a system
+            # without that locale gets plain C, which sorts the same way.
+            for locale in ("--locale=C.UTF-8", "--no-locale"):
+                args = [str(self.bin / "initdb"), "-D", str(self.data), "-U", POSTGRES_USER, "-E", "UTF8", locale]
+                args += ["--auth-local=trust", "--auth-host=scram-sha-256", "--pwfile", str(pwfile)]
+                with tempfile.TemporaryFile() as out:
+                    code = self._spawn(args, out).wait()
+                    if code == 0:
+                        return
+                    out.seek(0)
+                    failures.append(f"initdb {locale}: exit {code}\n{out.read().decode(errors='replace').strip()}")
+                # The next attempt needs the data dir absent or empty.
+                shutil.rmtree(self.data, ignore_errors=True)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        pytest.fail("initdb failed:\n" + "\n".join(failures))
+
+    def _launch(self) -> bool:
+        """Starts the postmaster on `self.port` and waits up to 30 s until it
+        accepts connections; False when it exited at start."""
+        args = [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port)]
+        args += ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}"]
+        # No fsync: a killed server loses nothing the tests would notice (only
+        # an OS crash would), and every commit is cheap.
+        args += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+        # Room for several Prism pools at once.
+        args += ["-c", "max_connections=200"]
+        with self.log_path.open("ab") as log:
+            self.proc = self._spawn(args, log)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                self.proc = None
+                return False
+            ready = subprocess.run(
+                [self.pg_isready, "-q", "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"],
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+            if ready.returncode == 0:
+                return True
+            if time.monotonic() > deadline:
+                pytest.fail(f"postgres on port {self.port} not accepting connections after 30 s\n{self._log_tail()}")
+            time.sleep(0.05)
+
+    def _psql(self, database: str, sql: str) -> None:
+        """Runs `sql` as one psql command over TCP with the password (the
+        client has no PostgreSQL driver)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(PGPASSWORD=POSTGRES_PASSWORD, PGCONNECT_TIMEOUT="5")
+        args = [self.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port)]
+        args += ["-U", POSTGRES_USER, "-d", database, "-c", sql]
+        done = subprocess.run(args, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.fail(f"psql on port {self.port} (database {database}) failed: {done.stderr.strip()}\n{sql}")
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        return f"postgres log ({self.log_path}):\n" + "\n".join(lines[-20:])
+
+    def reset(self) -> None:
+        """Drops every `prism_*` table: the next prism creates them anew."""
+        self._psql(POSTGRES_DATABASE, POSTGRES_RESET_SQL)
+
+    def stop(self) -> None:
+        """Immediate shutdown (SIGQUIT: the postmaster stops its backends and
+        exits), then the cluster's dir is removed."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memstore", "redis", "postgres"])
 def backend_toml(request: pytest.FixtureRequest) -> str:
-    """The `[backends.store]` table the namespaces use: each test runs on both."""
+    """The `[backends.store]` table the namespaces use: each test runs on all three."""
     if request.param == "memstore":
         return '[backends.store]\ntype = "memstore"\n'
+    if request.param == "postgres":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        postgres.reset()
+        return f'[backends.store]\ntype = "postgres"\nurl = "{postgres.url}"\n'
     redis: RedisServer = request.getfixturevalue("redis_server")
     redis.flush()
     return f'[backends.store]\ntype = "redis"\nurl = "redis://127.0.0.1:{redis.port}"\n'
@@ -251,10 +491,13 @@ slots = {{ kv = "{registry}" }}
 """
 
 
-@pytest.fixture(params=[("memstore", "memstore"), ("redis", "jetstream")], ids=lambda p: "-".join(dict.fromkeys(p)))
+@pytest.fixture(
+    params=[("memstore", "memstore"), ("redis", "jetstream"), ("postgres", "nats")],
+    ids=lambda p: "-".join(dict.fromkeys(p)),
+)
 def registry_backends(request: pytest.FixtureRequest) -> tuple[str, str]:
     """The backends behind the registry namespaces' (`registry`, `messaging`)
-    slots: each registry test runs on both pairs."""
+    slots: each registry test runs on all three pairs (`nats` is core NATS)."""
     pair: tuple[str, str] = request.param
     return pair
 
@@ -266,7 +509,17 @@ def registry_toml(request: pytest.FixtureRequest, registry_backends: tuple[str, 
     if registry_backends == ("memstore", "memstore"):
         backends = '[backends.mem]\ntype = "memstore"\n'
         registry, messaging = "mem", "mem"
-    else:
+    elif registry_backends == ("postgres", "nats"):
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        postgres.reset()
+        # Core NATS keeps nothing between servers: no reset.
+        nats_core: NatsServer = request.getfixturevalue("nats_server")
+        backends = (
+            f'[backends.pg]\ntype = "postgres"\nurl = "{postgres.url}"\n\n'
+            f'[backends.bus]\ntype = "nats"\nurl = "{nats_core.url}"\n'
+        )
+        registry, messaging = "pg", "bus"
+    elif registry_backends == ("redis", "jetstream"):
         redis: RedisServer = request.getfixturevalue("redis_server")
         redis.flush()
         nats: NatsServer = request.getfixturevalue("nats_server")
@@ -276,6 +529,8 @@ def registry_toml(request: pytest.FixtureRequest, registry_backends: tuple[str, 
             f'[backends.bus]\ntype = "nats"\nurl = "{nats.url}"\njetstream = true\n'
         )
         registry, messaging = "cache", "bus"
+    else:
+        raise AssertionError(f"no backends table for the pair {registry_backends}")
     return backends + REGISTRY_NAMESPACES.format(registry=registry, messaging=messaging)
 
 

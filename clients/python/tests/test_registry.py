@@ -1,8 +1,8 @@
 """The Multicast Registry through the Python client against a real prism
-server, on both backend pairs (MemStore for identities and multicasts; Redis
-for identities and NATS JetStream for multicasts): the `registry_addr`
-fixture's `default` and `other` namespaces are registries and its `kv`
-namespace is KeyValue."""
+server, on three backend pairs (MemStore for identities and multicasts; Redis
+for identities and NATS JetStream for multicasts; PostgreSQL for identities and
+core NATS for multicasts): the `registry_addr` fixture's `default` and `other`
+namespaces are registries and its `kv` namespace is KeyValue."""
 
 from __future__ import annotations
 

@@ -257,12 +257,16 @@ impl KvBackend for PgKv {
         limit: usize,
     ) -> Result<ScanPage, BackendError> {
         let limit = limit.max(1);
-        // A cursor before the prefix (forged: a scan never returns one)
-        // must not widen the range into keys outside it.
-        let after = cursor
-            .map(decode_cursor)
-            .transpose()?
-            .filter(|c| c.as_slice() >= prefix.as_bytes());
+        // A cursor is the last key a page returned, so it starts with the
+        // (namespace-scoped) prefix; anything else was not made by a scan
+        // of this prefix, and must not widen the range into other keys.
+        let after = cursor.map(decode_cursor).transpose()?;
+        if after
+            .as_ref()
+            .is_some_and(|c| !c.starts_with(prefix.as_bytes()))
+        {
+            return Err(BackendError::malformed_cursor());
+        }
         let hi = successor(prefix.as_bytes());
         let sql = Statements::scan(&self.db.kv_table, after.is_some(), hi.is_some());
         let lower: &[u8] = after.as_deref().unwrap_or(prefix.as_bytes());
