@@ -459,3 +459,31 @@ async fn registry_filters_are_pushed_down_and_the_pattern_still_decides() -> any
     assert_eq!(n, 6);
     t.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_is_not_utf8_is_refused_with_the_reason() -> anyhow::Result<()> {
+    let pg = PostgresServer::start().await?;
+    let client = pg.client().await?;
+    client
+        .batch_execute("CREATE DATABASE ascii TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'")
+        .await?;
+    let url = pg.url();
+    let url = format!(
+        "{}/ascii",
+        url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base)
+    );
+    let t = start(&config(&url, "")).await?;
+    let mut kv = t.kv("orders");
+    let err = kv
+        .set(set("k", b"v".to_vec(), None))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a SQL_ASCII database was used"))?;
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("encoding is SQL_ASCII") && err.message().contains("UTF8"),
+        "{}",
+        err.message()
+    );
+    t.stop().await
+}

@@ -18,6 +18,12 @@ enum Server {
 }
 
 impl BackendUnderTest {
+    /// Whether the backend also serves the `pubsub` capability
+    /// (PostgreSQL serves `kv` and `registry` only).
+    pub fn serves_pubsub(&self) -> bool {
+        !matches!(self.server, Server::Postgres(_))
+    }
+
     pub fn memstore() -> BackendUnderTest {
         BackendUnderTest {
             name: "memstore",

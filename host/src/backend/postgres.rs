@@ -263,6 +263,20 @@ impl Postgres {
             CREATE INDEX IF NOT EXISTS \"{p}_registry_expiry\" ON {reg} (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
             CREATE INDEX IF NOT EXISTS \"{p}_registry_doc\" ON {reg} USING gin (doc jsonb_path_ops);"
         );
+        // Byte order of keys and identities, and jsonb's text, assume UTF-8.
+        let encoding: String = self
+            .bounded(conn.query_one("SELECT current_setting('server_encoding')", &[]))
+            .await?
+            .get(0);
+        if encoding != "UTF8" {
+            return Err(BackendError::Unavailable {
+                backend: self.summary.clone(),
+                reason: format!(
+                    "the database's encoding is {}; Prism needs a UTF8 database (CREATE DATABASE … ENCODING 'UTF8')",
+                    encoding.chars().take(32).collect::<String>()
+                ),
+            });
+        }
         let lock = format!("prism-schema:{p}");
         let work = async {
             let tx = conn.transaction().await?;
