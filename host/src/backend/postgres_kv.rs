@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use tokio_postgres::types::ToSql;
 
 use super::postgres::Postgres;
 use super::{BackendError, KvBackend, KvEntry, QuotaKind, ScanPage, StorageQuota, Usage};
@@ -40,6 +39,8 @@ pub struct PgKv {
 
 /// Every statement's text, built once (prepared per connection, cached).
 struct Statements {
+    /// Scan pages by (after a cursor, bounded above): see [`Statements::scan`].
+    scans: [String; 4],
     get: String,
     exists: String,
     set: String,
@@ -57,6 +58,8 @@ impl Statements {
     fn new(t: &str) -> Statements {
         let expiry = "CASE WHEN e IS NULL THEN NULL ELSE now() + e * interval '1 millisecond' END";
         Statements {
+            scans: [(false, false), (false, true), (true, false), (true, true)]
+                .map(|(a, b)| Statements::scan(t, a, b)),
             get: format!("SELECT value FROM {t} WHERE key = $1 AND {LIVE}"),
             exists: format!("SELECT 1 FROM {t} WHERE key = $1 AND {LIVE}"),
             set: format!(
@@ -100,14 +103,6 @@ impl PgKv {
     pub fn new(db: Arc<Postgres>) -> Arc<PgKv> {
         let sql = Statements::new(&db.kv_table);
         Arc::new(PgKv { db, sql })
-    }
-
-    async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, BackendError> {
-        self.db.query(sql, params).await
     }
 
     async fn usage_of(
@@ -222,7 +217,7 @@ impl KvBackend for PgKv {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
-        let rows = self.query(&self.sql.get, &[&key.as_bytes()]).await?;
+        let rows = self.db.query(&self.sql.get, &[&key.as_bytes()]).await?;
         Ok(rows.first().map(|r| Bytes::from(r.get::<_, Vec<u8>>(0))))
     }
 
@@ -232,21 +227,22 @@ impl KvBackend for PgKv {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), BackendError> {
-        self.query(
-            &self.sql.set,
-            &[&key.as_bytes(), &value.as_ref(), &ttl_ms(ttl)],
-        )
-        .await
-        .map(drop)
+        self.db
+            .query(
+                &self.sql.set,
+                &[&key.as_bytes(), &value.as_ref(), &ttl_ms(ttl)],
+            )
+            .await
+            .map(drop)
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let rows = self.query(&self.sql.delete, &[&key.as_bytes()]).await?;
+        let rows = self.db.query(&self.sql.delete, &[&key.as_bytes()]).await?;
         Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
     }
 
     async fn exists(&self, key: &str) -> Result<bool, BackendError> {
-        let rows = self.query(&self.sql.exists, &[&key.as_bytes()]).await?;
+        let rows = self.db.query(&self.sql.exists, &[&key.as_bytes()]).await?;
         Ok(!rows.is_empty())
     }
 
@@ -268,13 +264,17 @@ impl KvBackend for PgKv {
             return Err(BackendError::malformed_cursor());
         }
         let hi = successor(prefix.as_bytes());
-        let sql = Statements::scan(&self.db.kv_table, after.is_some(), hi.is_some());
+        let sql = &self.sql.scans[usize::from(after.is_some()) * 2 + usize::from(hi.is_some())];
         let lower: &[u8] = after.as_deref().unwrap_or(prefix.as_bytes());
         // One row past the page says whether another page follows.
         let fetch = (limit as i64).saturating_add(1);
         let rows = match &hi {
-            Some(hi) => self.query(&sql, &[&lower, &fetch, &hi.as_slice()]).await?,
-            None => self.query(&sql, &[&lower, &fetch]).await?,
+            Some(hi) => {
+                self.db
+                    .query(sql, &[&lower, &fetch, &hi.as_slice()])
+                    .await?
+            }
+            None => self.db.query(sql, &[&lower, &fetch]).await?,
         };
         let more = rows.len() > limit;
         let mut keys = Vec::with_capacity(rows.len().min(limit));
@@ -300,7 +300,10 @@ impl KvBackend for PgKv {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = self.query(&self.sql.get_many, &[&key_bytes(keys)]).await?;
+        let rows = self
+            .db
+            .query(&self.sql.get_many, &[&key_bytes(keys)])
+            .await?;
         let found: HashMap<Vec<u8>, Bytes> = rows
             .into_iter()
             .map(|r| (r.get::<_, Vec<u8>>(0), Bytes::from(r.get::<_, Vec<u8>>(1))))
@@ -317,7 +320,8 @@ impl KvBackend for PgKv {
         }
         entries.iter().try_for_each(|e| check_key(&e.key))?;
         let (keys, values, ttls) = columns(&last_write_wins(entries));
-        self.query(&self.sql.set_many, &[&keys, &values, &ttls])
+        self.db
+            .query(&self.sql.set_many, &[&keys, &values, &ttls])
             .await
             .map(drop)
     }
@@ -327,6 +331,7 @@ impl KvBackend for PgKv {
             return Ok(0);
         }
         let rows = self
+            .db
             .query(&self.sql.delete_many, &[&key_bytes(keys)])
             .await?;
         Ok(rows.iter().filter(|r| r.get::<_, bool>(0)).count() as u64)

@@ -42,6 +42,8 @@ pub struct PgRegistry {
 }
 
 struct Statements {
+    /// Listing pages by (after a cursor, matching): see [`Statements::list`].
+    lists: [String; 4],
     get: String,
     existing: String,
     count_upto: String,
@@ -54,6 +56,8 @@ struct Statements {
 impl Statements {
     fn new(t: &str) -> Statements {
         Statements {
+            lists: [(false, false), (false, true), (true, false), (true, true)]
+                .map(|(a, b)| Statements::list(t, a, b)),
             get: format!(
                 "SELECT {COLUMNS} FROM {t} WHERE namespace = $1 AND {LIVE} AND identity = $3"
             ),
@@ -120,14 +124,6 @@ impl PgRegistry {
         Arc::new(PgRegistry { db, sql })
     }
 
-    async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, BackendError> {
-        self.db.query(sql, params).await
-    }
-
     async fn page(
         &self,
         namespace: &str,
@@ -137,7 +133,8 @@ impl PgRegistry {
         matching: Option<Value>,
     ) -> Result<RegistryPage, BackendError> {
         let limit = limit.max(1);
-        let sql = Statements::list(&self.db.registry_table, after.is_some(), matching.is_some());
+        let sql =
+            &self.sql.lists[usize::from(after.is_some()) * 2 + usize::from(matching.is_some())];
         let (now, fetch) = (ms(now_ms), (limit as i64).saturating_add(1));
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&namespace, &now, &fetch];
         if let Some(after) = &after {
@@ -146,7 +143,7 @@ impl PgRegistry {
         if let Some(doc) = &matching {
             params.push(doc);
         }
-        let rows = self.query(&sql, &params).await?;
+        let rows = self.db.query(sql, &params).await?;
         // The row past the page, or a page cut by the byte budget (whose
         // last row is where the running total reached it): more may follow.
         let full = rows.last().is_some_and(|r| r.get::<_, bool>(5));
@@ -330,6 +327,7 @@ impl RegistryBackend for PgRegistry {
         now_ms: u64,
     ) -> Result<Option<IdentityRecord>, BackendError> {
         let rows = self
+            .db
             .query(&self.sql.get, &[&namespace, &ms(now_ms), &identity])
             .await?;
         Ok(rows.first().map(record))
@@ -342,6 +340,7 @@ impl RegistryBackend for PgRegistry {
         now_ms: u64,
     ) -> Result<Option<IdentityRecord>, BackendError> {
         let rows = self
+            .db
             .query(&self.sql.renew, &[&namespace, &ms(now_ms), &identity])
             .await?;
         Ok(rows.first().map(record))
@@ -354,6 +353,7 @@ impl RegistryBackend for PgRegistry {
         now_ms: u64,
     ) -> Result<bool, BackendError> {
         let rows = self
+            .db
             .query(&self.sql.remove, &[&namespace, &ms(now_ms), &identity])
             .await?;
         Ok(rows.first().is_some_and(|r| r.get::<_, bool>(0)))
@@ -385,6 +385,7 @@ impl RegistryBackend for PgRegistry {
 
     async fn count(&self, namespace: &str, now_ms: u64) -> Result<u64, BackendError> {
         let rows = self
+            .db
             .query(&self.sql.count, &[&namespace, &ms(now_ms)])
             .await?;
         Ok(rows
