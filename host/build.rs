@@ -36,6 +36,9 @@ fn compile_protos(root: &Path, out_dir: &Path) -> BuildResult {
     tonic_prost_build::configure()
         // Undecodable requests are INVALID_ARGUMENT, not tonic's INTERNAL.
         .codec_path("crate::api::codec::PrismCodec")
+        // A delivered payload is the broker's `Bytes`, shared by every
+        // subscriber's frame instead of copied into each.
+        .bytes(".prism.v1.Message.payload")
         .file_descriptor_set_path(out_dir.join("prism_descriptor.bin"))
         .compile_with_config(config, &protos, &[proto_dir])?;
     Ok(())

@@ -265,7 +265,7 @@ async fn namespaces_are_created_used_updated_and_deleted() -> anyhow::Result<()>
             let mut ps = server.pubsub("feed");
             let mut sub = Sub::open(&mut ps, subscribe_request("t")).await?;
             ps.publish(publish_request("t", b"hello")).await?;
-            ensure!(sub.take(1, Duration::from_secs(5)).await?[0].payload == b"hello");
+            ensure!(sub.take(1, Duration::from_secs(5)).await?[0].payload[..] == *b"hello");
             admin
                 .delete_namespace(pb::DeleteNamespaceRequest {
                     name: "feed".into(),

@@ -838,7 +838,7 @@ async fn writes_to_a_namespace_without_a_grant_write_nothing() -> anyhow::Result
         }
     })
     .await??;
-    assert_eq!(first, b"allowed", "a refused publish was delivered");
+    assert_eq!(first, &b"allowed"[..], "a refused publish was delivered");
     t.stop().await
 }
 

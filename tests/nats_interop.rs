@@ -113,7 +113,7 @@ async fn a_native_publish_reaches_a_prism_subscriber_with_its_headers_as_metadat
         .await?;
     native.flush().await?;
     let got = sub.next(WAIT).await?.context("no message")?;
-    assert_eq!(got.payload, b"\x00native\xff");
+    assert_eq!(got.payload, &b"\x00native\xff"[..]);
     assert_eq!(
         got.metadata,
         HashMap::from([("k2".to_string(), "v2".to_string())])
@@ -161,7 +161,7 @@ async fn jetstream_drops_a_native_publish_that_repeats_a_prism_message_id() -> a
 
     // Only the fresh native message follows; the duplicate never arrives.
     let next = sub.next(WAIT).await?.context("no second message")?;
-    assert_eq!(next.payload, b"from nats");
+    assert_eq!(next.payload, &b"from nats"[..]);
     assert_eq!(next.id, "native-42");
     assert_eq!(
         next.metadata,
@@ -242,7 +242,7 @@ async fn a_namespace_mapped_onto_an_existing_subject_prefix_talks_to_that_applic
         .await?;
     native.flush().await?;
     let got = sub.next(WAIT).await?.context("no message")?;
-    assert_eq!(got.payload, b"native");
+    assert_eq!(got.payload, &b"native"[..]);
     assert_eq!(got.topic, "created");
     assert_eq!(got.metadata.get("k2").map(String::as_str), Some("v2"));
     t.stop().await

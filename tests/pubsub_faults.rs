@@ -62,7 +62,7 @@ async fn nats_restart_subscribers_resume_without_client_action() -> anyhow::Resu
         };
         let mut sub = Sub::open(&mut client, request).await?;
         client.publish(publish_request("live", b"before")).await?;
-        anyhow::ensure!(sub.take(1, Duration::from_secs(5)).await?[0].payload == b"before");
+        anyhow::ensure!(sub.take(1, Duration::from_secs(5)).await?[0].payload[..] == *b"before");
 
         nats.kill();
         let down = publishing_fails_unavailable(&client).await;
@@ -82,7 +82,7 @@ async fn nats_restart_subscribers_resume_without_client_action() -> anyhow::Resu
             }
         }
         anyhow::ensure!(
-            got.is_some_and(|m| m.payload == b"after"),
+            got.is_some_and(|m| m.payload[..] == *b"after"),
             "jetstream={jetstream}: the subscriber did not resume after the restart"
         );
         server.stop().await?;
@@ -101,7 +101,7 @@ async fn redis_restart_subscribers_resume_without_client_action() -> anyhow::Res
     let mut client = server.pubsub("alpha");
     let mut sub = Sub::open(&mut client, subscribe_request("live")).await?;
     client.publish(publish_request("live", b"before")).await?;
-    anyhow::ensure!(sub.take(1, Duration::from_secs(5)).await?[0].payload == b"before");
+    anyhow::ensure!(sub.take(1, Duration::from_secs(5)).await?[0].payload[..] == *b"before");
     redis.kill();
     let down = publishing_fails_unavailable(&client).await;
     anyhow::ensure!(
@@ -120,7 +120,7 @@ async fn redis_restart_subscribers_resume_without_client_action() -> anyhow::Res
     let mut seen = false;
     for _ in 0..100 {
         if let Some(m) = sub.next(Duration::from_millis(200)).await?
-            && m.payload == b"after"
+            && m.payload[..] == *b"after"
         {
             seen = true;
             break;
@@ -297,7 +297,7 @@ async fn through_restart(broker: Broker) -> anyhow::Result<Accounting> {
         let mut delivered = Vec::new();
         // Reads until nothing new arrives for 5 s after the publisher stopped.
         while let Ok(Some(m)) = sub.next(Duration::from_secs(5)).await {
-            let seq: [u8; 8] = m.payload.as_slice().try_into().unwrap_or_default();
+            let seq: [u8; 8] = m.payload.as_ref().try_into().unwrap_or_default();
             delivered.push(u64::from_be_bytes(seq));
         }
         delivered

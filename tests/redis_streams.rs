@@ -77,7 +77,7 @@ async fn prism_and_plain_redis_clients_read_each_others_entries() -> anyhow::Res
         .next(WAIT)
         .await?
         .context("the native entry did not arrive")?;
-    assert_eq!(got.payload, b"native\x01");
+    assert_eq!(got.payload, &b"native\x01"[..]);
     assert_eq!(
         got.metadata,
         HashMap::from([("k2".to_string(), "v2".to_string())])

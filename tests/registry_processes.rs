@@ -105,7 +105,7 @@ async fn two_processes_form_one_registry_and_survive_a_redis_restart() -> anyhow
     anyhow::ensure!(r.target_count == 1 && r.delivered_count == 1, "{r:?}");
     let got = inbox.next(Duration::from_secs(5)).await?;
     anyhow::ensure!(
-        got.as_ref().is_some_and(|m| m.payload == b"from-two"),
+        got.as_ref().is_some_and(|m| m.payload[..] == *b"from-two"),
         "the listener on process one got {got:?}"
     );
     register(&b, "sensor-2", json!({"type": "sensor", "floor": 2})).await?;
@@ -176,7 +176,7 @@ async fn two_processes_form_one_registry_and_survive_a_redis_restart() -> anyhow
     }
     let mut after = 0;
     while let Some(m) = inbox.next(Duration::from_secs(2)).await? {
-        if m.payload == b"after" {
+        if m.payload[..] == *b"after" {
             after += 1;
         }
     }

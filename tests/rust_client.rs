@@ -347,6 +347,72 @@ async fn pubsub_publish_subscribe_filter_unsubscribe() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_pipelines_in_order_and_fails_requests_alone() -> anyhow::Result<()> {
+    let t = start(CONFIG).await?;
+    let client = client(&t).await?;
+    let events = client.pub_sub("events");
+    let mut sub = events.subscribe("piped").await?;
+    let publisher = events.publisher().await?;
+
+    // 120 requests of 5 sent back to back (more than the window): each is
+    // answered on its own, the bad one (topic) fails alone.
+    let mut acks = Vec::new();
+    for r in 0..120u32 {
+        let topic = if r == 33 { "bad topic" } else { "piped" };
+        let messages = (0..5u32).map(|i| OutgoingMessage::new((r * 5 + i).to_string()));
+        acks.push(publisher.send(topic, messages).await?);
+    }
+    publisher.flush().await?;
+    let mut ids = Vec::new();
+    for (r, ack) in acks.into_iter().enumerate() {
+        match ack.await {
+            Ok(published) if r != 33 => {
+                ensure!(published.len() == 5, "request {r}: {published:?}");
+                ids.extend(published.into_iter().map(|p| p.id));
+            }
+            Err(Error::InvalidArgument { message }) if r == 33 => {
+                ensure!(message.contains("topic"), "{message}");
+            }
+            other => bail!("request {r}: {other:?}"),
+        }
+    }
+    let expected = (0..600u32).filter(|n| n / 5 != 33);
+    for (n, id) in expected.zip(&ids) {
+        let got = next(&mut sub).await?;
+        ensure!(
+            got.payload == n.to_string() && &got.id == id,
+            "expected {n} ({id}), got {got:?}"
+        );
+    }
+    quiet(&mut sub).await?;
+
+    // Acks outlive the publisher: dropping it ends the stream only after
+    // the requests already sent are answered.
+    let mut acks = Vec::new();
+    for n in 0..10 {
+        acks.push(publisher.send("piped", [format!("late {n}")]).await?);
+    }
+    drop(publisher);
+    for ack in acks {
+        ensure!(ack.await?.len() == 1);
+    }
+    for n in 0..10 {
+        ensure!(next(&mut sub).await?.payload == format!("late {n}"));
+    }
+
+    // A server shutting down ends the stream: later sends say so.
+    let publisher = events.publisher().await?;
+    publisher.send("piped", ["before"]).await?.await?;
+    t.stop().await?;
+    let after = match publisher.send("piped", ["after"]).await {
+        Ok(ack) => ack.await.map(drop),
+        Err(e) => Err(e),
+    };
+    ensure!(matches!(after, Err(Error::Unavailable { .. })), "{after:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_acks_and_redelivery_on_jetstream() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let t = start(&format!(

@@ -28,6 +28,15 @@ pub(crate) fn messages_for(subscribers: usize, quick: bool) -> usize {
 }
 
 pub(crate) const BATCH: usize = 100;
+
+/// How the Prism side publishes its batches.
+#[derive(Clone, Copy)]
+pub(crate) enum Publish {
+    /// Pipelined over one `PublishStream` (the client's `Publisher`).
+    Stream,
+    /// One `PublishBatch` call at a time (the path before `PublishStream`).
+    Batch,
+}
 pub(crate) const ROUNDS: usize = 3;
 /// No delivery progress for this long: the run stalled.
 const STALL: Duration = Duration::from_secs(10);
@@ -76,14 +85,25 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
         let n = messages_for(subscribers, quick);
         // Warm-up: connections, instance pools, broker subjects.
         direct_fanout(&direct, subscribers, n / 10, payload).await?;
-        prism_fanout(&prism_on_nats, subscribers, n / 10, payload).await?;
-        prism_fanout(&prism_on_mem, subscribers, n / 10, payload).await?;
-        let (mut base, mut ours, mut embedded) =
-            (Fanout::default(), Fanout::default(), Fanout::default());
+        for (pubsub, how) in [
+            (&prism_on_nats, Publish::Stream),
+            (&prism_on_nats, Publish::Batch),
+            (&prism_on_mem, Publish::Stream),
+        ] {
+            prism_fanout(pubsub, subscribers, n / 10, payload, how).await?;
+        }
+        let (mut base, mut ours, mut unary, mut embedded) = (
+            Fanout::default(),
+            Fanout::default(),
+            Fanout::default(),
+            Fanout::default(),
+        );
         for _ in 0..ROUNDS {
             base.add(direct_fanout(&direct, subscribers, n, payload).await?);
-            ours.add(prism_fanout(&prism_on_nats, subscribers, n, payload).await?);
-            embedded.add(prism_fanout(&prism_on_mem, subscribers, n, payload).await?);
+            ours.add(prism_fanout(&prism_on_nats, subscribers, n, payload, Publish::Stream).await?);
+            unary.add(prism_fanout(&prism_on_nats, subscribers, n, payload, Publish::Batch).await?);
+            embedded
+                .add(prism_fanout(&prism_on_mem, subscribers, n, payload, Publish::Stream).await?);
         }
         anyhow::ensure!(
             !base.stalled
@@ -94,7 +114,11 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
             n * subscribers * ROUNDS,
             base.dropped
         );
-        for (name, run) in [("nats", &ours), ("embedded", &embedded)] {
+        for (name, run) in [
+            ("nats", &ours),
+            ("nats_publish_batch", &unary),
+            ("embedded", &embedded),
+        ] {
             if run.stalled {
                 eprintln!(
                     "warning: prism_{name} 1->{subscribers} stalled: received {} of {}",
@@ -106,6 +130,15 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
         report.push(Row::new(
             format!("prism_nats_delivered_1to{subscribers}"),
             ours.rate(),
+            "msg/s",
+            format!("async_nats_direct_delivered_1to{subscribers}"),
+            base.rate(),
+        ));
+        // The same run publishing one PublishBatch at a time: what the
+        // streaming publish is worth.
+        report.push(Row::new(
+            format!("prism_nats_delivered_1to{subscribers}_publish_batch"),
+            unary.rate(),
             "msg/s",
             format!("async_nats_direct_delivered_1to{subscribers}"),
             base.rate(),
@@ -244,6 +277,7 @@ pub(crate) async fn prism_fanout(
     subscribers: usize,
     n: usize,
     payload: &[u8],
+    how: Publish,
 ) -> anyhow::Result<Fanout> {
     let topic = format!("fanout.{subscribers}.{}", prism::clock::now_ms());
     let received = counters(subscribers);
@@ -263,14 +297,35 @@ pub(crate) async fn prism_fanout(
             }
         }));
     }
+    let publisher = match how {
+        Publish::Stream => Some(pubsub.publisher().await?),
+        Publish::Batch => None,
+    };
+    let payload = Bytes::copy_from_slice(payload);
     let started = Instant::now();
     let mut sent = 0;
+    let mut acks = std::collections::VecDeque::new();
     while sent < n {
         let count = BATCH.min(n - sent);
-        // Copied per message, as before the client (wire bytes unchanged).
-        let messages = (0..count).map(|_| OutgoingMessage::new(payload.to_vec()));
-        pubsub.publish_many(&topic, messages).await?;
+        let messages = (0..count).map(|_| OutgoingMessage::new(payload.clone()));
+        match &publisher {
+            Some(publisher) => {
+                acks.push_back(publisher.send(&topic, messages).await?);
+                // Acks are checked as they come, not left to pile up.
+                while acks.len() > prism_client::PUBLISH_WINDOW {
+                    if let Some(ack) = acks.pop_front() {
+                        ack.await?;
+                    }
+                }
+            }
+            None => {
+                pubsub.publish_many(&topic, messages).await?;
+            }
+        }
         sent += count;
+    }
+    for ack in acks {
+        ack.await?;
     }
     Ok(finish(&received, &dropped, n, started, tasks).await)
 }

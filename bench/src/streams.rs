@@ -14,7 +14,7 @@ use redis::streams::StreamReadReply;
 
 use crate::load;
 use crate::procs::Server;
-use crate::pubsub::{BATCH, Fanout, ROUNDS, counters, finish, messages_for, prism_fanout};
+use crate::pubsub::{BATCH, Fanout, Publish, ROUNDS, counters, finish, messages_for, prism_fanout};
 use crate::report::{Report, Row};
 
 pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::Result<()> {
@@ -29,11 +29,11 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
     for subscribers in [1usize, 10] {
         let n = messages_for(subscribers, quick);
         direct_fanout(&client, subscribers, n / 10, payload).await?;
-        prism_fanout(&on_streams, subscribers, n / 10, payload).await?;
+        prism_fanout(&on_streams, subscribers, n / 10, payload, Publish::Stream).await?;
         let (mut base, mut ours) = (Fanout::default(), Fanout::default());
         for _ in 0..ROUNDS {
             base.add(direct_fanout(&client, subscribers, n, payload).await?);
-            ours.add(prism_fanout(&on_streams, subscribers, n, payload).await?);
+            ours.add(prism_fanout(&on_streams, subscribers, n, payload, Publish::Stream).await?);
         }
         anyhow::ensure!(
             !base.stalled && base.received == (n * subscribers * ROUNDS) as u64,

@@ -43,6 +43,7 @@ macro_rules! cases {
 cases!(
     fan_out_to_every_subscriber,
     order_of_1000_messages,
+    publish_stream_orders_and_answers_each_request,
     hundred_concurrent_subscribers,
     unsubscribe_stops_delivery,
     binary_payloads_and_metadata,
@@ -74,7 +75,11 @@ async fn fan_out_to_every_subscriber(ctx: &Ctx) -> anyhow::Result<()> {
     let id = publish(&mut a, "fanout", b"broadcast").await?;
     for sub in &mut subs {
         let m = sub.take(1, WAIT).await?;
-        ensure!(m[0].payload == b"broadcast" && m[0].id == id, "{:?}", m[0]);
+        ensure!(
+            m[0].payload[..] == *b"broadcast" && m[0].id == id,
+            "{:?}",
+            m[0]
+        );
         ensure!(m[0].topic == "fanout", "topic {:?}", m[0].topic);
     }
     Ok(())
@@ -108,12 +113,91 @@ async fn order_of_1000_messages(ctx: &Ctx) -> anyhow::Result<()> {
         let got = sub.take(1000, WAIT).await?;
         for (n, m) in got.iter().enumerate() {
             ensure!(
-                m.payload == (n as u32).to_be_bytes(),
+                m.payload[..] == (n as u32).to_be_bytes(),
                 "message {n} out of order: {:?}",
                 m.payload
             );
         }
     }
+    Ok(())
+}
+
+/// PublishStream: requests sent without waiting are published in the order
+/// sent and answered in order by sequence; a bad request fails alone
+/// (nothing of it published) and the stream goes on; closing the request
+/// side ends the answers with OK once all are answered.
+async fn publish_stream_orders_and_answers_each_request(ctx: &Ctx) -> anyhow::Result<()> {
+    const REQUESTS: u32 = 60;
+    const PER_REQUEST: u32 = 20;
+    const BAD: u32 = 17;
+    let mut a = ctx.a.clone();
+    let mut sub = Sub::open(&mut a, subscribe_request("streamed")).await?;
+    let (requests, outgoing) = tokio::sync::mpsc::unbounded_channel();
+    let mut answers = a
+        .publish_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            outgoing,
+        ))
+        .await?
+        .into_inner();
+    for r in 0..REQUESTS {
+        let messages = (0..PER_REQUEST)
+            .map(|i| pb::BatchMessage {
+                payload: (r * PER_REQUEST + i).to_be_bytes().to_vec(),
+                metadata: HashMap::new(),
+            })
+            .collect();
+        let topic = if r == BAD { "has space" } else { "streamed" };
+        requests.send(pb::PublishStreamRequest {
+            sequence: u64::from(r) + 100,
+            topic: topic.into(),
+            messages,
+        })?;
+    }
+    let mut ids = std::collections::HashSet::new();
+    for r in 0..REQUESTS {
+        let answer = tokio::time::timeout(WAIT, answers.message())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("answers ended after {r}"))?;
+        ensure!(
+            answer.sequence == u64::from(r) + 100,
+            "answer {r}: {answer:?}"
+        );
+        if r == BAD {
+            let error = answer.error.as_ref();
+            ensure!(
+                error.is_some_and(
+                    |e| e.code == Code::InvalidArgument as i32 && e.message.contains("topic")
+                ) && answer.published.is_empty(),
+                "bad request {r}: {answer:?}"
+            );
+        } else {
+            ensure!(
+                answer.error.is_none() && answer.published.len() == PER_REQUEST as usize,
+                "request {r}: {answer:?}"
+            );
+            ids.extend(answer.published.into_iter().map(|p| p.id));
+        }
+    }
+    ensure!(
+        ids.len() == ((REQUESTS - 1) * PER_REQUEST) as usize,
+        "{} unique ids",
+        ids.len()
+    );
+    drop(requests);
+    let end = tokio::time::timeout(WAIT, answers.message()).await?;
+    ensure!(matches!(end, Ok(None)), "after the last answer: {end:?}");
+    let got = sub
+        .take(((REQUESTS - 1) * PER_REQUEST) as usize, WAIT)
+        .await?;
+    let expected = (0..REQUESTS * PER_REQUEST).filter(|n| n / PER_REQUEST != BAD);
+    for (m, n) in got.iter().zip(expected) {
+        ensure!(
+            m.payload[..] == n.to_be_bytes() && ids.contains(&m.id),
+            "expected message {n}, got {:?}",
+            m.payload
+        );
+    }
+    ensure!(sub.next(QUIET).await?.is_none(), "more than was published");
     Ok(())
 }
 
@@ -158,7 +242,7 @@ async fn unsubscribe_stops_delivery(ctx: &Ctx) -> anyhow::Result<()> {
         "unsubscribed stream must end OK"
     );
     publish(&mut a, "leave", b"after").await?;
-    ensure!(staying.take(1, WAIT).await?[0].payload == b"after");
+    ensure!(staying.take(1, WAIT).await?[0].payload[..] == *b"after");
     // Unsubscribing twice: the subscription is gone.
     let again = a
         .unsubscribe(pb::UnsubscribeRequest {
@@ -238,8 +322,8 @@ async fn topics_isolated_across_namespaces(ctx: &Ctx) -> anyhow::Result<()> {
     let mut in_b = Sub::open(&mut b, subscribe_request("shared.name")).await?;
     publish(&mut a, "shared.name", b"for-a").await?;
     publish(&mut b, "shared.name", b"for-b").await?;
-    ensure!(in_a.take(1, WAIT).await?[0].payload == b"for-a");
-    ensure!(in_b.take(1, WAIT).await?[0].payload == b"for-b");
+    ensure!(in_a.take(1, WAIT).await?[0].payload[..] == *b"for-a");
+    ensure!(in_b.take(1, WAIT).await?[0].payload[..] == *b"for-b");
     ensure!(
         in_a.next(QUIET).await?.is_none(),
         "alpha saw beta's message"
@@ -335,7 +419,7 @@ async fn bad_input_publishes_nothing(ctx: &Ctx) -> anyhow::Result<()> {
     publish(&mut a, "guarded", b"ok").await?;
     let got = sub.take(1, WAIT).await?;
     ensure!(
-        got[0].payload == b"ok",
+        got[0].payload[..] == *b"ok",
         "a rejected message was delivered: {:?}",
         got[0]
     );
@@ -449,7 +533,7 @@ async fn acks_and_redelivery(ctx: &Ctx) -> anyhow::Result<()> {
     // delivery went to a pull request whose subscriber left, so it is not
     // asserted.
     ensure!(
-        again[0].payload == b"two" && again[0].id == got[1].id,
+        again[0].payload[..] == *b"two" && again[0].id == got[1].id,
         "{:?}",
         again[0]
     );
@@ -466,7 +550,7 @@ async fn acks_and_redelivery(ctx: &Ctx) -> anyhow::Result<()> {
     publish(&mut a, "acked", b"three").await?;
     let next = second.take(1, WAIT).await?;
     ensure!(
-        next[0].payload == b"three" && next[0].id != got[0].id && next[0].id != got[1].id,
+        next[0].payload[..] == *b"three" && next[0].id != got[0].id && next[0].id != got[1].id,
         "{:?}",
         next[0]
     );

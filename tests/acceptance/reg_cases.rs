@@ -296,7 +296,7 @@ async fn multicast_reaches_exactly_the_matching_listeners(ctx: &Ctx) -> anyhow::
         .next(WAIT)
         .await?
         .ok_or_else(|| anyhow::anyhow!("ml-s1 got nothing"))?;
-    ensure!(got.payload == br#"{"command":"read"}"#, "{got:?}");
+    ensure!(got.payload[..] == *br#"{"command":"read"}"#, "{got:?}");
     ensure!(
         got.metadata.get("kind").map(String::as_str) == Some("command"),
         "{got:?}"
@@ -318,7 +318,7 @@ async fn multicast_reaches_exactly_the_matching_listeners(ctx: &Ctx) -> anyhow::
             .next(WAIT)
             .await?
             .ok_or_else(|| anyhow::anyhow!("a sensor got nothing"))?;
-        ensure!(m.payload == b"all");
+        ensure!(m.payload[..] == *b"all");
         ensure!(inbox.next(QUIET).await?.is_none(), "delivered twice");
     }
     ensure!(a1.next(QUIET).await?.is_none());
@@ -610,7 +610,7 @@ async fn namespaces_isolated(ctx: &Ctx) -> anyhow::Result<()> {
         .next(WAIT)
         .await?
         .ok_or_else(|| anyhow::anyhow!("b's listener got nothing"))?;
-    ensure!(m.payload == b"for-b");
+    ensure!(m.payload[..] == *b"for-b");
     ensure!(
         inbox_a.next(QUIET).await?.is_none(),
         "a's listener got b's multicast"
@@ -660,7 +660,7 @@ async fn inbox_while_away(ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.at_least_once {
         // JetStream keeps a durable inbox: what was sent while away arrives.
         ensure!(
-            got.is_some_and(|m| m.payload == b"while-away"),
+            got.is_some_and(|m| m.payload[..] == *b"while-away"),
             "the durable inbox lost the message sent while away"
         );
     } else {
@@ -673,6 +673,6 @@ async fn inbox_while_away(ctx: &Ctx) -> anyhow::Result<()> {
     let r = multicast(a, json!({"role": "away"}), b"back").await?;
     ensure!(r.delivered_count == 1, "{r:?}");
     let got = back.next(WAIT).await?;
-    ensure!(got.is_some_and(|m| m.payload == b"back"));
+    ensure!(got.is_some_and(|m| m.payload[..] == *b"back"));
     Ok(())
 }

@@ -112,7 +112,11 @@ _BY_CODE: dict[grpc.StatusCode, type[PrismError]] = {
 def from_rpc_error(err: grpc.aio.AioRpcError, *, key: str | None = None) -> PrismError:
     """The PrismError for a failed call; `key` marks NOT_FOUND as a missing key."""
     code = err.code()
-    message = err.details() or code.name
+    return from_status(code, err.details() or code.name, key=key)
+
+
+def from_status(code: grpc.StatusCode, message: str, *, key: str | None = None) -> PrismError:
+    """The PrismError for a status (a failed call's, or one answered in a stream)."""
     if code == grpc.StatusCode.NOT_FOUND:
         if "namespace" in message and "not configured" in message:
             return NamespaceNotFoundError(message, code)

@@ -19,6 +19,7 @@ from typing import Final, Literal
 
 from ._pb import pubsub_pb2 as pb
 from ._pb.pubsub_pb2_grpc import PubSubStub
+from ._publish_stream import PublishStream
 from ._rpc import Calls, ServerStream, StreamSet
 from .errors import InvalidArgumentError
 
@@ -140,6 +141,9 @@ class PubSub:
         self._calls = calls
         # Subscriptions this client started; publish waits for the unconfirmed ones.
         self._streams = StreamSet(calls.timeout)
+        # Publishes awaiting their answer; past one, they share a PublishStream.
+        self._in_flight = 0
+        self._publish_stream = PublishStream(stub, calls)
 
     async def publish(self, topic: str, payload: bytes, metadata: Mapping[str, str] | None = None) -> str:
         """Publishes one message; returns its id once the broker accepted it."""
@@ -147,8 +151,21 @@ class PubSub:
             topic=topic, payload=_check_payload(payload), metadata=_check_str_map(metadata, "metadata")
         )
         await self._streams.await_pending()
-        reply = await self._calls.unary(self._stub.Publish, request)
-        message_id: str = reply.id
+        if self._in_flight == 0:
+            # A lone publish: one unary call, nothing to pipeline with.
+            self._in_flight += 1
+            try:
+                reply = await self._calls.unary(self._stub.Publish, request)
+            finally:
+                self._in_flight -= 1
+            message_id: str = reply.id
+            return message_id
+        self._in_flight += 1
+        try:
+            message = pb.BatchMessage(payload=request.payload, metadata=request.metadata)
+            (message_id,) = await self._publish_stream.publish(topic, [message])
+        finally:
+            self._in_flight -= 1
         return message_id
 
     async def publish_many(
@@ -216,8 +233,9 @@ class PubSub:
         return Subscription(self, request)
 
     async def close(self) -> None:
-        """Closes every open subscription of this client."""
+        """Closes every open subscription of this client (and its publish stream)."""
         await self._streams.close()
+        await self._publish_stream.close()
 
     async def unsubscribe(self, subscription_id: str) -> None:
         """Ends a subscription by its id (its iterator then finishes normally).

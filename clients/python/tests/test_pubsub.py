@@ -139,6 +139,44 @@ async def test_ordering_of_200_messages(pubsub_client: PrismClient) -> None:
     await assert_quiet(sub, 0.2)
 
 
+async def test_concurrent_publishes_share_one_stream(pubsub_client: PrismClient) -> None:
+    # Publishes in flight together go over one PublishStream call (pipelined)
+    # instead of a unary call each; every one still gets its own id.
+    sub = pubsub_client.pubsub.subscribe("crowded")
+    await sub.ready()
+    ids = await asyncio.gather(*(pubsub_client.pubsub.publish("crowded", f"{i}".encode()) for i in range(300)))
+    assert len(set(ids)) == 300
+    received = [await receive(sub) for _ in range(300)]
+    assert sorted(int(m.payload) for m in received) == list(range(300))
+    assert {m.id for m in received} == set(ids)
+    # The first went as a unary call (nothing else was in flight yet); the
+    # others were numbered on the stream.
+    assert pubsub_client.pubsub._publish_stream._next - 1 >= 290
+    await assert_quiet(sub, 0.2)
+    # Sequential publishes after the crowd keep their order.
+    for i in range(20):
+        await pubsub_client.pubsub.publish("crowded", f"after-{i}".encode())
+    assert [(await receive(sub)).payload for _ in range(20)] == [f"after-{i}".encode() for i in range(20)]
+
+
+async def test_streamed_bad_publish_fails_alone(pubsub_addr: str) -> None:
+    async with PrismClient(pubsub_addr, namespace="events") as client:
+        sub = client.pubsub.subscribe("uploads")
+        await sub.ready()
+        payloads = [f"ok-{i}".encode() for i in range(30)]
+        payloads.insert(15, b"x" * 1025)
+        results = await asyncio.gather(
+            *(client.pubsub.publish("uploads", p) for p in payloads), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert len(failed) == 1 and isinstance(failed[0], InvalidArgumentError), results
+        assert "1024" in str(failed[0])
+        assert isinstance(results[15], InvalidArgumentError)
+        received = sorted([(await receive(sub)).payload for _ in range(30)])
+        assert received == sorted(f"ok-{i}".encode() for i in range(30))
+        await assert_quiet(sub, 0.2)
+
+
 async def test_aclose_stops_delivery(pubsub_client: PrismClient) -> None:
     kept = pubsub_client.pubsub.subscribe("news")
     async with pubsub_client.pubsub.subscribe("news") as closed:

@@ -69,6 +69,7 @@ mod call;
 mod client;
 mod error;
 mod keyvalue;
+mod publisher;
 mod pubsub;
 mod registry;
 mod stream;
@@ -87,6 +88,7 @@ pub use call::{AUTHORIZATION_METADATA, NAMESPACE_METADATA};
 pub use client::{Builder, Client};
 pub use error::{Error, Result};
 pub use keyvalue::{KeyValue, ScanPage};
+pub use publisher::{PUBLISH_WINDOW, PublishAck, Publisher};
 pub use pubsub::{
     Acker, OutgoingMessage, PubSub, Published, SlowConsumer, SubscribeOptions, Subscription,
 };

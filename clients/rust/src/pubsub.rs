@@ -15,6 +15,7 @@ use crate::call::Calls;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::pb::pub_sub_client::PubSubClient;
+use crate::publisher::Publisher;
 use crate::stream::{Message, MessageBatch, MessageStream};
 
 /// Upper bound of the Unsubscribe call [`Subscription::unsubscribe`] makes.
@@ -85,6 +86,24 @@ impl OutgoingMessage {
         self.metadata.insert(key.into(), value.into());
         self
     }
+}
+
+/// Messages as the wire carries them in a batch.
+pub(crate) fn batch_messages<I>(messages: I) -> Vec<pb::BatchMessage>
+where
+    I: IntoIterator,
+    I::Item: Into<OutgoingMessage>,
+{
+    messages
+        .into_iter()
+        .map(|m| {
+            let m = m.into();
+            pb::BatchMessage {
+                payload: m.payload,
+                metadata: m.metadata,
+            }
+        })
+        .collect()
 }
 
 macro_rules! outgoing_from {
@@ -289,16 +308,7 @@ impl PubSub {
         I: IntoIterator,
         I::Item: Into<OutgoingMessage>,
     {
-        let messages: Vec<pb::BatchMessage> = messages
-            .into_iter()
-            .map(|m| {
-                let m = m.into();
-                pb::BatchMessage {
-                    payload: m.payload,
-                    metadata: m.metadata,
-                }
-            })
-            .collect();
+        let messages = batch_messages(messages);
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -313,6 +323,23 @@ impl PubSub {
             })
             .await?;
         Ok(reply.published.into_iter().map(Published::from).collect())
+    }
+
+    /// Opens a [`Publisher`]: publishes pipelined over one stream, in order,
+    /// each request answered on its own (the way to publish at a high rate
+    /// from one task). Opening is bounded by the request timeout.
+    pub async fn publisher(&self) -> Result<Publisher> {
+        let (requests, outgoing) = futures::channel::mpsc::unbounded();
+        // Not bounded by `grpc-timeout`: the stream lives as long as it is used.
+        let request = self.calls.request(outgoing, None)?;
+        let mut client = self.client.clone();
+        let answers = self
+            .calls
+            .opening("the publish stream", async {
+                Ok(client.publish_stream(request).await?.into_inner())
+            })
+            .await?;
+        Ok(Publisher::start(requests, answers))
     }
 
     /// Subscribes to `topic` with the namespace's defaults. Returns once the

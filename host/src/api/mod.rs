@@ -5,6 +5,7 @@ pub mod codec;
 pub mod keyvalue;
 pub mod metadata;
 pub mod oversize;
+pub mod publish_stream;
 pub mod pubsub;
 pub mod registry;
 pub mod response;

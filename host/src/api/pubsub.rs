@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use super::publish_stream;
 use super::subscription::{Held, Hook, Registry, open_stream, token_expiry};
 use crate::admission::CallGuard;
 use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
@@ -56,6 +57,34 @@ fn published(p: Published) -> pb::PublishResponse {
     }
 }
 
+/// Publishes one request's messages to `topic` through the pattern, all
+/// or none; one answer per message, in order.
+pub(super) async fn publish_all(
+    runtime: &PubSubRuntime,
+    topic: String,
+    messages: Vec<pb::BatchMessage>,
+) -> Result<Vec<pb::PublishResponse>, Status> {
+    let count = messages.len();
+    let messages = messages
+        .into_iter()
+        .map(|m| Outgoing {
+            payload: m.payload,
+            metadata: sorted(m.metadata),
+        })
+        .collect();
+    let ids = runtime.publish(topic, messages).await?;
+    if ids.len() != count {
+        return Err(Status::internal(format!(
+            "the pattern reported {} ids for {count} messages",
+            ids.len()
+        )));
+    }
+    Ok(ids.into_iter().map(published).collect())
+}
+
+type PublishStreamStream =
+    Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send>>;
+
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -83,25 +112,31 @@ impl PubSub for PubSubService {
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
         let (_, runtime, _admitted) = self.namespace(&request)?;
         let r = request.into_inner();
-        let count = r.messages.len();
-        let messages = r
-            .messages
-            .into_iter()
-            .map(|m| Outgoing {
-                payload: m.payload,
-                metadata: sorted(m.metadata),
-            })
-            .collect();
-        let ids = runtime.publish(r.topic, messages).await?;
-        if ids.len() != count {
-            return Err(Status::internal(format!(
-                "the pattern reported {} ids for {count} messages",
-                ids.len()
-            )));
-        }
         Ok(Response::new(pb::PublishBatchResponse {
-            published: ids.into_iter().map(published).collect(),
+            published: publish_all(&runtime, r.topic, r.messages).await?,
         }))
+    }
+
+    type PublishStreamStream = PublishStreamStream;
+
+    async fn publish_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::PublishStreamRequest>>,
+    ) -> Result<Response<PublishStreamStream>, Status> {
+        // The namespace must exist and serve PubSub when the stream opens;
+        // each request is then admitted (rate and concurrency quotas) and
+        // routed (a hot-swapped version applies) like a unary publish.
+        let ns = self.namespaces.for_request(request.metadata())?;
+        ns.route().version.pubsub(&ns.name)?;
+        let expires_at_ms = token_expiry(&request);
+        let (metadata, _, inbound) = request.into_parts();
+        Ok(Response::new(Box::pin(publish_stream::open(
+            self.namespaces.clone(),
+            metadata,
+            expires_at_ms,
+            self.subscriptions.closing(),
+            inbound,
+        ))))
     }
 
     type SubscribeStream = SubscribeStream;

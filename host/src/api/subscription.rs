@@ -319,6 +319,8 @@ pub struct Registry {
     /// Messages dropped for slow subscribers (drop_oldest, or dropped by
     /// the broker), by namespace, since start.
     dropped: Mutex<HashMap<String, u64>>,
+    /// Set at shutdown: publish streams end between requests.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Registry {
@@ -375,9 +377,15 @@ impl Registry {
         ended.len()
     }
 
+    /// Turns true when the server shuts down (see [`Registry::end_all`]).
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
     /// Ends every live subscription with `status` (server shutdown), so
     /// the drain does not wait on streams that never end by themselves.
     pub fn end_all(&self, status: &Status) {
+        self.closing.send_replace(true);
         let live: Vec<Arc<Registered>> = self.live.lock().drain().map(|(_, e)| e).collect();
         for entry in live {
             entry.outbox.finish(Err(status.clone()));
@@ -537,7 +545,7 @@ fn wire(topic: &str, message: &BrokerMessage, attempt: u32) -> pb::Message {
     pb::Message {
         id: message.id.clone(),
         topic: topic.to_string(),
-        payload: message.payload.to_vec(),
+        payload: message.payload.clone(),
         metadata: message.metadata.iter().cloned().collect(),
         timestamp_ms: message.timestamp_ms,
         delivery_attempt: attempt,
@@ -554,7 +562,7 @@ pub fn token_expiry<T>(request: &tonic::Request<T>) -> Option<u64> {
 
 /// The end of a stream whose token expired; `x-prism-auth: token-expired`
 /// lets clients reopen it with a fresh token without parsing the message.
-fn token_expired() -> Status {
+pub fn token_expired() -> Status {
     let mut metadata = tonic::metadata::MetadataMap::new();
     metadata.insert(
         "x-prism-auth",

@@ -34,7 +34,7 @@ pub fn access_for(path: &str) -> Option<Access> {
         ("prism.v1.KeyValue", "Set" | "Delete" | "BatchSet" | "BatchDelete") => false,
         // Subscribing is reading; unsubscribing and acking act on one's own subscription.
         ("prism.v1.PubSub", "Subscribe" | "Unsubscribe" | "Ack") => true,
-        ("prism.v1.PubSub", "Publish" | "PublishBatch") => false,
+        ("prism.v1.PubSub", "Publish" | "PublishBatch" | "PublishStream") => false,
         ("prism.v1.Registry", "Get" | "Enumerate" | "Listen") => true,
         ("prism.v1.Registry", "Register" | "Heartbeat" | "Unregister" | "Multicast") => false,
         _ => return None,

@@ -355,15 +355,20 @@ impl PubSubBackend for Arc<NatsBroker> {
             return Ok(());
         }
         let client = self.connected().await?;
-        for message in &messages {
-            let (headers, payload) = nats_wire::encode(message).into_parts();
-            self.bounded(
-                "publishing",
-                client.publish_with_headers(subject.clone(), headers, payload),
-            )
-            .await?;
-        }
-        self.bounded("flushing", client.flush()).await
+        // One deadline for the whole batch (a timer per message would cost
+        // more than the publish), and one subject shared by every message.
+        let subject = async_nats::Subject::from(subject);
+        self.bounded("publishing", async {
+            for message in &messages {
+                let (headers, payload) = nats_wire::encode(message).into_parts();
+                client
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            client.flush().await.map_err(|e| e.to_string())
+        })
+        .await
     }
 
     async fn publish_each(
@@ -407,15 +412,17 @@ impl PubSubBackend for Arc<NatsBroker> {
         // Core NATS has no per-message answer: all are written, then one
         // flush says the server has them.
         let client = self.connected().await?;
-        for (topic, message) in &items {
-            let (headers, payload) = nats_wire::encode(message).into_parts();
-            self.bounded(
-                "publishing",
-                client.publish_with_headers(self.subject(topic), headers, payload),
-            )
-            .await?;
-        }
-        self.bounded("flushing", client.flush()).await?;
+        self.bounded("publishing", async {
+            for (topic, message) in &items {
+                let (headers, payload) = nats_wire::encode(message).into_parts();
+                client
+                    .publish_with_headers(self.subject(topic), headers, payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            client.flush().await.map_err(|e| e.to_string())
+        })
+        .await?;
         Ok(items.iter().map(|_| Ok(())).collect())
     }
 

@@ -74,13 +74,14 @@ pub fn encode(message: &BrokerMessage) -> Wire {
 
 fn native_headers(message: &BrokerMessage) -> Option<HeaderMap> {
     let mut headers = HeaderMap::new();
+    // Constant names are not parsed per message.
     headers.insert(
-        HeaderName::from_str(ID).ok()?,
+        HeaderName::from_static(ID),
         HeaderValue::from_str(&message.id).ok()?,
     );
     headers.insert(
-        HeaderName::from_str(TIMESTAMP).ok()?,
-        HeaderValue::from_str(&message.timestamp_ms.to_string()).ok()?,
+        HeaderName::from_static(TIMESTAMP),
+        HeaderValue::from(message.timestamp_ms.to_string()),
     );
     for (key, value) in &message.metadata {
         // async-nats trims header values when it reads them: a value with
@@ -105,12 +106,10 @@ pub fn decode(
     fallback_id: impl FnOnce() -> String,
     fallback_ms: impl FnOnce() -> u64,
 ) -> BrokerMessage {
-    let header = |name: &str| {
-        headers
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
-    let timestamp = header(TIMESTAMP).and_then(|t| t.parse::<u64>().ok());
+    // Looked up by prebuilt names: a `&str` name is parsed (and, for a
+    // custom header, allocated) on every lookup.
+    let header = |name: &'static str| headers.and_then(|h| h.get(HeaderName::from_static(name)));
+    let timestamp = header(TIMESTAMP).and_then(|t| t.as_str().parse::<u64>().ok());
     // The envelope (no Prism-Timestamp header): read it as it always was.
     if timestamp.is_none() && envelope::is_enveloped(&payload) {
         return envelope::decode(topic, payload, fallback_id);
@@ -123,14 +122,16 @@ pub fn decode(
                     // One entry per key: the last value a native publisher set.
                     values
                         .last()
-                        .map(|v| (name.to_string(), v.as_str().to_string()))
+                        .map(|v| (AsRef::<str>::as_ref(name).to_owned(), v.as_str().to_owned()))
                 })
                 .collect()
         })
         .unwrap_or_default();
     metadata.sort();
     BrokerMessage {
-        id: header(ID).unwrap_or_else(fallback_id),
+        id: header(ID)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_else(fallback_id),
         topic: topic.to_string(),
         payload,
         metadata,

@@ -170,7 +170,7 @@ pub mod envelope {
         let wire = pb::Message {
             id: message.id.clone(),
             topic: String::new(),
-            payload: message.payload.to_vec(),
+            payload: message.payload.clone(),
             metadata: message.metadata.iter().cloned().collect(),
             timestamp_ms: message.timestamp_ms,
             delivery_attempt: 0,
@@ -195,15 +195,16 @@ pub mod envelope {
         bytes: Bytes,
         fallback_id: impl FnOnce() -> String,
     ) -> BrokerMessage {
-        if let Some(body) = bytes.strip_prefix(MAGIC)
-            && let Ok(wire) = pb::Message::decode(body)
+        // Decoded from a slice of `bytes`, the payload shares its buffer.
+        if bytes.starts_with(MAGIC)
+            && let Ok(wire) = pb::Message::decode(bytes.slice(MAGIC.len()..))
         {
             let mut metadata: Vec<(String, String)> = wire.metadata.into_iter().collect();
             metadata.sort();
             return BrokerMessage {
                 id: wire.id,
                 topic: topic.to_string(),
-                payload: Bytes::from(wire.payload),
+                payload: wire.payload,
                 metadata,
                 timestamp_ms: wire.timestamp_ms,
             };

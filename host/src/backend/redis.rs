@@ -46,10 +46,12 @@ impl RedisKv {
         let timeout = Duration::from_millis(config.timeout_ms);
         // One quick connection attempt per request while Redis is down (no
         // backoff chain to wait behind); the manager reconnects on the next call.
+        // Every call is bounded once, by `bounded` (reconnect included): a
+        // response timeout here too would arm a second timer per command.
         let manager_config = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+            .set_response_timeout(None);
         ConnectionManager::new_lazy_with_config(client, manager_config).map_err(|e| {
             RedisConfigError(format!(
                 "cannot set up the connection ({})",

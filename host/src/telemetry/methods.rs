@@ -62,6 +62,7 @@ pub const METHODS: &[Method] = &[
     data("prism.v1.KeyValue", "BatchDelete", Unary),
     data("prism.v1.PubSub", "Publish", Unary),
     data("prism.v1.PubSub", "PublishBatch", Unary),
+    data("prism.v1.PubSub", "PublishStream", BidiStream),
     data("prism.v1.PubSub", "Subscribe", ServerStream),
     data("prism.v1.PubSub", "Unsubscribe", Unary),
     data("prism.v1.PubSub", "Ack", Unary),

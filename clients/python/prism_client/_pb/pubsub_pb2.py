@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprism_client/_pb/pubsub.proto\x12\x08prism.v1\"\x9b\x01\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x38\n\x08metadata\x18\x03 \x03(\x0b\x32&.prism.v1.PublishRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x0fPublishResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x04\"\x88\x01\n\x0c\x42\x61tchMessage\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x36\n\x08metadata\x18\x02 \x03(\x0b\x32$.prism.v1.BatchMessage.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x13PublishBatchRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.prism.v1.BatchMessage\"D\n\x14PublishBatchResponse\x12,\n\tpublished\x18\x01 \x03(\x0b\x32\x19.prism.v1.PublishResponse\"\xf0\x01\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x12\n\nmanual_ack\x18\x03 \x01(\x08\x12\x0e\n\x06\x62uffer\x18\x04 \x01(\r\x12\x33\n\rslow_consumer\x18\x05 \x01(\x0e\x32\x1c.prism.v1.SlowConsumerPolicy\x12\x36\n\x06\x66ilter\x18\x06 \x03(\x0b\x32&.prism.v1.SubscribeRequest.FilterEntry\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\x11SubscribeResponse\x12*\n\nsubscribed\x18\x01 \x01(\x0b\x32\x14.prism.v1.SubscribedH\x00\x12*\n\x08messages\x18\x02 \x01(\x0b\x32\x16.prism.v1.MessageBatchH\x00\x42\x07\n\x05\x65vent\"4\n\nSubscribed\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\"D\n\x0cMessageBatch\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.prism.v1.Message\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\"\xc9\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x31\n\x08metadata\x18\x04 \x03(\x0b\x32\x1f.prism.v1.Message.MetadataEntry\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x04\x12\x18\n\x10\x64\x65livery_attempt\x18\x06 \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x12UnsubscribeRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\"\x15\n\x13UnsubscribeResponse\":\n\nAckRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\"#\n\x0b\x41\x63kResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\r*\x85\x01\n\x12SlowConsumerPolicy\x12$\n SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n\x1fSLOW_CONSUMER_POLICY_DISCONNECT\x10\x02\x32\xdf\x02\n\x06PubSub\x12>\n\x07Publish\x12\x18.prism.v1.PublishRequest\x1a\x19.prism.v1.PublishResponse\x12M\n\x0cPublishBatch\x12\x1d.prism.v1.PublishBatchRequest\x1a\x1e.prism.v1.PublishBatchResponse\x12\x46\n\tSubscribe\x12\x1a.prism.v1.SubscribeRequest\x1a\x1b.prism.v1.SubscribeResponse0\x01\x12J\n\x0bUnsubscribe\x12\x1c.prism.v1.UnsubscribeRequest\x1a\x1d.prism.v1.UnsubscribeResponse\x12\x32\n\x03\x41\x63k\x12\x14.prism.v1.AckRequest\x1a\x15.prism.v1.AckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprism_client/_pb/pubsub.proto\x12\x08prism.v1\"\x9b\x01\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x38\n\x08metadata\x18\x03 \x03(\x0b\x32&.prism.v1.PublishRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x0fPublishResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x04\"\x88\x01\n\x0c\x42\x61tchMessage\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x36\n\x08metadata\x18\x02 \x03(\x0b\x32$.prism.v1.BatchMessage.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x13PublishBatchRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.prism.v1.BatchMessage\"D\n\x14PublishBatchResponse\x12,\n\tpublished\x18\x01 \x03(\x0b\x32\x19.prism.v1.PublishResponse\"a\n\x14PublishStreamRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12(\n\x08messages\x18\x03 \x03(\x0b\x32\x16.prism.v1.BatchMessage\"~\n\x15PublishStreamResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12,\n\tpublished\x18\x02 \x03(\x0b\x32\x19.prism.v1.PublishResponse\x12%\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.prism.v1.PublishError\"-\n\x0cPublishError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xf0\x01\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x12\n\nmanual_ack\x18\x03 \x01(\x08\x12\x0e\n\x06\x62uffer\x18\x04 \x01(\r\x12\x33\n\rslow_consumer\x18\x05 \x01(\x0e\x32\x1c.prism.v1.SlowConsumerPolicy\x12\x36\n\x06\x66ilter\x18\x06 \x03(\x0b\x32&.prism.v1.SubscribeRequest.FilterEntry\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\x11SubscribeResponse\x12*\n\nsubscribed\x18\x01 \x01(\x0b\x32\x14.prism.v1.SubscribedH\x00\x12*\n\x08messages\x18\x02 \x01(\x0b\x32\x16.prism.v1.MessageBatchH\x00\x42\x07\n\x05\x65vent\"4\n\nSubscribed\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\"D\n\x0cMessageBatch\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.prism.v1.Message\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\"\xc9\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x31\n\x08metadata\x18\x04 \x03(\x0b\x32\x1f.prism.v1.Message.MetadataEntry\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x04\x12\x18\n\x10\x64\x65livery_attempt\x18\x06 \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x12UnsubscribeRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\"\x15\n\x13UnsubscribeResponse\":\n\nAckRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\"#\n\x0b\x41\x63kResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\r*\x85\x01\n\x12SlowConsumerPolicy\x12$\n SLOW_CONSUMER_POLICY_UNSPECIFIED\x10\x00\x12$\n SLOW_CONSUMER_POLICY_DROP_OLDEST\x10\x01\x12#\n\x1fSLOW_CONSUMER_POLICY_DISCONNECT\x10\x02\x32\xb5\x03\n\x06PubSub\x12>\n\x07Publish\x12\x18.prism.v1.PublishRequest\x1a\x19.prism.v1.PublishResponse\x12M\n\x0cPublishBatch\x12\x1d.prism.v1.PublishBatchRequest\x1a\x1e.prism.v1.PublishBatchResponse\x12T\n\rPublishStream\x12\x1e.prism.v1.PublishStreamRequest\x1a\x1f.prism.v1.PublishStreamResponse(\x01\x30\x01\x12\x46\n\tSubscribe\x12\x1a.prism.v1.SubscribeRequest\x1a\x1b.prism.v1.SubscribeResponse0\x01\x12J\n\x0bUnsubscribe\x12\x1c.prism.v1.UnsubscribeRequest\x1a\x1d.prism.v1.UnsubscribeResponse\x12\x32\n\x03\x41\x63k\x12\x14.prism.v1.AckRequest\x1a\x15.prism.v1.AckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBEREQUEST_FILTERENTRY']._serialized_options = b'8\001'
   _globals['_MESSAGE_METADATAENTRY']._loaded_options = None
   _globals['_MESSAGE_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_SLOWCONSUMERPOLICY']._serialized_start=1400
-  _globals['_SLOWCONSUMERPOLICY']._serialized_end=1533
+  _globals['_SLOWCONSUMERPOLICY']._serialized_start=1674
+  _globals['_SLOWCONSUMERPOLICY']._serialized_end=1807
   _globals['_PUBLISHREQUEST']._serialized_start=44
   _globals['_PUBLISHREQUEST']._serialized_end=199
   _globals['_PUBLISHREQUEST_METADATAENTRY']._serialized_start=152
@@ -55,28 +55,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHBATCHREQUEST']._serialized_end=471
   _globals['_PUBLISHBATCHRESPONSE']._serialized_start=473
   _globals['_PUBLISHBATCHRESPONSE']._serialized_end=541
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=544
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=784
-  _globals['_SUBSCRIBEREQUEST_FILTERENTRY']._serialized_start=739
-  _globals['_SUBSCRIBEREQUEST_FILTERENTRY']._serialized_end=784
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=786
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=902
-  _globals['_SUBSCRIBED']._serialized_start=904
-  _globals['_SUBSCRIBED']._serialized_end=956
-  _globals['_MESSAGEBATCH']._serialized_start=958
-  _globals['_MESSAGEBATCH']._serialized_end=1026
-  _globals['_MESSAGE']._serialized_start=1029
-  _globals['_MESSAGE']._serialized_end=1230
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_start=543
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_end=640
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_start=642
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_end=768
+  _globals['_PUBLISHERROR']._serialized_start=770
+  _globals['_PUBLISHERROR']._serialized_end=815
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=818
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1058
+  _globals['_SUBSCRIBEREQUEST_FILTERENTRY']._serialized_start=1013
+  _globals['_SUBSCRIBEREQUEST_FILTERENTRY']._serialized_end=1058
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1060
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1176
+  _globals['_SUBSCRIBED']._serialized_start=1178
+  _globals['_SUBSCRIBED']._serialized_end=1230
+  _globals['_MESSAGEBATCH']._serialized_start=1232
+  _globals['_MESSAGEBATCH']._serialized_end=1300
+  _globals['_MESSAGE']._serialized_start=1303
+  _globals['_MESSAGE']._serialized_end=1504
   _globals['_MESSAGE_METADATAENTRY']._serialized_start=152
   _globals['_MESSAGE_METADATAENTRY']._serialized_end=199
-  _globals['_UNSUBSCRIBEREQUEST']._serialized_start=1232
-  _globals['_UNSUBSCRIBEREQUEST']._serialized_end=1277
-  _globals['_UNSUBSCRIBERESPONSE']._serialized_start=1279
-  _globals['_UNSUBSCRIBERESPONSE']._serialized_end=1300
-  _globals['_ACKREQUEST']._serialized_start=1302
-  _globals['_ACKREQUEST']._serialized_end=1360
-  _globals['_ACKRESPONSE']._serialized_start=1362
-  _globals['_ACKRESPONSE']._serialized_end=1397
-  _globals['_PUBSUB']._serialized_start=1536
-  _globals['_PUBSUB']._serialized_end=1887
+  _globals['_UNSUBSCRIBEREQUEST']._serialized_start=1506
+  _globals['_UNSUBSCRIBEREQUEST']._serialized_end=1551
+  _globals['_UNSUBSCRIBERESPONSE']._serialized_start=1553
+  _globals['_UNSUBSCRIBERESPONSE']._serialized_end=1574
+  _globals['_ACKREQUEST']._serialized_start=1576
+  _globals['_ACKREQUEST']._serialized_end=1634
+  _globals['_ACKRESPONSE']._serialized_start=1636
+  _globals['_ACKRESPONSE']._serialized_end=1671
+  _globals['_PUBSUB']._serialized_start=1810
+  _globals['_PUBSUB']._serialized_end=2247
 # @@protoc_insertion_point(module_scope)

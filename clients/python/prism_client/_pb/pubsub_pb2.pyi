@@ -70,6 +70,34 @@ class PublishBatchResponse(_message.Message):
     published: _containers.RepeatedCompositeFieldContainer[PublishResponse]
     def __init__(self, published: _Optional[_Iterable[_Union[PublishResponse, _Mapping]]] = ...) -> None: ...
 
+class PublishStreamRequest(_message.Message):
+    __slots__ = ("sequence", "topic", "messages")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    topic: str
+    messages: _containers.RepeatedCompositeFieldContainer[BatchMessage]
+    def __init__(self, sequence: _Optional[int] = ..., topic: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[BatchMessage, _Mapping]]] = ...) -> None: ...
+
+class PublishStreamResponse(_message.Message):
+    __slots__ = ("sequence", "published", "error")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    published: _containers.RepeatedCompositeFieldContainer[PublishResponse]
+    error: PublishError
+    def __init__(self, sequence: _Optional[int] = ..., published: _Optional[_Iterable[_Union[PublishResponse, _Mapping]]] = ..., error: _Optional[_Union[PublishError, _Mapping]] = ...) -> None: ...
+
+class PublishError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class SubscribeRequest(_message.Message):
     __slots__ = ("topic", "group", "manual_ack", "buffer", "slow_consumer", "filter")
     class FilterEntry(_message.Message):

@@ -44,6 +44,11 @@ class PubSubStub:
                 request_serializer=prism__client_dot___pb_dot_pubsub__pb2.PublishBatchRequest.SerializeToString,
                 response_deserializer=prism__client_dot___pb_dot_pubsub__pb2.PublishBatchResponse.FromString,
                 _registered_method=True)
+        self.PublishStream = channel.stream_stream(
+                '/prism.v1.PubSub/PublishStream',
+                request_serializer=prism__client_dot___pb_dot_pubsub__pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=prism__client_dot___pb_dot_pubsub__pb2.PublishStreamResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/prism.v1.PubSub/Subscribe',
                 request_serializer=prism__client_dot___pb_dot_pubsub__pb2.SubscribeRequest.SerializeToString,
@@ -74,6 +79,22 @@ class PubSubServicer:
     def PublishBatch(self, request, context):
         """Publishes many messages to one topic, in order. Every message is
         validated before any is published.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishStream(self, request_iterator, context):
+        """Publishes over one long-lived call without waiting between requests.
+        Requests are published one after another in the order sent (a
+        publisher's order holds across the stream), each all or none like a
+        PublishBatch, and each is answered, in order, by a response carrying
+        its `sequence`: the ids once the broker accepted the messages (stored,
+        on NATS JetStream), or the error that published none of them. A failed
+        request does not end the stream. The call itself ends with a status
+        when it cannot go on: an undecodable request, an expired token, or a
+        shutting-down server. The server reads at most 64 requests ahead of
+        its answers; past that, HTTP/2 flow control holds the sender back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,6 +137,11 @@ def add_PubSubServicer_to_server(servicer, server):
                     servicer.PublishBatch,
                     request_deserializer=prism__client_dot___pb_dot_pubsub__pb2.PublishBatchRequest.FromString,
                     response_serializer=prism__client_dot___pb_dot_pubsub__pb2.PublishBatchResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishStream,
+                    request_deserializer=prism__client_dot___pb_dot_pubsub__pb2.PublishStreamRequest.FromString,
+                    response_serializer=prism__client_dot___pb_dot_pubsub__pb2.PublishStreamResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -187,6 +213,33 @@ class PubSub:
             '/prism.v1.PubSub/PublishBatch',
             prism__client_dot___pb_dot_pubsub__pb2.PublishBatchRequest.SerializeToString,
             prism__client_dot___pb_dot_pubsub__pb2.PublishBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/prism.v1.PubSub/PublishStream',
+            prism__client_dot___pb_dot_pubsub__pb2.PublishStreamRequest.SerializeToString,
+            prism__client_dot___pb_dot_pubsub__pb2.PublishStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
