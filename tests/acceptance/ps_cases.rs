@@ -131,7 +131,13 @@ async fn publish_stream_orders_and_answers_each_request(ctx: &Ctx) -> anyhow::Re
     const PER_REQUEST: u32 = 20;
     const BAD: u32 = 17;
     let mut a = ctx.a.clone();
-    let mut sub = Sub::open(&mut a, subscribe_request("streamed")).await?;
+    // Read only after every answer: its buffer must hold the whole run,
+    // or the default (1 024, drop_oldest) drops the oldest on a fast broker.
+    let request = pb::SubscribeRequest {
+        buffer: 4096,
+        ..subscribe_request("streamed")
+    };
+    let mut sub = Sub::open(&mut a, request).await?;
     let (requests, outgoing) = tokio::sync::mpsc::unbounded_channel();
     let mut answers = a
         .publish_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(
