@@ -1,7 +1,8 @@
 //! Prism and plain NATS applications read each other's messages: a message
 //! published through Prism reaches a native async-nats subscriber with its
 //! payload byte for byte and its id, timestamp and metadata as NATS headers;
-//! a native publish's headers reach a Prism subscriber as metadata; and on
+//! a native publish's headers reach a Prism subscriber as metadata; Prism
+//! subscribers of one topic share one NATS subscription; and on
 //! JetStream a native publish repeating a Prism message's id is dropped as
 //! a duplicate (the id is `Nats-Msg-Id`).
 
@@ -120,6 +121,86 @@ async fn a_native_publish_reaches_a_prism_subscriber_with_its_headers_as_metadat
     );
     assert!(!got.id.is_empty());
     assert!(got.timestamp_ms > 0);
+    t.stop().await
+}
+
+/// Waits until the server holds `want` subscriptions (unsubscribing after
+/// a gRPC stream ends is asynchronous).
+async fn await_subscriptions(nats: &NatsServer, want: u64) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = nats.subscriptions().await?;
+        if now == want {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "NATS holds {now} subscriptions, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_one_topic_share_one_nats_subscription() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let t = start(&config(&nats)).await?;
+    let native = async_nats::connect(nats.url()).await?;
+    let publish = |n: u32| {
+        let native = native.clone();
+        async move {
+            native
+                .publish("prism.events.shared", n.to_string().into())
+                .await?;
+            native.flush().await?;
+            anyhow::Ok(())
+        }
+    };
+    let before = nats.subscriptions().await?;
+    let mut subs = Vec::new();
+    for _ in 0..5 {
+        subs.push(Sub::open(&mut t.pubsub("events"), subscribe_request("shared")).await?);
+    }
+    // However many Prism subscribers, the server sends each message once.
+    assert_eq!(nats.subscriptions().await?, before + 1);
+    for n in 0..3 {
+        publish(n).await?;
+    }
+    for sub in &mut subs {
+        let got: Vec<_> = sub.take(3, WAIT).await?.into_iter().map(|m| m.payload).collect();
+        assert_eq!(got, [b"0".to_vec(), b"1".to_vec(), b"2".to_vec()], "every subscriber, every message, in order");
+    }
+    // Queue-group members are NATS's to balance across processes: each is
+    // its own queue subscription.
+    let mut grouped = subscribe_request("shared");
+    grouped.group = "workers".into();
+    let member_a = Sub::open(&mut t.pubsub("events"), grouped.clone()).await?;
+    let member_b = Sub::open(&mut t.pubsub("events"), grouped).await?;
+    assert_eq!(nats.subscriptions().await?, before + 3);
+    drop((member_a, member_b));
+    // The shared subscription stays while anyone follows it...
+    let mut last = subs.remove(0);
+    drop(subs);
+    await_subscriptions(&nats, before + 1).await?;
+    publish(3).await?;
+    let got = last.next(WAIT).await?.context("the remaining subscriber lost the topic")?;
+    assert_eq!(got.payload[..], *b"3");
+    // ...and a subscriber arriving now joins it.
+    let mut late = Sub::open(&mut t.pubsub("events"), subscribe_request("shared")).await?;
+    assert_eq!(nats.subscriptions().await?, before + 1);
+    publish(4).await?;
+    for sub in [&mut last, &mut late] {
+        let got = sub.next(WAIT).await?.context("no message")?;
+        assert_eq!(got.payload[..], *b"4");
+    }
+    // The last one out unsubscribes, and a new subscriber subscribes afresh.
+    drop((last, late));
+    await_subscriptions(&nats, before).await?;
+    let mut again = Sub::open(&mut t.pubsub("events"), subscribe_request("shared")).await?;
+    assert_eq!(nats.subscriptions().await?, before + 1);
+    publish(5).await?;
+    let got = again.next(WAIT).await?.context("no message after re-subscribing")?;
+    assert_eq!(got.payload[..], *b"5");
     t.stop().await
 }
 

@@ -194,6 +194,8 @@ impl Drop for RedisServer {
 /// in a temp dir that survives restarts (so durable consumers do too).
 pub struct NatsServer {
     port: u16,
+    /// The HTTP monitoring port (`/subsz` and friends).
+    monitor: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -202,6 +204,7 @@ impl NatsServer {
     pub async fn start() -> anyhow::Result<NatsServer> {
         let mut server = NatsServer {
             port: free_port()?,
+            monitor: free_port()?,
             dir: tempfile::tempdir()?,
             child: None,
         };
@@ -217,6 +220,27 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// How many subscriptions the server holds, from its monitoring
+    /// endpoint (JetStream keeps some of its own: compare counts).
+    pub async fn subscriptions(&self) -> anyhow::Result<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Plain HTTP/1.0 by hand: the server closes after answering.
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.monitor)).await?;
+        stream
+            .write_all(b"GET /subsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .context("no HTTP body from the NATS monitor")?;
+        let json: serde_json::Value = serde_json::from_str(body)?;
+        json["num_subscriptions"]
+            .as_u64()
+            .with_context(|| format!("/subsz has no num_subscriptions: {json}"))
+    }
+
     fn binary() -> &'static str {
         // Debian installs it in /usr/sbin, which a non-root PATH may lack.
         if std::path::Path::new("/usr/sbin/nats-server").exists() {
@@ -230,6 +254,8 @@ impl NatsServer {
         let child = Command::new(NatsServer::binary())
             .args(["-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
+            .arg("-m")
+            .arg(self.monitor.to_string())
             .args(["-js", "-sd"])
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -140,6 +140,12 @@ impl MemBroker {
         }
     }
 
+    /// Ends every subscription of `topic`: each yields None, as when its
+    /// source is gone (the NATS fan-out's connection closed for good).
+    pub fn close(&self, topic: &str) {
+        self.topics.write().remove(topic);
+    }
+
     /// Drops closed group members, empty groups and topics nobody follows.
     fn prune(&self, topic: &str) {
         let mut topics = self.topics.write();

@@ -5,6 +5,7 @@ pub mod mem_registry;
 pub mod membroker;
 pub mod memstore;
 pub mod nats;
+mod nats_fanout;
 pub mod nats_wire;
 pub mod postgres;
 pub mod postgres_kv;
@@ -256,7 +257,7 @@ impl Backends {
                 BackendConfig::Nats(c) => Backend {
                     kv: None,
                     registry: None,
-                    pubsub: Some(Arc::new(nats::NatsBroker::new(name, c).map_err(|e| {
+                    pubsub: Some(Arc::new(nats::NatsBroker::new(name, c, MEMBROKER_BUFFER).map_err(|e| {
                         BackendBuildError {
                             field: format!("backends.{name}.url"),
                             message: e.to_string(),

@@ -1,7 +1,8 @@
 //! NATS: core NATS (at-most-once) and JetStream (at-least-once). One client
 //! connection per backend, made on first use and kept by async-nats, which
 //! reconnects and re-subscribes on its own, so subscribers resume after a
-//! server restart without client action.
+//! server restart without client action. Local plain subscribers of one
+//! subject share one NATS subscription (`nats_fanout.rs`).
 //!
 //! Scoping: topic `t` of namespace `ns` is subject `prism.<ns>.t`, with the
 //! namespace's dots spelt ':' (namespace names have no ':'), so a namespace
@@ -22,6 +23,7 @@ use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
 use super::BackendError;
+use super::nats_fanout::Fanout;
 use super::nats_wire;
 use super::pubsub::{
     Acker, BrokerMessage, BrokerSubscription, Delivery, PubSubBackend, SlowConsumerPolicy,
@@ -41,10 +43,18 @@ pub struct NatsBroker {
     client: OnceCell<async_nats::Client>,
     /// The JetStream stream, once ensured.
     stream: OnceCell<stream::Stream>,
+    /// Core NATS: one NATS subscription per subject for all its local
+    /// plain subscribers.
+    fanout: Fanout,
 }
 
 impl NatsBroker {
-    pub fn new(name: &str, config: &NatsConfig) -> Result<Arc<NatsBroker>, NatsConfigError> {
+    /// `buffer`: the smallest ring local subscribers of a subject share.
+    pub fn new(
+        name: &str,
+        config: &NatsConfig,
+        buffer: usize,
+    ) -> Result<Arc<NatsBroker>, NatsConfigError> {
         let addr: async_nats::ServerAddr = config
             .url
             .parse()
@@ -60,6 +70,7 @@ impl NatsBroker {
             timeout: Duration::from_millis(config.timeout_ms),
             client: OnceCell::new(),
             stream: OnceCell::new(),
+            fanout: Fanout::new(name, buffer),
         }))
     }
 
@@ -354,21 +365,10 @@ impl PubSubBackend for Arc<NatsBroker> {
             }
             return Ok(());
         }
-        let client = self.connected().await?;
-        // One deadline for the whole batch (a timer per message would cost
-        // more than the publish), and one subject shared by every message.
+        // One subject shared by every message: not rebuilt per message.
         let subject = async_nats::Subject::from(subject);
-        self.bounded("publishing", async {
-            for message in &messages {
-                let (headers, payload) = nats_wire::encode(message).into_parts();
-                client
-                    .publish_with_headers(subject.clone(), headers, payload)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            client.flush().await.map_err(|e| e.to_string())
-        })
-        .await
+        self.publish_core(messages.iter().map(|m| (subject.clone(), m)))
+            .await
     }
 
     async fn publish_each(
@@ -409,19 +409,11 @@ impl PubSubBackend for Arc<NatsBroker> {
                 futures::future::join_all(acks).await,
             );
         }
-        // Core NATS has no per-message answer: all are written, then one
-        // flush says the server has them.
-        let client = self.connected().await?;
-        self.bounded("publishing", async {
-            for (topic, message) in &items {
-                let (headers, payload) = nats_wire::encode(message).into_parts();
-                client
-                    .publish_with_headers(self.subject(topic), headers, payload)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            client.flush().await.map_err(|e| e.to_string())
-        })
+        self.publish_core(
+            items
+                .iter()
+                .map(|(topic, m)| (self.subject(topic).into(), m)),
+        )
         .await?;
         Ok(items.iter().map(|_| Ok(())).collect())
     }
@@ -435,24 +427,27 @@ impl PubSubBackend for Arc<NatsBroker> {
             return self.subscribe_jetstream(topic, options).await;
         }
         let subject = self.subject(topic);
-        let client = self.connected().await?;
-        let subscriber = match &options.group {
-            Some(group) => {
-                self.bounded(
-                    "subscribing",
-                    client.queue_subscribe(subject.clone(), group.clone()),
-                )
-                .await?
-            }
-            None => {
-                self.bounded("subscribing", client.subscribe(subject.clone()))
-                    .await?
-            }
+        let Some(group) = &options.group else {
+            return self
+                .fanout
+                .subscribe(&subject, &topic.topic, options, || async {
+                    let client = self.connected().await?;
+                    let subscriber = self
+                        .bounded("subscribing", client.subscribe(subject.clone()))
+                        .await?;
+                    self.flushed(client).await?;
+                    Ok(subscriber)
+                })
+                .await;
         };
-        // SUB is written before anything this client publishes later, and a
-        // NATS server handles one connection's operations in order.
-        self.bounded("flushing the subscription", client.flush())
+        let client = self.connected().await?;
+        let subscriber = self
+            .bounded(
+                "subscribing",
+                client.queue_subscribe(subject.clone(), group.clone()),
+            )
             .await?;
+        self.flushed(client).await?;
         Ok(Box::new(CoreSubscription {
             topic: topic.topic.clone(),
             subscriber,
@@ -460,6 +455,39 @@ impl PubSubBackend for Arc<NatsBroker> {
     }
 }
 
+impl NatsBroker {
+    /// Core NATS has no per-message answer: every message is written, then
+    /// one flush says the server has them all. One deadline bounds the
+    /// whole batch: a timer per message would cost more than the publish.
+    async fn publish_core<'m>(
+        &self,
+        messages: impl Iterator<Item = (async_nats::Subject, &'m BrokerMessage)>,
+    ) -> Result<(), BackendError> {
+        let client = self.connected().await?;
+        self.bounded("publishing", async {
+            for (subject, message) in messages {
+                let (headers, payload) = nats_wire::encode(message).into_parts();
+                client
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            client.flush().await.map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// Waits until the server has this client's SUB: a NATS server handles
+    /// one connection's operations in order, so anything this client
+    /// publishes afterwards reaches the new subscription.
+    async fn flushed(&self, client: &async_nats::Client) -> Result<(), BackendError> {
+        self.bounded("flushing the subscription", client.flush())
+            .await
+    }
+}
+
+/// A queue-group member: NATS picks one member per message across every
+/// Prism process, so members are never shared.
 struct CoreSubscription {
     topic: String,
     subscriber: async_nats::Subscriber,
@@ -481,7 +509,7 @@ impl BrokerSubscription for CoreSubscription {
 }
 
 /// The id of a native message published without `Nats-Msg-Id`.
-fn native_id() -> String {
+pub(super) fn native_id() -> String {
     format!("nats-{}", crate::clock::next_id(crate::clock::now_ms()))
 }
 

@@ -59,10 +59,8 @@ pub fn encode(message: &BrokerMessage) -> Wire {
         },
         None => {
             let mut headers = HeaderMap::new();
-            if let (Ok(name), Ok(value)) =
-                (HeaderName::from_str(ID), HeaderValue::from_str(&message.id))
-            {
-                headers.insert(name, value);
+            if let Ok(value) = HeaderValue::from_str(&message.id) {
+                headers.insert(HeaderName::from_static(ID), value);
             }
             Wire::Enveloped {
                 headers,
