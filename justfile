@@ -31,6 +31,9 @@ bench *args: setup-rust setup-services setup-node
     cargo build --release --workspace --all-targets
     PRISM_BIN={{ justfile_directory() }}/target/release/prism {{ justfile_directory() }}/target/release/prism-bench {{ args }}
 
+# The perf regression guard CI runs: `bench --quick`, failing when a row in bench/guard.json is out of its bound.
+bench-guard: (bench "--quick" "--guard" (justfile_directory() / "bench/guard.json") "--out" (justfile_directory() / "target/bench-guard.json"))
+
 # Format Rust (host and guests).
 fmt:
     cargo fmt --all

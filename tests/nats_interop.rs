@@ -167,8 +167,17 @@ async fn subscribers_of_one_topic_share_one_nats_subscription() -> anyhow::Resul
         publish(n).await?;
     }
     for sub in &mut subs {
-        let got: Vec<_> = sub.take(3, WAIT).await?.into_iter().map(|m| m.payload).collect();
-        assert_eq!(got, [b"0".to_vec(), b"1".to_vec(), b"2".to_vec()], "every subscriber, every message, in order");
+        let got: Vec<_> = sub
+            .take(3, WAIT)
+            .await?
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        assert_eq!(
+            got,
+            [b"0".to_vec(), b"1".to_vec(), b"2".to_vec()],
+            "every subscriber, every message, in order"
+        );
     }
     // Queue-group members are NATS's to balance across processes: each is
     // its own queue subscription.
@@ -183,7 +192,10 @@ async fn subscribers_of_one_topic_share_one_nats_subscription() -> anyhow::Resul
     drop(subs);
     await_subscriptions(&nats, before + 1).await?;
     publish(3).await?;
-    let got = last.next(WAIT).await?.context("the remaining subscriber lost the topic")?;
+    let got = last
+        .next(WAIT)
+        .await?
+        .context("the remaining subscriber lost the topic")?;
     assert_eq!(got.payload[..], *b"3");
     // ...and a subscriber arriving now joins it.
     let mut late = Sub::open(&mut t.pubsub("events"), subscribe_request("shared")).await?;
@@ -199,7 +211,10 @@ async fn subscribers_of_one_topic_share_one_nats_subscription() -> anyhow::Resul
     let mut again = Sub::open(&mut t.pubsub("events"), subscribe_request("shared")).await?;
     assert_eq!(nats.subscriptions().await?, before + 1);
     publish(5).await?;
-    let got = again.next(WAIT).await?.context("no message after re-subscribing")?;
+    let got = again
+        .next(WAIT)
+        .await?
+        .context("no message after re-subscribing")?;
     assert_eq!(got.payload[..], *b"5");
     t.stop().await
 }

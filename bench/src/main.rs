@@ -23,11 +23,14 @@
 //! - `inprocess`: the wasm hop, instantiation, namespace start-up, quota check.
 //!
 //! `--quick` runs every section with short measurements (under a minute),
-//! printing the same table: a perf regression guard.
+//! printing the same table; with `--guard bench/guard.json` the run fails
+//! when a guarded row is out of its bound (`guard.rs`): the perf regression
+//! guard CI runs.
 
 mod admin;
 mod auth;
 mod echo;
+mod guard;
 mod inprocess;
 mod kv;
 mod load;
@@ -54,6 +57,9 @@ struct Args {
     /// Short measurements everywhere (a regression guard, under a minute).
     #[arg(long)]
     quick: bool,
+    /// Fail when a row named in this file is worse than its bound (see guard.rs).
+    #[arg(long)]
+    guard: Option<std::path::PathBuf>,
     /// Run only these sections (comma-separated: kv, auth, pubsub, registry, tenancy, admin, inprocess).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -97,6 +103,9 @@ fn main() -> anyhow::Result<()> {
     report.write(&args.out)?;
     report.print();
     println!("\nwrote {}", args.out.display());
+    if let Some(guard) = &args.guard {
+        guard::check(&report, guard, !args.only.is_empty())?;
+    }
     Ok(())
 }
 

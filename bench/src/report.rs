@@ -99,6 +99,10 @@ impl Report {
         self.rows.push(row);
     }
 
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&self.rows)? + "\n")?;
         Ok(())

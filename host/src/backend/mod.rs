@@ -257,12 +257,14 @@ impl Backends {
                 BackendConfig::Nats(c) => Backend {
                     kv: None,
                     registry: None,
-                    pubsub: Some(Arc::new(nats::NatsBroker::new(name, c, MEMBROKER_BUFFER).map_err(|e| {
-                        BackendBuildError {
-                            field: format!("backends.{name}.url"),
-                            message: e.to_string(),
-                        }
-                    })?)),
+                    pubsub: Some(Arc::new(
+                        nats::NatsBroker::new(name, c, MEMBROKER_BUFFER).map_err(|e| {
+                            BackendBuildError {
+                                field: format!("backends.{name}.url"),
+                                message: e.to_string(),
+                            }
+                        })?,
+                    )),
                 },
             };
             by_name.insert(name.clone(), backend);
