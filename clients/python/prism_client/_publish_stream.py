@@ -4,8 +4,11 @@ each other's answers, and the server answers them in the order written.
 
 Each request is published all or none and answered on its own, so one bad
 message fails only its own `publish`. When the stream ends (server shutdown,
-an expired token, a broken connection) the publishes still waiting fail with
-that error and the next publish opens a new stream.
+a broken connection) the publishes still waiting fail with that error and the
+next publish opens a new stream. When it ends because its token expired and
+the client's credentials can give a fresh one, the publishes still waiting
+are sent again on a new stream: the server ends a stream only between
+requests, so it published none of them.
 """
 
 from __future__ import annotations
@@ -19,11 +22,24 @@ import grpc
 from ._pb import pubsub_pb2 as pb
 from ._pb.pubsub_pb2_grpc import PubSubStub
 from ._rpc import Calls, closed_client_error
-from .errors import DeadlineExceededError, PrismError, UnavailableError, from_rpc_error, from_status
+from .auth import BearerToken
+from .errors import (
+    DeadlineExceededError,
+    PrismError,
+    UnauthenticatedError,
+    UnavailableError,
+    from_rpc_error,
+    from_status,
+)
 
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 _Call = grpc.aio.StreamStreamCall[pb.PublishStreamRequest, pb.PublishStreamResponse]
+
+
+class _TokenExpired(UnauthenticatedError):
+    """The stream ended at its token's expiry, before answering: the request
+    was not published and may be sent again with a fresh token."""
 
 
 def _answer_error(error: pb.PublishError) -> PrismError:
@@ -39,6 +55,8 @@ class PublishStream:
         self._stub = stub
         self._calls = calls
         self._call: _Call | None = None
+        # The token the open call carries, to tell an expiry from a refusal.
+        self._token: BearerToken | None = None
         self._reader: asyncio.Task[None] | None = None
         self._opening = asyncio.Lock()
         # Writes and their place in `_pending` happen together, in order.
@@ -48,6 +66,17 @@ class PublishStream:
 
     async def publish(self, topic: str, messages: list[pb.BatchMessage]) -> list[str]:
         """Publishes one request on the stream; its message ids once answered."""
+        try:
+            return await self._publish_once(topic, messages)
+        except _TokenExpired:
+            # Once: a stream opened with the fresh token that ends at once
+            # again has no fresher token to be had.
+            try:
+                return await self._publish_once(topic, messages)
+            except _TokenExpired as err:
+                raise UnauthenticatedError(err.message, err.code) from None
+
+    async def _publish_once(self, topic: str, messages: list[pb.BatchMessage]) -> list[str]:
         request = pb.PublishStreamRequest(topic=topic, messages=messages)
         answer: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         async with self._writing:
@@ -63,6 +92,8 @@ class PublishStream:
         try:
             return await asyncio.wait_for(asyncio.shield(answer), self._calls.timeout)
         except TimeoutError:
+            # Its answer, should it come, has nobody to hear it.
+            answer.cancel()
             raise DeadlineExceededError(
                 f"the publish to {topic!r} was not answered within {self._calls.timeout}s", None
             ) from None
@@ -71,16 +102,16 @@ class PublishStream:
         async with self._opening:
             if self._call is not None and self._reader is not None and not self._reader.done():
                 return self._call
-            metadata, _ = await self._calls.metadata()
+            metadata, token = await self._calls.metadata()
             try:
                 call: _Call = self._stub.PublishStream(metadata=metadata)
             except grpc.aio.UsageError as err:
                 raise closed_client_error(err) from None
             self._call = call
-            self._reader = asyncio.ensure_future(self._read(call))
+            self._reader = asyncio.ensure_future(self._read(call, token))
             return call
 
-    async def _read(self, call: _Call) -> None:
+    async def _read(self, call: _Call, token: BearerToken | None) -> None:
         end: PrismError
         try:
             while True:
@@ -101,7 +132,12 @@ class PublishStream:
                 else:
                     waiting.set_result([p.id for p in answer.published])
         except grpc.aio.AioRpcError as err:
-            end = from_rpc_error(err)
+            if self._calls.expired_stream(err, token) and self._calls.credentials is not None and token is not None:
+                # The next stream asks the provider for a fresh token.
+                self._calls.credentials.invalidate(token)
+                end = _TokenExpired(err.details() or "the publish stream's token expired", err.code())
+            else:
+                end = from_rpc_error(err)
         except asyncio.CancelledError:
             end = PrismError("the client was closed")
         ended = list(self._pending)

@@ -524,6 +524,36 @@ async def test_streams_across_token_expiry(short_auth_addr: str, short_issuer: O
             await client.close()
 
 
+async def test_streamed_publishes_go_on_across_token_expiry(short_auth_addr: str, short_issuer: OidcIssuer) -> None:
+    """Publishes kept in flight across a token's expiry share a PublishStream
+    that the server ends at the token's `exp`; the ones it had not answered
+    are sent again with a fresh token, so every publish succeeds, each with
+    its own id, and the stream was reopened."""
+    issued: list[str] = []
+
+    async def provider() -> str:
+        issued.append(await cc_token_async(short_issuer, "prism-test-all"))
+        return issued[-1]
+
+    client = PrismClient(short_auth_addr, namespace="events", token=provider)
+    try:
+        await client.pubsub.publish("expiry.stream", b"first")
+        first_exp = token_expiry(issued[0])
+        assert first_exp is not None
+        ids: list[str] = []
+
+        async def publisher(n: int) -> None:
+            # Until a second past the first token's exp: always 8 in flight.
+            while time.time() < first_exp + 1.0:
+                ids.append(await client.pubsub.publish("expiry.stream", f"{n}".encode()))
+
+        await asyncio.wait_for(asyncio.gather(*(publisher(n) for n in range(8))), SHORT_ACCESS_TTL + 20)
+        assert len(ids) == len(set(ids)) > 8
+        assert len(set(issued)) >= 2, "a fresh token opened the second stream"
+    finally:
+        await client.close()
+
+
 async def test_jetstream_group_loses_nothing_across_token_expiry(
     short_issuer: OidcIssuer, nats_server: NatsServer, tmp_path: Path
 ) -> None:

@@ -24,6 +24,10 @@ use crate::pb;
 /// Requests read ahead of the answers the client has not yet taken.
 pub const READ_AHEAD: usize = 64;
 
+/// How long an ended stream still reads what the client sent before it
+/// heard the end.
+const DRAIN: Duration = Duration::from_secs(2);
+
 type Answer = Result<pb::PublishStreamResponse, Status>;
 
 /// Starts the stream's task; returns the answers.
@@ -96,8 +100,23 @@ impl Requests {
                 },
             };
             let _ = answers.send(Err(end)).await;
+            drop(answers);
+            self.drain().await;
             return;
         }
+    }
+
+    /// After the end status: reads, and discards unpublished, what the
+    /// client sent meanwhile, until it stops (for `DRAIN` at most). Dropping
+    /// the request stream at once makes the server reset it (RST_STREAM),
+    /// and a gRPC client that sees the reset before the status reports
+    /// INTERNAL instead of the status it was sent (grpc-core does), so a
+    /// client could not tell an expired token from a server bug.
+    async fn drain(mut self) {
+        let _ = tokio::time::timeout(DRAIN, async {
+            while let Ok(Some(_)) = self.inbound.message().await {}
+        })
+        .await;
     }
 
     async fn answer(&self, request: pb::PublishStreamRequest) -> pb::PublishStreamResponse {
