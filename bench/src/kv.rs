@@ -7,11 +7,12 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use prism_acceptance::servers::RedisServer;
 use prism_client::KeyValue;
 
-use crate::load::{self, Op, Target, run_interleaved};
-use crate::procs::Server;
+use crate::load::{self, Op, Target, drive, run_interleaved};
+use crate::procs::{Server, cpu_seconds};
 use crate::report::{Report, Row};
 
 pub struct Servers {
@@ -173,7 +174,75 @@ pub async fn redis_rows(
             }
         }
     }
+    cpu_rows(
+        report,
+        &redis,
+        (&on_redis, &on_redis_kv),
+        (&servers.prism, &memstore),
+        payload,
+        measure,
+    )
+    .await?;
     on_redis.stop().await?;
+    Ok(())
+}
+
+/// Where the Redis path's CPU goes at c=64: CPU time per GET of Prism on
+/// Redis, of redis-server serving it, and of Prism on MemStore, from /proc
+/// (user + system, every thread) over three interleaved slices of each. On
+/// a 2-core box that is CPU-bound at c=64, throughput follows CPU per
+/// request, so these rows say in which process the Redis-vs-MemStore gap
+/// is spent.
+async fn cpu_rows(
+    report: &mut Report,
+    redis: &RedisServer,
+    on_redis: (&Server, &KeyValue),
+    on_mem: (&Server, &KeyValue),
+    payload: &[u8],
+    measure: Duration,
+) -> anyhow::Result<()> {
+    let redis_pid = redis.pid().context("redis-server has exited")?;
+    // (Prism's CPU, redis-server's CPU) per request, in µs.
+    let mut redis_path = (0.0, 0.0);
+    let mut mem_path = 0.0;
+    for _ in 0..3 {
+        let (prism_before, redis_before) = (on_redis.0.cpu_seconds()?, cpu_seconds(redis_pid)?);
+        let hist = drive(
+            Target::Client(on_redis.1.clone()),
+            Op::Get,
+            64,
+            measure / 3,
+            payload,
+        )
+        .await?;
+        let requests = hist.len().max(1) as f64 * 3.0;
+        redis_path.0 += (on_redis.0.cpu_seconds()? - prism_before) / requests * 1e6;
+        redis_path.1 += (cpu_seconds(redis_pid)? - redis_before) / requests * 1e6;
+        let before = on_mem.0.cpu_seconds()?;
+        let hist = drive(
+            Target::Client(on_mem.1.clone()),
+            Op::Get,
+            64,
+            measure / 3,
+            payload,
+        )
+        .await?;
+        mem_path += (on_mem.0.cpu_seconds()? - before) / (hist.len().max(1) as f64 * 3.0) * 1e6;
+    }
+    report.push(Row::new(
+        "prism_redis_kv_get_c64_cpu_per_request",
+        redis_path.0,
+        "us",
+        "prism_memstore_kv_get_c64_cpu_per_request",
+        mem_path,
+    ));
+    report.push(Row::new(
+        "redis_server_cpu_per_prism_kv_get_c64",
+        redis_path.1,
+        "us",
+        "prism_memstore_kv_get_c64_cpu_per_request",
+        mem_path,
+    ));
     Ok(())
 }
 

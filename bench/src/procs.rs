@@ -97,9 +97,36 @@ impl Server {
             .context("no VmRSS in /proc status")
     }
 
+    /// CPU time the process has used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds(self.child.id().context("server has exited")?)
+    }
+
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.child.start_kill()?;
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// CPU time process `pid` has used so far (user + system, all threads), in
+/// seconds, from /proc/<pid>/stat (Linux).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    // USER_HZ, the unit of these fields: 100 on every Linux architecture
+    // Prism builds for (it is fixed by the kernel ABI, not by HZ).
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .context("unreadable /proc stat")?;
+    // utime and stime are fields 14 and 15; `fields` starts at field 3.
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i - 3)
+            .context("short /proc stat")?
+            .parse::<u64>()? as f64)
+    };
+    Ok((ticks(14)? + ticks(15)?) / TICKS_PER_SECOND)
 }

@@ -26,6 +26,11 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// An in-memory server (no persistence).
     pub async fn start() -> anyhow::Result<RedisServer> {
         RedisServer::start_with(&["--save", "", "--appendonly", "no"]).await
