@@ -205,29 +205,22 @@ async fn cpu_rows(
     // (Prism's CPU, redis-server's CPU) per request, in µs.
     let mut redis_path = (0.0, 0.0);
     let mut mem_path = 0.0;
+    // One slice of GETs at c=64; the requests it made, counted over all three.
+    let slice = |kv: &KeyValue| {
+        let target = Target::Client(kv.clone());
+        async move {
+            let hist = drive(target, Op::Get, 64, measure / 3, payload).await?;
+            anyhow::Ok(hist.len().max(1) as f64 * 3.0)
+        }
+    };
     for _ in 0..3 {
         let (prism_before, redis_before) = (on_redis.0.cpu_seconds()?, cpu_seconds(redis_pid)?);
-        let hist = drive(
-            Target::Client(on_redis.1.clone()),
-            Op::Get,
-            64,
-            measure / 3,
-            payload,
-        )
-        .await?;
-        let requests = hist.len().max(1) as f64 * 3.0;
+        let requests = slice(on_redis.1).await?;
         redis_path.0 += (on_redis.0.cpu_seconds()? - prism_before) / requests * 1e6;
         redis_path.1 += (cpu_seconds(redis_pid)? - redis_before) / requests * 1e6;
         let before = on_mem.0.cpu_seconds()?;
-        let hist = drive(
-            Target::Client(on_mem.1.clone()),
-            Op::Get,
-            64,
-            measure / 3,
-            payload,
-        )
-        .await?;
-        mem_path += (on_mem.0.cpu_seconds()? - before) / (hist.len().max(1) as f64 * 3.0) * 1e6;
+        let requests = slice(on_mem.1).await?;
+        mem_path += (on_mem.0.cpu_seconds()? - before) / requests * 1e6;
     }
     report.push(Row::new(
         "prism_redis_kv_get_c64_cpu_per_request",
