@@ -55,8 +55,6 @@ class PublishStream:
         self._stub = stub
         self._calls = calls
         self._call: _Call | None = None
-        # The token the open call carries, to tell an expiry from a refusal.
-        self._token: BearerToken | None = None
         self._reader: asyncio.Task[None] | None = None
         self._opening = asyncio.Lock()
         # Writes and their place in `_pending` happen together, in order.

@@ -71,6 +71,9 @@ impl Fanout {
         *generation += 1;
         // Local first: the pump may deliver as soon as it runs.
         let local = self.local.subscribe(subject, options);
+        // Spawned under the lock: a pump whose subscription ends at once
+        // finds its entry when it looks, and ends its followers.
+        let mut subjects = self.subjects.lock();
         let pump = tokio::spawn(pump(
             subscriber,
             subject.to_string(),
@@ -79,7 +82,7 @@ impl Fanout {
             self.subjects.clone(),
             *generation,
         ));
-        self.subjects.lock().insert(
+        subjects.insert(
             subject.to_string(),
             Shared {
                 followers: 1,
@@ -87,6 +90,7 @@ impl Fanout {
                 pump: pump.abort_handle(),
             },
         );
+        drop(subjects);
         Ok(Box::new(SharedSubscription {
             local,
             _follower: self.follower(subject, *generation),
