@@ -21,12 +21,23 @@ use super::pubsub::{
     SubscribeOptions, TopicName,
 };
 
+/// The largest ring a subscriber's buffer asks for (2^20 messages).
+const MAX_RING: usize = 1 << 20;
+
 #[derive(Default)]
 struct Topic {
-    /// Every plain subscriber of the topic shares one ring.
-    fanout: Option<broadcast::Sender<Arc<BrokerMessage>>>,
+    /// Plain subscribers share rings by size, smallest first: each joins the
+    /// smallest ring that holds the buffer it asked for, so a subscriber
+    /// asking for more than the topic's first one still gets it (rings are
+    /// powers of two, so a topic has at most a few).
+    rings: Vec<Ring>,
     /// group name -> members (bounded queues), served round-robin.
     groups: HashMap<String, Group>,
+}
+
+struct Ring {
+    capacity: usize,
+    sender: broadcast::Sender<Arc<BrokerMessage>>,
 }
 
 #[derive(Default)]
@@ -39,7 +50,7 @@ struct Group {
 pub struct MemBroker {
     name: String,
     topics: RwLock<HashMap<String, Topic>>,
-    /// Ring size of a topic with plain subscribers (the largest buffer asked for).
+    /// The smallest ring a plain subscriber gets (more if it asks for more).
     default_buffer: usize,
     member_ids: AtomicU64,
     /// Messages a full group member could not take (counted, never blocking).
@@ -84,10 +95,10 @@ impl MemBroker {
             let Some(topic) = topics.get(topic_name) else {
                 return 0;
             };
-            if let Some(fanout) = &topic.fanout {
-                match fanout.send(message.clone()) {
+            for ring in &topic.rings {
+                match ring.sender.send(message.clone()) {
                     Ok(n) => delivered += n,
-                    // Every plain subscriber left: forget the ring.
+                    // Every subscriber of this ring left: forget it.
                     Err(_) => prune = true,
                 }
             }
@@ -115,11 +126,27 @@ impl MemBroker {
         let entry = topics.entry(topic.to_string()).or_default();
         let inner = match &options.group {
             None => {
-                let buffer = options.buffer.max(1).max(self.default_buffer);
-                let sender = entry
-                    .fanout
-                    .get_or_insert_with(|| broadcast::channel(buffer).0);
-                SubscriptionKind::Fanout(sender.subscribe())
+                // tokio rounds a ring up to a power of two anyway. The ring
+                // only absorbs bursts before the subscriber's own outbox
+                // (which holds its whole buffer), so it need not grow past
+                // MAX_RING for a pattern that allows huge buffers.
+                let wanted = options
+                    .buffer
+                    .clamp(self.default_buffer, MAX_RING.max(self.default_buffer))
+                    .next_power_of_two();
+                let at = entry.rings.partition_point(|r| r.capacity < wanted);
+                let receiver = match entry.rings.get(at) {
+                    Some(ring) => ring.sender.subscribe(),
+                    None => {
+                        let (sender, receiver) = broadcast::channel(wanted);
+                        entry.rings.push(Ring {
+                            capacity: wanted,
+                            sender,
+                        });
+                        receiver
+                    }
+                };
+                SubscriptionKind::Fanout(receiver)
             }
             Some(group) => {
                 let (tx, rx) = mpsc::channel(options.buffer.max(1));
@@ -156,14 +183,8 @@ impl MemBroker {
             group.members.retain(|(_, tx)| !tx.is_closed());
         }
         entry.groups.retain(|_, g| !g.members.is_empty());
-        if entry
-            .fanout
-            .as_ref()
-            .is_some_and(|f| f.receiver_count() == 0)
-        {
-            entry.fanout = None;
-        }
-        if entry.fanout.is_none() && entry.groups.is_empty() {
+        entry.rings.retain(|r| r.sender.receiver_count() > 0);
+        if entry.rings.is_empty() && entry.groups.is_empty() {
             topics.remove(topic);
         }
     }
@@ -318,6 +339,30 @@ mod tests {
         assert_eq!(ids(&mut lossy, 4).await, vec!["6", "7", "8", "9"]);
         assert_eq!(strict.next().await, Some(Delivery::Overflowed));
         assert_eq!(strict.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_later_subscriber_gets_the_larger_buffer_it_asked_for() {
+        let broker = MemBroker::new("test", 4);
+        let mut first = broker.subscribe("t", &plain(4, SlowConsumerPolicy::DropOldest));
+        let mut roomy = broker.subscribe("t", &plain(16, SlowConsumerPolicy::DropOldest));
+        // Below the broker's smallest ring: joins the first subscriber's.
+        let mut small = broker.subscribe("t", &plain(2, SlowConsumerPolicy::DropOldest));
+        assert_eq!(broker.topics.read()["t"].rings.len(), 2);
+        for n in 0..10 {
+            assert_eq!(broker.publish("t", msg("t", n)), 3);
+        }
+        let all: Vec<String> = (0..10).map(|n: u32| n.to_string()).collect();
+        assert_eq!(ids(&mut roomy, 10).await, all, "its 16 hold all 10");
+        for sub in [&mut first, &mut small] {
+            assert_eq!(sub.next().await, Some(Delivery::Dropped(6)));
+            assert_eq!(ids(sub, 4).await, vec!["6", "7", "8", "9"]);
+        }
+        // The roomy ring goes with its last subscriber; the topic stays.
+        drop(roomy);
+        assert_eq!(broker.publish("t", msg("t", 10)), 2);
+        assert_eq!(broker.topics.read()["t"].rings.len(), 1);
+        assert_eq!(ids(&mut first, 1).await, vec!["10"]);
     }
 
     #[tokio::test]
