@@ -863,6 +863,78 @@ async fn admin_changes_survive_a_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn served_digest(admin: &mut AdminClient<Channel>, name: &str) -> anyhow::Result<String> {
+    let info = admin
+        .get_namespace(pb::GetNamespaceRequest { name: name.into() })
+        .await?
+        .into_inner();
+    Ok(info.pattern.context("no pattern")?.digest)
+}
+
+/// Checked components are kept by digest, so this is what keeps that
+/// cache honest: a component the pattern store holds under a digest its
+/// bytes no longer match is refused, with a message saying so; and a
+/// component a namespace runs from a path is still no upload, though its
+/// digest is known and it is compiled and checked.
+#[tokio::test]
+async fn a_damaged_upload_is_refused_and_a_path_component_is_no_upload() -> anyhow::Result<()> {
+    let (one, two) = (v1().await?.clone(), v2().await?.clone());
+    let state = tempfile::tempdir()?;
+    let config = admin_config(
+        "[backends.store]\ntype = \"memstore\"\n",
+        state.path(),
+        &format!(
+            "\n[namespaces.default]\npattern = \"keyvalue\"\nslots = {{ kv = \"store\" }}\n\n[namespaces.bypath]\npattern = {:?}\nslots = {{ kv = \"store\" }}\n",
+            one.display().to_string()
+        ),
+    );
+    let server = start(&config).await?;
+    let mut admin = admin_client(&server);
+    ensure!(version(&mut server.kv("bypath")).await? == "0.1.0");
+    let path_digest = prism::patterns::digest_of(&std::fs::read(&one)?);
+    let refused = admin
+        .deploy_pattern(deploy(
+            "default",
+            &format!("sha256:{path_digest}"),
+            0,
+            false,
+        ))
+        .await;
+    ensure!(
+        code(refused) == Code::NotFound,
+        "a path's digest served as an upload"
+    );
+    let builtin_digest = served_digest(&mut admin, "default").await?;
+
+    let digest = upload(&mut admin, &two).await?.digest;
+    server.stop().await?;
+    // The stored bytes are swapped for another component's.
+    let stored = state.path().join("patterns").join(format!("{digest}.wasm"));
+    ensure!(stored.is_file(), "no {}", stored.display());
+    std::fs::copy(&one, &stored)?;
+
+    let server = start(&config).await?;
+    let mut admin = admin_client(&server);
+    let Err(refused) = admin
+        .deploy_pattern(deploy("default", &digest, 0, false))
+        .await
+    else {
+        bail!("deployed a component whose bytes do not match its digest");
+    };
+    ensure!(refused.code() == Code::InvalidArgument, "{refused:?}");
+    ensure!(
+        refused.message().contains("does not match its digest"),
+        "{}",
+        refused.message()
+    );
+    // The namespace keeps its built-in pattern.
+    ensure!(served_digest(&mut admin, "default").await? == builtin_digest);
+    put(&mut server.kv("default"), "k", b"v").await?;
+    ensure!(get(&mut server.kv("default"), "k").await? == b"v");
+    server.stop().await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_admin_api_is_off_without_auth_unless_allowed() -> anyhow::Result<()> {
     let server = start(

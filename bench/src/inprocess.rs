@@ -27,6 +27,7 @@ pub async fn rows(report: &mut Report, payload: &[u8]) -> anyhow::Result<()> {
         runtime: runtime.clone(),
         backends: backends.clone(),
         patterns: PatternStore::new(None),
+        prepared: Default::default(),
     };
     let ns_config = config
         .namespaces
@@ -131,6 +132,7 @@ pub async fn rows(report: &mut Report, payload: &[u8]) -> anyhow::Result<()> {
             runtime: Arc::new(Runtime::new(&runtime_config, 64 << 20)?),
             backends: backends.clone(),
             patterns: PatternStore::new(None),
+            prepared: Default::default(),
         };
         let started = Instant::now();
         let ns = Namespace::start(&format!("cold-{i}"), &ns_config, &cold).await?;

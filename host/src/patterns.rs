@@ -62,6 +62,16 @@ impl PatternStore {
         }
     }
 
+    /// Whether a component with this digest was uploaded (without reading it).
+    pub fn contains(&self, digest: &str) -> bool {
+        is_digest(digest)
+            && (self.memory.read().contains_key(digest)
+                || self
+                    .dir
+                    .as_ref()
+                    .is_some_and(|dir| dir.join(format!("{digest}.wasm")).is_file()))
+    }
+
     /// The uploaded component with this digest.
     pub fn get(&self, digest: &str) -> Option<Arc<[u8]>> {
         if !is_digest(digest) {

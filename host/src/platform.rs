@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::backend::Backends;
 use crate::config::Config;
+use crate::namespace::PreparedCache;
 use crate::patterns::PatternStore;
 use crate::runtime::Runtime;
 
@@ -14,4 +15,6 @@ pub struct Platform {
     pub runtime: Arc<Runtime>,
     pub backends: Backends,
     pub patterns: PatternStore,
+    /// Components checked against the worlds, by digest.
+    pub prepared: PreparedCache,
 }

@@ -149,6 +149,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         config,
         runtime: runtime.clone(),
         backends: backends.clone(),
+        prepared: Default::default(),
     });
     let subscriptions = Arc::new(Registry::default());
     let control = Arc::new(Control::start(platform.clone(), state, subscriptions.clone()).await?);

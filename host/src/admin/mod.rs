@@ -232,10 +232,22 @@ impl Control {
         }
     }
 
+    /// Writes the state file. Its two fsyncs can take milliseconds on a
+    /// busy disk: on the multi-threaded runtime the worker hands its other
+    /// tasks (data-path calls) to the rest first. It stays synchronous so a
+    /// caller that goes away cannot stop a change between this write and
+    /// the swap it records.
     fn save(&self, state: &ControlState) -> Result<(), AdminError> {
-        match &self.state_dir {
-            Some(dir) => Ok(state.save(dir)?),
-            None => Ok(()),
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        let write = || state.save(dir);
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            Ok(tokio::task::block_in_place(write)?)
+        } else {
+            Ok(write()?)
         }
     }
 

@@ -1,6 +1,7 @@
 //! Namespaces: each one's quotas and the pattern versions serving it, and
 //! the registry requests are routed through (changed at runtime by Admin).
 
+mod prepared;
 mod rollout;
 mod version;
 
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::RwLock;
 use tonic::metadata::MetadataMap;
 
+pub use prepared::PreparedCache;
 pub use rollout::{Deployment, Rollout, RolloutStats, Route};
 pub use version::{Version, VersionInfo, Writes, inspect, world_of};
 

@@ -6,22 +6,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::component::Component;
-
+use super::prepared::{Prepared, Resolved};
 use super::{PatternKind, StartupError};
 use crate::capability::kv::KvSlot;
 use crate::capability::pubsub::PubSubSlot;
 use crate::capability::registry::RegistrySlot;
 use crate::config::{NamespaceConfig, setting_string, slot_capability};
-use crate::patterns::{UPLOADED, digest_of, is_digest};
 use crate::platform::Platform;
-use crate::runtime::bindings::Keyvalue;
-use crate::runtime::bindings::pubsub_world::PubsubWorld;
-use crate::runtime::bindings::registry_world::MulticastRegistry;
 use crate::runtime::state::Slots;
 use crate::runtime::{
     KeyValueRuntime, PatternPool, PatternWorld, PubSubRuntime, RegistryRuntime, Runtime,
-    RuntimeError, builtin,
+    RuntimeError,
 };
 
 /// Which pattern a version runs.
@@ -44,60 +39,6 @@ pub struct Version {
     pub kind: PatternKind,
 }
 
-/// A pattern component checked against one of the worlds.
-enum Prepared {
-    KeyValue(<Keyvalue as PatternWorld>::Pre),
-    PubSub(<PubsubWorld as PatternWorld>::Pre),
-    Registry(<MulticastRegistry as PatternWorld>::Pre),
-}
-
-impl Prepared {
-    /// The world the component fits, tried in turn.
-    fn of(runtime: &Runtime, component: &Component, label: &str) -> Result<Prepared, String> {
-        let pre = runtime.link(component, label).map_err(|e| e.to_string())?;
-        let kv = match runtime.prepare::<Keyvalue>(&pre, label) {
-            Ok(pre) => return Ok(Prepared::KeyValue(pre)),
-            Err(e) => e,
-        };
-        let ps = match runtime.prepare::<PubsubWorld>(&pre, label) {
-            Ok(pre) => return Ok(Prepared::PubSub(pre)),
-            Err(e) => e,
-        };
-        match runtime.prepare::<MulticastRegistry>(&pre, label) {
-            Ok(pre) => Ok(Prepared::Registry(pre)),
-            Err(reg) => {
-                let why = |e: RuntimeError| match e {
-                    RuntimeError::WrongWorld { world, reason, .. } => format!("{world}: {reason}"),
-                    other => other.to_string(),
-                };
-                Err(format!(
-                    "{label} fits none of Prism's pattern worlds ({}; {}; {})",
-                    why(kv),
-                    why(ps),
-                    why(reg)
-                ))
-            }
-        }
-    }
-
-    /// The slots this world's pattern uses, by config name.
-    fn slots(&self) -> &'static [&'static str] {
-        match self {
-            Prepared::KeyValue(_) => &["kv"],
-            Prepared::PubSub(_) => &["pubsub"],
-            Prepared::Registry(_) => &["registry", "messaging"],
-        }
-    }
-
-    fn world(&self) -> &'static str {
-        match self {
-            Prepared::KeyValue(_) => "keyvalue",
-            Prepared::PubSub(_) => "pubsub",
-            Prepared::Registry(_) => "multicast-registry",
-        }
-    }
-}
-
 /// The world a component fits and what it imports, checked without
 /// starting it (uploads, `prism pattern check`). Compiling it also leaves
 /// it in the runtime's component cache, so a deploy of it is quick.
@@ -115,12 +56,11 @@ pub fn inspect(
 /// The world the pattern `reference` names fits (compiled through the
 /// runtime's cache), checked before a version of it is started.
 pub fn world_of(reference: &str, platform: &Platform) -> Result<&'static str, String> {
-    let (bytes, label) = pattern_bytes(reference, platform)?;
-    let component = platform
-        .runtime
-        .load(&bytes, &label)
-        .map_err(|e| e.to_string())?;
-    Ok(Prepared::of(&platform.runtime, &component, &label)?.world())
+    Ok(platform
+        .prepared
+        .resolve(reference, platform)?
+        .prepared
+        .world())
 }
 
 /// Whether the version's writes reach its backends: a shadow version's do not.
@@ -144,13 +84,13 @@ impl Version {
         let (runtime, backends) = (&*platform.runtime, &platform.backends);
         let limits = ns.limits.resolve(&platform.config.runtime.limits);
         let field = |f: &str| format!("namespaces.{name}.{f}");
-        let (bytes, label) = pattern_bytes(&ns.pattern, platform)
-            .map_err(|m| StartupError::new(field("pattern"), m))?;
-        let digest = digest_of(&bytes);
-        let component = runtime
-            .load(&bytes, &label)
-            .map_err(|e| StartupError::new(field("pattern"), e))?;
-        let prepared = Prepared::of(runtime, &component, &label)
+        let Resolved {
+            label,
+            digest,
+            prepared,
+        } = platform
+            .prepared
+            .resolve(&ns.pattern, platform)
             .map_err(|m| StartupError::new(field("pattern"), m))?;
 
         let wanted = prepared.slots();
@@ -341,32 +281,4 @@ impl PoolParts {
         pool.add_idle(pool.instantiate().await?);
         Ok(pool)
     }
-}
-
-/// A built-in pattern's bytes, an uploaded one's, or a `.wasm` file's; and a
-/// label for errors.
-fn pattern_bytes(pattern: &str, platform: &Platform) -> Result<(Vec<u8>, String), String> {
-    if let Some(bytes) = builtin::builtin(pattern) {
-        return Ok((bytes.to_vec(), format!("built-in pattern '{pattern}'")));
-    }
-    if let Some(digest) = pattern.strip_prefix(UPLOADED) {
-        let bytes = Some(digest)
-            .filter(|d| is_digest(d))
-            .and_then(|d| platform.patterns.get(d))
-            .ok_or_else(|| {
-                format!(
-                    "'{pattern}' names no uploaded pattern (upload it through the Admin API: prism admin upload FILE.wasm)"
-                )
-            })?;
-        return Ok((bytes.to_vec(), platform.patterns.label(digest)));
-    }
-    if !pattern.ends_with(".wasm") {
-        return Err(format!(
-            "'{pattern}' is neither a built-in pattern ({}), an uploaded one (sha256:…) nor a path to a .wasm component",
-            builtin::NAMES.join(", ")
-        ));
-    }
-    let path = platform.config.resolve_path(pattern);
-    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok((bytes, path.display().to_string()))
 }

@@ -18,7 +18,7 @@ pub trait PatternWorld: Sized + Send + Sync + 'static {
     /// The WIT world, for errors ("prism:pattern/keyvalue").
     const NAME: &'static str;
     /// Pre-resolved imports, checked against the world's exports.
-    type Pre: Send + Sync + 'static;
+    type Pre: Clone + Send + Sync + 'static;
 
     fn pre(pre: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre>;
     fn engine(pre: &Self::Pre) -> &Engine;
