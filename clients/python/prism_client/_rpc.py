@@ -102,7 +102,12 @@ class Calls:
         if self.credentials is None or not self.credentials.refreshable:
             return False
         said_so = "has expired" in (err.details() or "")
-        return said_so or (token.expires_at is not None and token.expires_at <= time.time() + _EXPIRY_SLACK)
+        return said_so or self.near_expiry(token)
+
+    def near_expiry(self, token: BearerToken) -> bool:
+        """Whether `token` is this close to (or past) its `exp`, by this
+        host's clock, that a stream opened with it may have ended for that."""
+        return token.expires_at is not None and token.expires_at <= time.time() + _EXPIRY_SLACK
 
 
 class _Wake:

@@ -43,7 +43,7 @@ from prism_client import (
     TokenStore,
     UnauthenticatedError,
 )
-from prism_client.auth import jwt_claims, token_expiry
+from prism_client.auth import DEFAULT_REFRESH_MARGIN, jwt_claims, token_expiry
 
 
 def cc_token(issuer: OidcIssuer, client_id: str, **kwargs: Any) -> str:
@@ -524,18 +524,29 @@ async def test_streams_across_token_expiry(short_auth_addr: str, short_issuer: O
             await client.close()
 
 
-async def test_streamed_publishes_go_on_across_token_expiry(short_auth_addr: str, short_issuer: OidcIssuer) -> None:
-    """Publishes kept in flight across a token's expiry share a PublishStream
-    that the server ends at the token's `exp`; the ones it had not answered
-    are sent again with a fresh token, so every publish succeeds, each with
-    its own id, and the stream was reopened."""
+@pytest.mark.parametrize("margin", [None, 0.0], ids=["refreshed-early", "refreshed-at-exp"])
+async def test_streamed_publishes_go_on_across_token_expiry(
+    short_auth_addr: str, short_issuer: OidcIssuer, margin: float | None
+) -> None:
+    """Publishes kept in flight across a token's expiry share a PublishStream.
+    A token refreshed before its `exp` moves new publishes to a stream opened
+    with it while the old one answers what it was sent; one refreshed only at
+    its `exp` (margin 0) has its stream ended by the server, and the publishes
+    it had not answered are sent again with a fresh token (also when the
+    server's status raced a write and grpc-python lost it). Either way every
+    publish succeeds, each with its own id."""
     issued: list[str] = []
 
     async def provider() -> str:
         issued.append(await cc_token_async(short_issuer, "prism-test-all"))
         return issued[-1]
 
-    client = PrismClient(short_auth_addr, namespace="events", token=provider)
+    client = PrismClient(
+        short_auth_addr,
+        namespace="events",
+        token=provider,
+        token_refresh_margin=DEFAULT_REFRESH_MARGIN if margin is None else margin,
+    )
     try:
         await client.pubsub.publish("expiry.stream", b"first")
         first_exp = token_expiry(issued[0])
