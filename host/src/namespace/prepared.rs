@@ -4,9 +4,9 @@
 //! hashing, loading and linking it again (a cached deploy's work was mostly
 //! that, done twice).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use wasmtime::component::Component;
@@ -176,21 +176,39 @@ fn no_upload(reference: &str) -> String {
     )
 }
 
+/// A component's bytes as they are held: part of the binary, shared with
+/// the pattern store (an upload, which can be megabytes, is not copied to
+/// be checked), or read from a file.
+enum PatternBytes {
+    Builtin(&'static [u8]),
+    Stored(Arc<[u8]>),
+    File(Vec<u8>),
+}
+
+impl Deref for PatternBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            PatternBytes::Builtin(bytes) => bytes,
+            PatternBytes::Stored(bytes) => bytes,
+            PatternBytes::File(bytes) => bytes,
+        }
+    }
+}
+
 /// A built-in pattern's bytes, an uploaded one's, or a `.wasm` file's; and a
 /// label for errors.
-fn pattern_bytes(
-    pattern: &str,
-    platform: &Platform,
-) -> Result<(Cow<'static, [u8]>, String), String> {
+fn pattern_bytes(pattern: &str, platform: &Platform) -> Result<(PatternBytes, String), String> {
     if let Some(bytes) = builtin::builtin(pattern) {
-        return Ok((Cow::Borrowed(bytes), builtin_label(pattern)));
+        return Ok((PatternBytes::Builtin(bytes), builtin_label(pattern)));
     }
     if let Some(digest) = pattern.strip_prefix(UPLOADED) {
         let bytes = Some(digest)
             .filter(|d| is_digest(d))
             .and_then(|d| platform.patterns.get(d))
             .ok_or_else(|| no_upload(pattern))?;
-        return Ok((Cow::Owned(bytes.to_vec()), platform.patterns.label(digest)));
+        return Ok((PatternBytes::Stored(bytes), platform.patterns.label(digest)));
     }
     if !pattern.ends_with(".wasm") {
         return Err(format!(
@@ -201,5 +219,5 @@ fn pattern_bytes(
     }
     let path = platform.config.resolve_path(pattern);
     let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok((Cow::Owned(bytes), path.display().to_string()))
+    Ok((PatternBytes::File(bytes), path.display().to_string()))
 }
