@@ -96,6 +96,20 @@ pub async fn memstore_rows(
                 format!("prism_without_guest_{tag}_p50"),
                 no_guest.p50_us,
             ));
+            // How far one round's Prism/echo ratio strays from another's in
+            // this very group: the run's own measure of its noise, so a
+            // throughput ratio is read against it (ratio = worst / best).
+            if concurrency > 1
+                && let Some((worst, best)) = load::round_ratio_range(&ours, &base)
+            {
+                report.push(Row::new(
+                    format!("prism_{tag}_worst_round_vs_echo"),
+                    worst,
+                    "x",
+                    format!("prism_{tag}_best_round_vs_echo"),
+                    best,
+                ));
+            }
         }
     }
     Ok(())

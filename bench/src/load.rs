@@ -36,6 +36,35 @@ pub struct LoadResult {
     pub throughput: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// Throughput of each interleaved round (empty where not interleaved),
+    /// so a row can show how far one round strays from another.
+    pub rounds: Vec<f64>,
+}
+
+/// The length of one interleaved slice: rounds of 333 ms let a ratio swing
+/// by ±7 % between back-to-back groups (stop 25), so a measurement is cut
+/// into more, shorter slices — each still thousands of requests at c64.
+const SLICE: Duration = Duration::from_millis(250);
+
+/// How many interleaved rounds `measure` is cut into: at least 3 (a quick
+/// run's 0.6 s), at most 12 (a full run's 3 s in slices of 250 ms).
+pub fn rounds_for(measure: Duration) -> u32 {
+    ((measure.as_secs_f64() / SLICE.as_secs_f64()).round() as u32).clamp(3, 12)
+}
+
+/// The lowest and highest per-round ratio of `ours` to `base` (rounds taken
+/// in the same turn of the interleaving), or None without rounds.
+pub fn round_ratio_range(ours: &LoadResult, base: &LoadResult) -> Option<(f64, f64)> {
+    let ratios: Vec<f64> = ours
+        .rounds
+        .iter()
+        .zip(&base.rounds)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(o, b)| o / b)
+        .collect();
+    let min = ratios.iter().copied().reduce(f64::min)?;
+    let max = ratios.iter().copied().reduce(f64::max)?;
+    Some((min, max))
 }
 
 pub async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
@@ -57,8 +86,9 @@ pub async fn client(addr: SocketAddr) -> anyhow::Result<prism_client::Client> {
         .await?)
 }
 
-/// Loads each target in turn, in `ROUNDS` interleaved rounds, so drift on a
-/// shared machine (frequency, neighbours) hits baseline and subject alike.
+/// Loads each target in turn, in interleaved rounds (see [`rounds_for`]), so
+/// drift on a shared machine (frequency, neighbours) hits baseline and
+/// subject alike.
 pub async fn run_interleaved(
     targets: &[Target],
     op: Op,
@@ -66,8 +96,8 @@ pub async fn run_interleaved(
     measure: Duration,
     payload: &[u8],
 ) -> anyhow::Result<Vec<LoadResult>> {
-    const ROUNDS: u32 = 3;
-    let slice = measure / ROUNDS;
+    let rounds = rounds_for(measure);
+    let slice = measure / rounds;
     for target in targets {
         // Warm up connections, instance pools and caches first.
         drive(
@@ -79,26 +109,31 @@ pub async fn run_interleaved(
         )
         .await?;
     }
-    let mut totals: Vec<(Histogram<u64>, f64)> = Vec::new();
+    let mut totals: Vec<(Histogram<u64>, f64, Vec<f64>)> = Vec::new();
     for _ in targets {
         totals.push((
             Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?,
             0.0,
+            Vec::with_capacity(rounds as usize),
         ));
     }
-    for _ in 0..ROUNDS {
-        for (target, (hist, secs)) in targets.iter().zip(totals.iter_mut()) {
+    for _ in 0..rounds {
+        for (target, (hist, secs, per_round)) in targets.iter().zip(totals.iter_mut()) {
             let started = Instant::now();
-            hist.add(drive(target.clone(), op, concurrency, slice, payload).await?)?;
-            *secs += started.elapsed().as_secs_f64();
+            let round = drive(target.clone(), op, concurrency, slice, payload).await?;
+            let elapsed = started.elapsed().as_secs_f64();
+            per_round.push(round.len() as f64 / elapsed);
+            hist.add(round)?;
+            *secs += elapsed;
         }
     }
     Ok(totals
         .into_iter()
-        .map(|(h, secs)| LoadResult {
+        .map(|(h, secs, rounds)| LoadResult {
             throughput: h.len() as f64 / secs,
             p50_us: h.value_at_quantile(0.50) as f64 / 1000.0,
             p99_us: h.value_at_quantile(0.99) as f64 / 1000.0,
+            rounds,
         })
         .collect())
 }

@@ -157,6 +157,7 @@ fn result((hist, secs): &(Histogram<u64>, f64)) -> LoadResult {
         throughput: hist.len() as f64 / secs,
         p50_us: hist.value_at_quantile(0.50) as f64 / 1000.0,
         p99_us: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        rounds: Vec::new(),
     }
 }
 

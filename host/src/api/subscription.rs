@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tonic::Status;
@@ -89,8 +89,17 @@ impl Outbox {
     }
 
     /// Queues a message under the slow-consumer policy.
+    #[cfg(test)]
     pub async fn push(&self, out: Outgoing) {
-        loop {
+        self.push_all(&mut VecDeque::from([out])).await;
+    }
+
+    /// Queues `pending` in order under the slow-consumer policy, leaving it
+    /// empty: one lock and one wake-up of the stream for the whole run, not
+    /// one per message (a pump that found several ready hands them over
+    /// together).
+    pub async fn push_all(&self, pending: &mut VecDeque<Outgoing>) {
+        while !pending.is_empty() {
             let room = self.space.notified();
             {
                 let mut state = self.state.lock();
@@ -98,33 +107,48 @@ impl Outbox {
                 // room would otherwise wait forever, holding its broker
                 // subscription (and an at-least-once broker's messages).
                 if state.end.is_some() || state.ended || self.stopped.load(Ordering::SeqCst) {
+                    pending.clear();
                     return;
                 }
-                if state.queue.len() < self.capacity {
-                    state.queue.push_back(out);
-                    break;
-                }
-                match self.when_full {
-                    WhenFull::DropOldest => {
-                        state.queue.pop_front();
-                        state.dropped += 1;
+                let before = pending.len();
+                while let Some(out) = pending.pop_front() {
+                    if state.queue.len() < self.capacity {
                         state.queue.push_back(out);
-                        break;
+                        continue;
                     }
-                    WhenFull::Disconnect => {
-                        state.end = Some(Err(Status::resource_exhausted(format!(
-                            "subscriber fell more than {} messages behind and was disconnected \
-                             (slow_consumer = disconnect); read faster, raise the buffer, or use drop_oldest",
-                            self.capacity
-                        ))));
-                        break;
+                    match self.when_full {
+                        WhenFull::DropOldest => {
+                            state.queue.pop_front();
+                            state.dropped += 1;
+                            state.queue.push_back(out);
+                        }
+                        WhenFull::Disconnect => {
+                            state.end = Some(Err(Status::resource_exhausted(format!(
+                                "subscriber fell more than {} messages behind and was disconnected \
+                                 (slow_consumer = disconnect); read faster, raise the buffer, or use drop_oldest",
+                                self.capacity
+                            ))));
+                            pending.clear();
+                            break;
+                        }
+                        WhenFull::Wait => {
+                            // It goes first once the stream makes room.
+                            pending.push_front(out);
+                            break;
+                        }
                     }
-                    WhenFull::Wait => {}
+                }
+                let progressed = pending.len() < before;
+                drop(state);
+                if progressed {
+                    self.ready.notify_one();
+                }
+                if pending.is_empty() {
+                    return;
                 }
             }
             room.await;
         }
-        self.ready.notify_one();
     }
 
     /// Counts messages the broker itself dropped for this subscriber.
@@ -208,6 +232,8 @@ pub struct Hook {
 }
 
 /// Reads the broker into the outbox until stopped or the broker ends.
+/// Whatever else the broker has ready when a delivery arrives (up to a
+/// frame's worth) is taken in the same turn and queued in one go.
 async fn pump(
     mut subscription: Box<dyn BrokerSubscription>,
     outbox: Arc<Outbox>,
@@ -215,61 +241,75 @@ async fn pump(
     acker: Option<Arc<dyn Acker>>,
     namespace: String,
 ) {
+    let mut run: VecDeque<Outgoing> = VecDeque::new();
     loop {
-        let delivery = tokio::select! {
+        let first = tokio::select! {
             _ = outbox.stopped() => return,
             delivery = subscription.next() => delivery,
         };
-        match delivery {
-            None => {
-                outbox.finish(Ok(()));
-                return;
-            }
-            Some(Delivery::Dropped(n)) => outbox.add_dropped(n),
-            Some(Delivery::Overflowed) => {
-                outbox.finish(Err(Status::resource_exhausted(
-                    "subscriber fell behind the broker's buffer and was disconnected \
-                     (slow_consumer = disconnect); read faster, raise the buffer, or use drop_oldest",
-                )));
-                return;
-            }
-            Some(Delivery::Message { message, attempt }) => {
-                // With traces on: a consumer span under the publisher's
-                // context, and the message carries on as its child.
-                let span = traces::delivery_span(&namespace, &message.topic, &message.metadata);
-                let message = if span.is_none() {
-                    message
-                } else {
-                    let mut traced = BrokerMessage::clone(&message);
-                    traces::inject_metadata(&span, &mut traced.metadata);
-                    Arc::new(traced)
-                };
-                let message = match &hook {
-                    Some(hook) => {
-                        let id = message.id.clone();
-                        match run_hook(hook, message).instrument(span.clone()).await {
-                            Ok(Some(m)) => m,
-                            Ok(None) => {
-                                // Filtered out: settled as far as the broker is concerned.
-                                if let Some(acker) = &acker {
-                                    let _ = acker.ack(&[id]).await;
+        let mut next = Some(first);
+        while let Some(delivery) = next.take() {
+            match delivery {
+                None => {
+                    outbox.push_all(&mut run).await;
+                    outbox.finish(Ok(()));
+                    return;
+                }
+                Some(Delivery::Dropped(n)) => outbox.add_dropped(n),
+                Some(Delivery::Overflowed) => {
+                    outbox.finish(Err(Status::resource_exhausted(
+                        "subscriber fell behind the broker's buffer and was disconnected \
+                         (slow_consumer = disconnect); read faster, raise the buffer, or use drop_oldest",
+                    )));
+                    return;
+                }
+                Some(Delivery::Message { message, attempt }) => {
+                    // With traces on: a consumer span under the publisher's
+                    // context, and the message carries on as its child; such
+                    // a message is queued on its own, inside its span.
+                    let span = traces::delivery_span(&namespace, &message.topic, &message.metadata);
+                    let message = if span.is_none() {
+                        message
+                    } else {
+                        let mut traced = BrokerMessage::clone(&message);
+                        traces::inject_metadata(&span, &mut traced.metadata);
+                        Arc::new(traced)
+                    };
+                    let message = match &hook {
+                        Some(hook) => {
+                            let id = message.id.clone();
+                            match run_hook(hook, message).instrument(span.clone()).await {
+                                Ok(Some(m)) => Some(m),
+                                Ok(None) => {
+                                    // Filtered out: settled as far as the broker is concerned.
+                                    if let Some(acker) = &acker {
+                                        let _ = acker.ack(&[id]).await;
+                                    }
+                                    None
                                 }
-                                continue;
-                            }
-                            Err(status) => {
-                                outbox.finish(Err(status));
-                                return;
+                                Err(status) => {
+                                    outbox.finish(Err(status));
+                                    return;
+                                }
                             }
                         }
+                        None => Some(message),
+                    };
+                    if let Some(message) = message {
+                        run.push_back(Outgoing { message, attempt });
+                        if !span.is_none() {
+                            outbox.push_all(&mut run).instrument(span).await;
+                        }
                     }
-                    None => message,
-                };
-                outbox
-                    .push(Outgoing { message, attempt })
-                    .instrument(span)
-                    .await;
+                }
+            }
+            // A delivery the broker has ready now joins this run; `next` is
+            // cancel-safe, so a pending one is simply asked for again.
+            if run.len() < MAX_BATCH {
+                next = subscription.next().now_or_never();
             }
         }
+        outbox.push_all(&mut run).await;
     }
 }
 
@@ -580,9 +620,13 @@ mod tests {
     use super::*;
 
     fn message() -> Outgoing {
+        numbered(1)
+    }
+
+    fn numbered(n: u32) -> Outgoing {
         Outgoing {
             message: Arc::new(BrokerMessage {
-                id: "1".into(),
+                id: n.to_string(),
                 topic: "t".into(),
                 payload: bytes::Bytes::new(),
                 metadata: Vec::new(),
@@ -611,5 +655,58 @@ mod tests {
         let again =
             tokio::time::timeout(std::time::Duration::from_secs(5), outbox.push(message())).await;
         assert!(again.is_ok());
+    }
+
+    /// The ids and drop count of a batch of messages; None for an end.
+    fn ids(batch: Batch) -> Option<(Vec<String>, u64)> {
+        match batch {
+            Batch::Messages { messages, dropped } => Some((
+                messages.iter().map(|m| m.message.id.clone()).collect(),
+                dropped,
+            )),
+            Batch::Failed(_) | Batch::Finished => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_that_does_not_fit_waits_in_order_for_room() {
+        let outbox = Outbox::new(2, WhenFull::Wait);
+        let pushing = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.push_all(&mut (1..=5).map(numbered).collect()).await })
+        };
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            let batch = ids(outbox.next_batch().await);
+            assert!(batch.is_some(), "the stream goes on");
+            let (got, dropped) = batch.unwrap_or_default();
+            assert_eq!(dropped, 0, "an at-least-once outbox never drops");
+            assert!(got.len() <= 2, "never more than the capacity: {got:?}");
+            seen.extend(got);
+        }
+        assert_eq!(seen, ["1", "2", "3", "4", "5"]);
+        let done = tokio::time::timeout(std::time::Duration::from_secs(5), pushing).await;
+        assert!(matches!(done, Ok(Ok(()))), "{done:?}");
+    }
+
+    #[tokio::test]
+    async fn a_run_larger_than_a_drop_oldest_outbox_keeps_its_newest() {
+        let outbox = Outbox::new(2, WhenFull::DropOldest);
+        outbox.push_all(&mut (1..=5).map(numbered).collect()).await;
+        assert_eq!(
+            ids(outbox.next_batch().await),
+            Some((vec!["4".into(), "5".into()], 3))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_larger_than_a_disconnect_outbox_ends_the_stream() {
+        let outbox = Outbox::new(2, WhenFull::Disconnect);
+        outbox.push_all(&mut (1..=5).map(numbered).collect()).await;
+        let end = outbox.next_batch().await;
+        assert!(
+            matches!(&end, Batch::Failed(status) if status.code() == tonic::Code::ResourceExhausted),
+            "a subscriber that fell behind is disconnected"
+        );
     }
 }
