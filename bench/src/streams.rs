@@ -14,7 +14,7 @@ use redis::streams::StreamReadReply;
 
 use crate::load;
 use crate::procs::Server;
-use crate::pubsub::{BATCH, Fanout, Publish, ROUNDS, counters, finish, messages_for, prism_fanout};
+use crate::pubsub::{BATCH, Fanout, Publish, counters, finish, messages_for, prism_fanout, rounds};
 use crate::report::{Report, Row};
 
 pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::Result<()> {
@@ -28,24 +28,25 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
     let client = redis::Client::open(redis.url())?;
     for subscribers in [1usize, 10] {
         let n = messages_for(subscribers, quick);
+        let rounds = rounds(quick);
         direct_fanout(&client, subscribers, n / 10, payload).await?;
         prism_fanout(&on_streams, subscribers, n / 10, payload, Publish::Stream).await?;
         let (mut base, mut ours) = (Fanout::default(), Fanout::default());
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             base.add(direct_fanout(&client, subscribers, n, payload).await?);
             ours.add(prism_fanout(&on_streams, subscribers, n, payload, Publish::Stream).await?);
         }
         anyhow::ensure!(
-            !base.stalled && base.received == (n * subscribers * ROUNDS) as u64,
+            !base.stalled && base.received == (n * subscribers * rounds) as u64,
             "baseline redis-rs streams 1->{subscribers} stalled: received {} of {}",
             base.received,
-            n * subscribers * ROUNDS
+            n * subscribers * rounds
         );
         if ours.stalled {
             eprintln!(
                 "warning: prism_redis_streams 1->{subscribers} stalled: received {} of {}",
                 ours.received,
-                n * subscribers * ROUNDS
+                n * subscribers * rounds
             );
         }
         report.push(Row::new(
