@@ -87,9 +87,9 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
     let prism_on_mem = load::client(on_mem.addr).await?.pub_sub("bench");
     let direct = async_nats::connect(nats.url()).await?;
 
+    let rounds = rounds(quick);
     for subscribers in [1usize, 10, 100] {
         let n = messages_for(subscribers, quick);
-        let rounds = rounds(quick);
         // Warm-up: connections, instance pools, broker subjects.
         direct_fanout(&direct, subscribers, n / 10, payload).await?;
         for (pubsub, how) in [

@@ -26,9 +26,9 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
     let prism = Server::prism(&pubsub_config(&backend, &["bench"], "")).await?;
     let on_streams = load::client(prism.addr).await?.pub_sub("bench");
     let client = redis::Client::open(redis.url())?;
+    let rounds = rounds(quick);
     for subscribers in [1usize, 10] {
         let n = messages_for(subscribers, quick);
-        let rounds = rounds(quick);
         direct_fanout(&client, subscribers, n / 10, payload).await?;
         prism_fanout(&on_streams, subscribers, n / 10, payload, Publish::Stream).await?;
         let (mut base, mut ours) = (Fanout::default(), Fanout::default());
