@@ -48,6 +48,12 @@ use clap::{Parser, Subcommand};
 
 use crate::report::Report;
 
+/// The allocator of the `prism` binary: the echo and guest-less baselines
+/// this binary serves, and its load generator, use it too, so a ratio
+/// measures Prism's own work rather than the allocators' difference.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Prism benchmarks with same-run baselines")]
 struct Args {

@@ -12,6 +12,13 @@ use clap::{Parser, Subcommand};
 use prism::config::{Config, DEFAULT_LISTEN};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc, not glibc's malloc: a published or delivered message makes
+/// a dozen short-lived allocations across the gRPC, wasm and broker
+/// layers, and glibc's spent a fifth of the process's CPU on them
+/// (arena locks, `malloc_consolidate`); see issue 14's note.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "prism",
