@@ -32,14 +32,36 @@ fn compile_protos(root: &Path, out_dir: &Path) -> BuildResult {
         Some(path) => PathBuf::from(path),
         None => protoc_bin_vendored::protoc_bin_path()?,
     };
-    config.protoc_executable(protoc);
+    config.protoc_executable(protoc.clone());
+    // Messages and clients: the types clients, tests and the bench decode.
     tonic_prost_build::configure()
-        // Undecodable requests are INVALID_ARGUMENT, not tonic's INTERNAL.
-        .codec_path("crate::api::codec::PrismCodec")
+        .build_server(false)
         // A delivered payload is the broker's `Bytes`, shared by every
         // subscriber's frame instead of copied into each.
         .bytes(".prism.v1.Message.payload")
         .file_descriptor_set_path(out_dir.join("prism_descriptor.bin"))
+        .compile_with_config(config, &protos, std::slice::from_ref(&proto_dir))?;
+    // The servers, over those same types, except that the delivery streams
+    // send frames encoded straight from the broker's messages
+    // (`api/frame.rs`), which decode as these two responses.
+    let servers = out_dir.join("server");
+    std::fs::create_dir_all(&servers)?;
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(&servers)
+        // Undecodable requests are INVALID_ARGUMENT, not tonic's INTERNAL.
+        .codec_path("crate::api::codec::PrismCodec")
+        .extern_path(".prism.v1", "crate::pb::v1")
+        .extern_path(
+            ".prism.v1.SubscribeResponse",
+            "crate::api::frame::DeliveryFrame",
+        )
+        .extern_path(
+            ".prism.v1.ListenResponse",
+            "crate::api::frame::DeliveryFrame",
+        )
         .compile_with_config(config, &protos, &[proto_dir])?;
     Ok(())
 }

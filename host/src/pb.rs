@@ -3,7 +3,10 @@
 #![allow(clippy::all, missing_docs)]
 
 pub mod v1 {
+    // Messages and clients.
     tonic::include_proto!("prism.v1");
+    // Servers (see build.rs: their delivery streams send `api::frame` frames).
+    include!(concat!(env!("OUT_DIR"), "/server/prism.v1.rs"));
 }
 
 pub use v1::*;

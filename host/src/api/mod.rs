@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod codec;
+pub mod frame;
 pub mod keyvalue;
 pub mod metadata;
 pub mod oversize;

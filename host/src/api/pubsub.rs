@@ -9,7 +9,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::publish_stream;
-use super::subscription::{Held, Hook, Registry, open_stream, token_expiry};
+use super::subscription::{FrameStream, Held, Hook, Registry, open_stream, token_expiry};
 use crate::admission::CallGuard;
 use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
 use crate::namespace::{Namespace, Namespaces};
@@ -85,8 +85,6 @@ pub(super) async fn publish_all(
 type PublishStreamStream =
     Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send>>;
 
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl PubSub for PubSubService {
     async fn publish(
@@ -139,12 +137,12 @@ impl PubSub for PubSubService {
         ))))
     }
 
-    type SubscribeStream = SubscribeStream;
+    type SubscribeStream = FrameStream;
 
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,
-    ) -> Result<Response<SubscribeStream>, Status> {
+    ) -> Result<Response<FrameStream>, Status> {
         let (ns, stream_slot) = self.namespaces.admit_stream(request.metadata())?;
         let runtime = ns.route().version.pubsub(&ns.name)?;
         let expires_at_ms = token_expiry(&request);
@@ -197,15 +195,7 @@ impl PubSub for PubSubService {
                 admitted: stream_slot,
                 expires_at_ms,
             },
-            |id| pb::SubscribeResponse {
-                event: Some(pb::subscribe_response::Event::Subscribed(pb::Subscribed {
-                    subscription_id: id.to_string(),
-                    topic: client_topic.clone(),
-                })),
-            },
-            |batch| pb::SubscribeResponse {
-                event: Some(pb::subscribe_response::Event::Messages(batch)),
-            },
+            client_topic,
         )
         .await?;
         Ok(Response::new(stream))

@@ -194,7 +194,7 @@ impl Registry for RegistryService {
         }))
     }
 
-    type ListenStream = FrameStream<pb::ListenResponse>;
+    type ListenStream = FrameStream;
 
     async fn listen(
         &self,
@@ -224,15 +224,7 @@ impl Registry for RegistryService {
                 admitted,
                 expires_at_ms,
             },
-            |id| pb::ListenResponse {
-                event: Some(pb::listen_response::Event::Listening(pb::Listening {
-                    subscription_id: id.to_string(),
-                    identity: listening_identity,
-                })),
-            },
-            |batch| pb::ListenResponse {
-                event: Some(pb::listen_response::Event::Messages(batch)),
-            },
+            listening_identity,
         )
         .await?;
         Ok(Response::new(stream))

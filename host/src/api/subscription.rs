@@ -16,12 +16,12 @@ use tokio::sync::Notify;
 use tonic::Status;
 use tracing::Instrument;
 
+use super::frame::DeliveryFrame;
 use crate::backend::pubsub::{
     Acker, BrokerMessage, BrokerSubscription, Delivery, SlowConsumerPolicy, SubscribeOptions,
 };
 use crate::capability::pubsub::PubSubSlot;
 use crate::clock::{next_id, now_ms};
-use crate::pb;
 use crate::runtime::bindings::pubsub_world::{self, SubscribeRequest, Verdict};
 use crate::telemetry::traces;
 
@@ -29,6 +29,7 @@ use crate::telemetry::traces;
 pub const MAX_BATCH: usize = 256;
 
 /// One message waiting for the client.
+#[derive(Debug)]
 pub struct Outgoing {
     pub message: Arc<BrokerMessage>,
     pub attempt: u32,
@@ -469,22 +470,17 @@ pub struct Held<'a> {
     pub expires_at_ms: Option<u64>,
 }
 
-pub type FrameStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<DeliveryFrame, Status>> + Send>>;
 
 /// Subscribes on the broker, registers the subscription (so Unsubscribe,
 /// Ack and shutdown find it), starts its pump, and returns the response
-/// stream: `first(id)` once live, then `frame(batch)` per batch.
-pub async fn open_stream<R, First, Frame>(
+/// stream: an opening frame naming the subscription and `opened` (the
+/// topic or identity) once live, then a frame per batch.
+pub async fn open_stream(
     subscriptions: &Arc<Registry>,
     held: Held<'_>,
-    first: First,
-    frame: Frame,
-) -> Result<FrameStream<R>, Status>
-where
-    R: Send + 'static,
-    First: FnOnce(&str) -> R,
-    Frame: Fn(pb::MessageBatch) -> R + Send + Sync + 'static,
-{
+    opened: String,
+) -> Result<FrameStream, Status> {
     let at_least_once = held.slot.backend().at_least_once();
     let policy = held.options.policy;
     let buffer = held.options.buffer;
@@ -521,7 +517,10 @@ where
     ));
     tracing::debug!(namespace = %held.namespace, topic = %held.client_topic, subscription = %id, "subscribed");
 
-    let first = first(&id);
+    let first = DeliveryFrame::Opened {
+        id: id.clone(),
+        name: opened,
+    };
     let guard = StreamGuard {
         id,
         namespace: held.namespace.into(),
@@ -530,15 +529,13 @@ where
         _admitted: held.admitted,
     };
     let auto_ack = if held.manual_ack { None } else { acker };
-    let topic = held.client_topic;
-    let frame = Arc::new(frame);
+    let topic: Arc<str> = held.client_topic.into();
     let expiry = held.expires_at_ms.map(|at| {
         let left = at.saturating_sub(now_ms());
         tokio::time::Instant::now() + std::time::Duration::from_millis(left)
     });
     let rest = futures::stream::unfold(Some((guard, auto_ack)), move |state| {
         let topic = topic.clone();
-        let frame = frame.clone();
         async move {
             let (guard, auto_ack) = state?;
             let next = guard.outbox.next_batch();
@@ -562,14 +559,12 @@ where
                             tracing::warn!(error = %e, "auto-ack failed; the broker will redeliver");
                         }
                     }
-                    let batch = pb::MessageBatch {
-                        messages: messages
-                            .iter()
-                            .map(|m| wire(&topic, &m.message, m.attempt))
-                            .collect(),
+                    let frame = DeliveryFrame::Messages {
+                        topic,
+                        messages,
                         dropped,
                     };
-                    Some((Ok(frame(batch)), Some((guard, auto_ack))))
+                    Some((Ok(frame), Some((guard, auto_ack))))
                 }
                 Batch::Failed(status) => Some((Err(status), None)),
                 Batch::Finished => None,
@@ -579,17 +574,6 @@ where
     Ok(Box::pin(
         futures::stream::once(async move { Ok(first) }).chain(rest),
     ))
-}
-
-fn wire(topic: &str, message: &BrokerMessage, attempt: u32) -> pb::Message {
-    pb::Message {
-        id: message.id.clone(),
-        topic: topic.to_string(),
-        payload: message.payload.clone(),
-        metadata: message.metadata.iter().cloned().collect(),
-        timestamp_ms: message.timestamp_ms,
-        delivery_attempt: attempt,
-    }
 }
 
 /// Until when the caller's token is accepted, if the call was authenticated.
