@@ -177,7 +177,11 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
         }
     }
 
-    // Latency, interleaved in rounds after a warm-up.
+    // Latency, interleaved in rounds after a warm-up. The tonic echo's
+    // unary round trip is the floor of any gRPC gateway's publish→deliver:
+    // a message comes in over gRPC and goes out over gRPC.
+    let echo = Server::baseline(&["serve-echo", "--payload", &payload.len().to_string()]).await?;
+    let echo_kv = load::client(echo.addr).await?.key_value("default");
     let mut prism_nats = prism_latency(&prism_on_nats).await?;
     let mut prism_mem = prism_latency(&prism_on_mem).await?;
     let mut direct_sub = direct.subscribe("bench.latency").await?;
@@ -186,32 +190,61 @@ pub async fn rows(report: &mut Report, payload: &[u8], quick: bool) -> anyhow::R
     let mut base = Vec::new();
     let mut ours = Vec::new();
     let mut embedded = Vec::new();
+    let mut echo_rtt = Vec::new();
     direct_latency(&direct, &mut direct_sub, payload, samples / 2).await?;
     prism_nats.sample(payload, samples / 2).await?;
     prism_mem.sample(payload, samples / 2).await?;
+    echo_latency(&echo_kv, samples / 2).await?;
     for _ in 0..4 {
         base.extend(direct_latency(&direct, &mut direct_sub, payload, samples).await?);
         ours.extend(prism_nats.sample(payload, samples).await?);
         embedded.extend(prism_mem.sample(payload, samples).await?);
+        echo_rtt.extend(echo_latency(&echo_kv, samples).await?);
     }
-    let base = p50(base);
+    let (base, ours, embedded, echo_rtt) = (p50(base), p50(ours), p50(embedded), p50(echo_rtt));
     report.push(Row::new(
         "prism_nats_publish_to_deliver_p50",
-        p50(ours),
+        ours,
         "us",
         "async_nats_direct_publish_to_deliver_p50",
         base,
     ));
     report.push(Row::new(
         "prism_embedded_publish_to_deliver_p50",
-        p50(embedded),
+        embedded,
         "us",
         "async_nats_direct_publish_to_deliver_p50",
         base,
     ));
+    report.push(Row::new(
+        "prism_embedded_publish_to_deliver_p50_vs_echo_rtt",
+        embedded,
+        "us",
+        "tonic_echo_kv_get_c1_p50_same_section",
+        echo_rtt,
+    ));
+    report.push(Row::new(
+        "prism_nats_publish_to_deliver_p50_vs_echo_rtt_plus_nats",
+        ours,
+        "us",
+        "tonic_echo_c1_p50_plus_async_nats_direct_p50",
+        echo_rtt + base,
+    ));
     on_nats.stop().await?;
     on_mem.stop().await?;
+    echo.stop().await?;
     Ok(())
+}
+
+/// Unary round trips to the tonic echo, through the same client as Prism's.
+async fn echo_latency(kv: &prism_client::KeyValue, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        kv.get(load::BENCH_KEY).await?;
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(samples)
 }
 
 /// Waits until every subscriber accounted for `n` messages (received or
