@@ -11,7 +11,8 @@
 //! - `auth`: KV GET with JWT auth on vs off; first-sight vs cached token
 //!   verification.
 //! - `pubsub`: delivered msg/s to 1, 10, 100 subscribers and publish→deliver
-//!   p50, through Prism (NATS, embedded broker) vs async-nats direct; on
+//!   p50, through Prism (NATS, embedded broker) vs async-nats direct, and
+//!   publish→deliver vs a tonic echo round trip (the gRPC floor); on
 //!   Redis Streams (1 and 10 subscribers) vs redis-rs XADD/XREAD direct.
 //! - `registry`: enumerate 1 000 identities by filter vs Redis read
 //!   directly, multicast to 100 / 1 000 listeners vs async-nats, register
