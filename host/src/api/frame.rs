@@ -2,7 +2,8 @@
 //! from the broker's shared messages. On the wire a frame is exactly a
 //! `SubscribeResponse` or a `ListenResponse` (both are `oneof event {
 //! opened = 1; MessageBatch messages = 2; }`, the opening message being two
-//! strings), so clients decode it with their generated types; the server
+//! strings), byte for byte what prost writes for the same response, so
+//! clients decode it with their generated types; the server
 //! never builds a `pb::Message` per message and subscriber (an id and a
 //! topic `String`, a metadata `HashMap`), only to encode and drop it.
 //!
@@ -140,18 +141,18 @@ fn put_message(topic: &str, message: &BrokerMessage, attempt: u32, buf: &mut imp
     put_str(MESSAGE_TOPIC, topic, buf);
     put_bytes(MESSAGE_PAYLOAD, &message.payload, buf);
     for (key, value) in &message.metadata {
-        // A map entry is a message of its own; proto3 writes even an
-        // entry's empty key and value, as prost does.
+        // A map entry is a message of its own, its empty key or value left
+        // out as prost leaves them.
         put_len(MESSAGE_METADATA, entry_len(key, value), buf);
-        put_bytes(ENTRY_KEY, key.as_bytes(), buf);
-        put_bytes(ENTRY_VALUE, value.as_bytes(), buf);
+        put_str(ENTRY_KEY, key, buf);
+        put_str(ENTRY_VALUE, value, buf);
     }
     put_uint(MESSAGE_TIMESTAMP, message.timestamp_ms, buf);
     put_uint(MESSAGE_ATTEMPT, u64::from(attempt), buf);
 }
 
 fn entry_len(key: &str, value: &str) -> usize {
-    bytes_len(ENTRY_KEY, key.as_bytes()) + bytes_len(ENTRY_VALUE, value.as_bytes())
+    str_len(ENTRY_KEY, key) + str_len(ENTRY_VALUE, value)
 }
 
 /// A length-delimited field's key and length prefix; its body follows.
@@ -166,26 +167,27 @@ fn delimited_len(tag: u32, len: usize) -> usize {
 
 /// A string field, left out when empty (proto3).
 fn put_str(tag: u32, value: &str, buf: &mut impl BufMut) {
-    if !value.is_empty() {
-        put_bytes(tag, value.as_bytes(), buf);
-    }
+    put_bytes(tag, value.as_bytes(), buf);
 }
 
 fn str_len(tag: u32, value: &str) -> usize {
-    if value.is_empty() {
-        0
-    } else {
-        bytes_len(tag, value.as_bytes())
+    bytes_len(tag, value.as_bytes())
+}
+
+/// A bytes field, left out when empty (proto3).
+fn put_bytes(tag: u32, value: &[u8], buf: &mut impl BufMut) {
+    if !value.is_empty() {
+        put_len(tag, value.len(), buf);
+        buf.put_slice(value);
     }
 }
 
-fn put_bytes(tag: u32, value: &[u8], buf: &mut impl BufMut) {
-    put_len(tag, value.len(), buf);
-    buf.put_slice(value);
-}
-
 fn bytes_len(tag: u32, value: &[u8]) -> usize {
-    delimited_len(tag, value.len())
+    if value.is_empty() {
+        0
+    } else {
+        delimited_len(tag, value.len())
+    }
 }
 
 /// A varint field, left out when zero (proto3).
@@ -288,6 +290,39 @@ mod tests {
             listen.ok().and_then(|r| r.event),
             Some(pb::listen_response::Event::Messages(batch))
         );
+    }
+
+    #[test]
+    fn bytes_are_the_ones_prost_writes() {
+        // At most one metadata entry per message: prost's map order is then fixed.
+        let messages = vec![
+            outgoing("m-1", b"payload", &[("k", "v")], 1),
+            outgoing("", b"", &[("", "")], 0),
+            outgoing("m-3", b"x", &[("empty", "")], 2),
+        ];
+        let want = pb::SubscribeResponse {
+            event: Some(pb::subscribe_response::Event::Messages(pb::MessageBatch {
+                messages: messages.iter().map(|m| expected("orders", m)).collect(),
+                dropped: 0,
+            })),
+        };
+        let frame = DeliveryFrame::Messages {
+            topic: "orders".into(),
+            messages,
+            dropped: 0,
+        };
+        assert_eq!(encoded(&frame), want.encode_to_vec());
+        let opened = DeliveryFrame::Opened {
+            id: "sub-1".into(),
+            name: String::new(),
+        };
+        let want = pb::SubscribeResponse {
+            event: Some(pb::subscribe_response::Event::Subscribed(pb::Subscribed {
+                subscription_id: "sub-1".into(),
+                topic: String::new(),
+            })),
+        };
+        assert_eq!(encoded(&opened), want.encode_to_vec());
     }
 
     #[test]
