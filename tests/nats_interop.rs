@@ -124,18 +124,18 @@ async fn a_native_publish_reaches_a_prism_subscriber_with_its_headers_as_metadat
     t.stop().await
 }
 
-/// Waits until the server holds `want` subscriptions (unsubscribing after
-/// a gRPC stream ends is asynchronous).
-async fn await_subscriptions(nats: &NatsServer, want: u64) -> anyhow::Result<()> {
+/// Waits until the server holds `want` subscriptions on `subject`
+/// (unsubscribing after a gRPC stream ends is asynchronous).
+async fn await_subscriptions(nats: &NatsServer, subject: &str, want: u64) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let now = nats.subscriptions().await?;
+        let now = nats.subscriptions_on(subject).await?;
         if now == want {
             return Ok(());
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "NATS holds {now} subscriptions, expected {want}"
+            "NATS holds {now} subscriptions on {subject}, expected {want}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -143,26 +143,24 @@ async fn await_subscriptions(nats: &NatsServer, want: u64) -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_of_one_topic_share_one_nats_subscription() -> anyhow::Result<()> {
+    const SUBJECT: &str = "prism.events.shared";
     let nats = NatsServer::start().await?;
     let t = start(&config(&nats)).await?;
     let native = async_nats::connect(nats.url()).await?;
     let publish = |n: u32| {
         let native = native.clone();
         async move {
-            native
-                .publish("prism.events.shared", n.to_string().into())
-                .await?;
+            native.publish(SUBJECT, n.to_string().into()).await?;
             native.flush().await?;
             anyhow::Ok(())
         }
     };
-    let before = nats.subscriptions().await?;
     let mut subs = Vec::new();
     for _ in 0..5 {
         subs.push(Sub::open(&mut t.pubsub("events"), subscribe_request("shared")).await?);
     }
     // However many Prism subscribers, the server sends each message once.
-    assert_eq!(nats.subscriptions().await?, before + 1);
+    assert_eq!(nats.subscriptions_on(SUBJECT).await?, 1);
     for n in 0..3 {
         publish(n).await?;
     }
@@ -185,12 +183,12 @@ async fn subscribers_of_one_topic_share_one_nats_subscription() -> anyhow::Resul
     grouped.group = "workers".into();
     let member_a = Sub::open(&mut t.pubsub("events"), grouped.clone()).await?;
     let member_b = Sub::open(&mut t.pubsub("events"), grouped).await?;
-    assert_eq!(nats.subscriptions().await?, before + 3);
+    assert_eq!(nats.subscriptions_on(SUBJECT).await?, 3);
     drop((member_a, member_b));
     // The shared subscription stays while anyone follows it...
     let mut last = subs.remove(0);
     drop(subs);
-    await_subscriptions(&nats, before + 1).await?;
+    await_subscriptions(&nats, SUBJECT, 1).await?;
     publish(3).await?;
     let got = last
         .next(WAIT)
@@ -199,7 +197,7 @@ async fn subscribers_of_one_topic_share_one_nats_subscription() -> anyhow::Resul
     assert_eq!(got.payload[..], *b"3");
     // ...and a subscriber arriving now joins it.
     let mut late = Sub::open(&mut t.pubsub("events"), subscribe_request("shared")).await?;
-    assert_eq!(nats.subscriptions().await?, before + 1);
+    assert_eq!(nats.subscriptions_on(SUBJECT).await?, 1);
     publish(4).await?;
     for sub in [&mut last, &mut late] {
         let got = sub.next(WAIT).await?.context("no message")?;
@@ -207,9 +205,9 @@ async fn subscribers_of_one_topic_share_one_nats_subscription() -> anyhow::Resul
     }
     // The last one out unsubscribes, and a new subscriber subscribes afresh.
     drop((last, late));
-    await_subscriptions(&nats, before).await?;
+    await_subscriptions(&nats, SUBJECT, 0).await?;
     let mut again = Sub::open(&mut t.pubsub("events"), subscribe_request("shared")).await?;
-    assert_eq!(nats.subscriptions().await?, before + 1);
+    assert_eq!(nats.subscriptions_on(SUBJECT).await?, 1);
     publish(5).await?;
     let got = again
         .next(WAIT)

@@ -225,14 +225,15 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// How many subscriptions the server holds, from its monitoring
-    /// endpoint (JetStream keeps some of its own: compare counts).
-    pub async fn subscriptions(&self) -> anyhow::Result<u64> {
+    /// The server's subscriptions on exactly `subject` (plain and queue
+    /// members), from its monitoring endpoint. Counted per subject: the
+    /// server's own and a client's request inbox are not the test's business.
+    pub async fn subscriptions_on(&self, subject: &str) -> anyhow::Result<u64> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // Plain HTTP/1.0 by hand: the server closes after answering.
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.monitor)).await?;
         stream
-            .write_all(b"GET /subsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .write_all(b"GET /subsz?subs=1&limit=100000 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             .await?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;
@@ -241,9 +242,10 @@ impl NatsServer {
             .map(|(_, body)| body)
             .context("no HTTP body from the NATS monitor")?;
         let json: serde_json::Value = serde_json::from_str(body)?;
-        json["num_subscriptions"]
-            .as_u64()
-            .with_context(|| format!("/subsz has no num_subscriptions: {json}"))
+        let list = json["subscriptions_list"]
+            .as_array()
+            .with_context(|| format!("/subsz has no subscriptions_list: {json}"))?;
+        Ok(list.iter().filter(|s| s["subject"] == subject).count() as u64)
     }
 
     fn binary() -> &'static str {

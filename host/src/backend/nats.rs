@@ -435,7 +435,7 @@ impl PubSubBackend for Arc<NatsBroker> {
                     let subscriber = self
                         .bounded("subscribing", client.subscribe(subject.clone()))
                         .await?;
-                    self.flushed(client).await?;
+                    self.synced(client).await?;
                     Ok(subscriber)
                 })
                 .await;
@@ -447,7 +447,7 @@ impl PubSubBackend for Arc<NatsBroker> {
                 client.queue_subscribe(subject.clone(), group.clone()),
             )
             .await?;
-        self.flushed(client).await?;
+        self.synced(client).await?;
         Ok(Box::new(CoreSubscription {
             topic: topic.topic.clone(),
             subscriber,
@@ -477,12 +477,27 @@ impl NatsBroker {
         .await
     }
 
-    /// Waits until the server has this client's SUB: a NATS server handles
-    /// one connection's operations in order, so anything this client
-    /// publishes afterwards reaches the new subscription.
-    async fn flushed(&self, client: &async_nats::Client) -> Result<(), BackendError> {
-        self.bounded("flushing the subscription", client.flush())
-            .await
+    /// Waits until the server has handled this client's SUB, so that what
+    /// anyone publishes afterwards (another Prism process, a native NATS
+    /// application) reaches the new subscription: the subscriber's
+    /// confirmation promises that. `flush` is not enough, as it only waits
+    /// for the socket. A request to a subject nobody serves (a fresh inbox)
+    /// makes the round trip instead: the server handles one connection's
+    /// operations in order, so its "no responders" answer comes after the
+    /// SUB. One round trip per new NATS subscription, none per message.
+    async fn synced(&self, client: &async_nats::Client) -> Result<(), BackendError> {
+        use async_nats::RequestErrorKind;
+        self.bounded("confirming the subscription with the server", async {
+            match client
+                .request(client.new_inbox(), bytes::Bytes::new())
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 }
 

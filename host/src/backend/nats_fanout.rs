@@ -49,7 +49,7 @@ impl Fanout {
     }
 
     /// A local subscription to `subject`, live on return. `open` makes the
-    /// NATS subscription (subscribed and flushed) when this is the subject's
+    /// NATS subscription (subscribed, and confirmed by the server) when this is the subject's
     /// first local subscriber; `topic` is the pattern-mapped topic its
     /// messages carry.
     pub async fn subscribe<F, Fut>(
