@@ -193,8 +193,7 @@ fn bytes_len(tag: u32, value: &[u8]) -> usize {
 /// A varint field, left out when zero (proto3).
 fn put_uint(tag: u32, value: u64, buf: &mut impl BufMut) {
     if value != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(value, buf);
+        prost::encoding::uint64::encode(tag, &value, buf);
     }
 }
 
@@ -202,7 +201,7 @@ fn uint_len(tag: u32, value: u64) -> usize {
     if value == 0 {
         0
     } else {
-        prost::encoding::key_len(tag) + encoded_len_varint(value)
+        prost::encoding::uint64::encoded_len(tag, &value)
     }
 }
 
@@ -256,6 +255,18 @@ mod tests {
         bytes
     }
 
+    /// The frame as a client's generated `SubscribeResponse` reads it.
+    fn as_subscribe(bytes: &[u8]) -> Option<pb::subscribe_response::Event> {
+        pb::SubscribeResponse::decode(bytes)
+            .ok()
+            .and_then(|r| r.event)
+    }
+
+    /// The frame as a client's generated `ListenResponse` reads it.
+    fn as_listen(bytes: &[u8]) -> Option<pb::listen_response::Event> {
+        pb::ListenResponse::decode(bytes).ok().and_then(|r| r.event)
+    }
+
     #[test]
     fn a_batch_decodes_as_the_generated_responses() {
         let messages = vec![
@@ -280,14 +291,12 @@ mod tests {
             messages: want,
             dropped: 7,
         };
-        let subscribe = pb::SubscribeResponse::decode(bytes.as_slice());
         assert_eq!(
-            subscribe.ok().and_then(|r| r.event),
+            as_subscribe(&bytes),
             Some(pb::subscribe_response::Event::Messages(batch.clone()))
         );
-        let listen = pb::ListenResponse::decode(bytes.as_slice());
         assert_eq!(
-            listen.ok().and_then(|r| r.event),
+            as_listen(&bytes),
             Some(pb::listen_response::Event::Messages(batch))
         );
     }
@@ -333,9 +342,7 @@ mod tests {
             dropped: 3,
         };
         assert_eq!(
-            pb::SubscribeResponse::decode(encoded(&drops).as_slice())
-                .ok()
-                .and_then(|r| r.event),
+            as_subscribe(&encoded(&drops)),
             Some(pb::subscribe_response::Event::Messages(pb::MessageBatch {
                 messages: Vec::new(),
                 dropped: 3,
@@ -347,18 +354,14 @@ mod tests {
         };
         let bytes = encoded(&opened);
         assert_eq!(
-            pb::SubscribeResponse::decode(bytes.as_slice())
-                .ok()
-                .and_then(|r| r.event),
+            as_subscribe(&bytes),
             Some(pb::subscribe_response::Event::Subscribed(pb::Subscribed {
                 subscription_id: "sub-1".into(),
                 topic: "orders".into(),
             }))
         );
         assert_eq!(
-            pb::ListenResponse::decode(bytes.as_slice())
-                .ok()
-                .and_then(|r| r.event),
+            as_listen(&bytes),
             Some(pb::listen_response::Event::Listening(pb::Listening {
                 subscription_id: "sub-1".into(),
                 identity: "orders".into(),
@@ -382,9 +385,7 @@ mod tests {
         };
         assert_eq!(want.metadata, HashMap::from([(long.clone(), long)]));
         assert_eq!(
-            pb::SubscribeResponse::decode(encoded(&frame).as_slice())
-                .ok()
-                .and_then(|r| r.event),
+            as_subscribe(&encoded(&frame)),
             Some(pb::subscribe_response::Event::Messages(pb::MessageBatch {
                 messages: vec![want],
                 dropped: u64::MAX,
