@@ -56,12 +56,9 @@ fn compile_protos(root: &Path, out_dir: &Path) -> BuildResult {
         .extern_path(".prism.v1", "crate::pb::v1")
         .extern_path(
             ".prism.v1.SubscribeResponse",
-            "crate::api::frame::DeliveryFrame",
+            "crate::delivery::DeliveryFrame",
         )
-        .extern_path(
-            ".prism.v1.ListenResponse",
-            "crate::api::frame::DeliveryFrame",
-        )
+        .extern_path(".prism.v1.ListenResponse", "crate::delivery::DeliveryFrame")
         .compile_with_config(config, &protos, &[proto_dir])?;
     Ok(())
 }

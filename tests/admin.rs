@@ -12,11 +12,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use prism_acceptance::admin::{
+    admin_client, admin_config, create, deploy, start_admin, start_with_patterns, upload,
+    upload_bytes,
+};
 use prism_acceptance::backends::BackendUnderTest;
 use prism_acceptance::pb;
 use prism_acceptance::pb::admin_client::AdminClient;
 use prism_acceptance::pubsub::{Sub, publish_request, subscribe_request};
-use prism_acceptance::{KvClient, TestServer, eventually, guest_component, scaffold, start};
+use prism_acceptance::{KvClient, eventually, guest_component, scaffold, start};
 use tokio::sync::OnceCell;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -48,68 +52,6 @@ async fn refuses_settings() -> anyhow::Result<&'static PathBuf> {
             })
         })
         .await
-}
-
-fn admin_config(backend_toml: &str, state_dir: &Path, extra: &str) -> String {
-    format!(
-        "{backend_toml}\n[admin]\nallow_unauthenticated = true\nstate_dir = {:?}\n{extra}",
-        state_dir.display().to_string()
-    )
-}
-
-fn admin_client(server: &TestServer) -> AdminClient<Channel> {
-    AdminClient::new(server.channel())
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
-}
-
-async fn upload(client: &mut AdminClient<Channel>, file: &Path) -> anyhow::Result<pb::PatternInfo> {
-    upload_bytes(client, std::fs::read(file)?, "test.wasm").await
-}
-
-async fn upload_bytes(
-    client: &mut AdminClient<Channel>,
-    bytes: Vec<u8>,
-    label: &str,
-) -> anyhow::Result<pb::PatternInfo> {
-    let chunks: Vec<pb::UploadPatternChunk> = bytes
-        .chunks(100_000)
-        .enumerate()
-        .map(|(i, data)| pb::UploadPatternChunk {
-            label: if i == 0 {
-                label.to_string()
-            } else {
-                String::new()
-            },
-            data: data.to_vec(),
-        })
-        .collect();
-    Ok(client
-        .upload_pattern(tokio_stream::iter(chunks))
-        .await?
-        .into_inner())
-}
-
-fn create(name: &str, pattern: &str, slots: &[(&str, &str)]) -> pb::CreateNamespaceRequest {
-    pb::CreateNamespaceRequest {
-        name: name.into(),
-        pattern: pattern.into(),
-        slots: slots
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        settings: HashMap::new(),
-        limits: HashMap::new(),
-    }
-}
-
-fn deploy(namespace: &str, digest: &str, canary: u32, shadow: bool) -> pb::DeployPatternRequest {
-    pb::DeployPatternRequest {
-        namespace: namespace.into(),
-        pattern: digest.into(),
-        canary_percent: canary,
-        shadow,
-    }
 }
 
 async fn version(kv: &mut KvClient) -> anyhow::Result<String> {
@@ -150,8 +92,8 @@ fn code<T>(result: Result<T, tonic::Status>) -> Code {
 async fn namespaces_are_created_used_updated_and_deleted() -> anyhow::Result<()> {
     for backend in BackendUnderTest::all().await? {
         let state = tempfile::tempdir()?;
-        let server = start(&admin_config(&backend.backend_toml(), state.path(), "")).await?;
-        let mut admin = admin_client(&server);
+        let (server, mut admin) =
+            start_admin(&admin_config(&backend.backend_toml(), state.path(), "")).await?;
         let ctx = backend.name;
 
         let info = admin
@@ -337,8 +279,7 @@ async fn uploads_and_deploys_are_checked_and_a_refused_one_changes_nothing() -> 
         state.path(),
         "max_pattern_bytes = 2000000\n\n[namespaces.default]\npattern = \"keyvalue\"\nslots = { kv = \"store\" }\nsettings = { max_value_bytes = 100 }\n\n[namespaces.events]\npattern = \"pubsub\"\nslots = { pubsub = \"store\" }\n",
     );
-    let server = start(&config).await?;
-    let mut admin = admin_client(&server);
+    let (server, mut admin) = start_admin(&config).await?;
 
     let info = upload(&mut admin, &good).await?;
     ensure!(info.world == "keyvalue" && info.size > 0 && info.digest.len() == 64);
@@ -457,20 +398,8 @@ async fn uploads_and_deploys_are_checked_and_a_refused_one_changes_nothing() -> 
 
 #[tokio::test]
 async fn a_hot_swap_under_load_fails_no_request() -> anyhow::Result<()> {
-    let (one, two) = (v1().await?.clone(), v2().await?.clone());
-    let state = tempfile::tempdir()?;
-    let server = start(&admin_config(
-        "[backends.store]\ntype = \"memstore\"\n",
-        state.path(),
-        "",
-    ))
-    .await?;
-    let mut admin = admin_client(&server);
-    let d1 = upload(&mut admin, &one).await?.digest;
-    let d2 = upload(&mut admin, &two).await?.digest;
-    admin
-        .create_namespace(create("live", &d1, &[("kv", "store")]))
-        .await?;
+    let (_state, server, mut admin, d1, d2) =
+        start_with_patterns("live", v1().await?, v2().await?).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -575,20 +504,8 @@ async fn a_hot_swap_under_load_fails_no_request() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn canary_splits_calls_then_promote_and_rollback() -> anyhow::Result<()> {
-    let (one, two) = (v1().await?.clone(), v2().await?.clone());
-    let state = tempfile::tempdir()?;
-    let server = start(&admin_config(
-        "[backends.store]\ntype = \"memstore\"\n",
-        state.path(),
-        "",
-    ))
-    .await?;
-    let mut admin = admin_client(&server);
-    let d1 = upload(&mut admin, &one).await?.digest;
-    let d2 = upload(&mut admin, &two).await?.digest;
-    admin
-        .create_namespace(create("shop", &d1, &[("kv", "store")]))
-        .await?;
+    let (_state, server, mut admin, d1, d2) =
+        start_with_patterns("shop", v1().await?, v2().await?).await?;
     let info = admin
         .deploy_pattern(deploy("shop", &d2, 25, false))
         .await?
@@ -674,20 +591,8 @@ async fn canary_splits_calls_then_promote_and_rollback() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn shadow_mirrors_reads_counts_divergences_and_writes_nothing() -> anyhow::Result<()> {
-    let (one, two) = (v1().await?.clone(), v2().await?.clone());
-    let state = tempfile::tempdir()?;
-    let server = start(&admin_config(
-        "[backends.store]\ntype = \"memstore\"\n",
-        state.path(),
-        "",
-    ))
-    .await?;
-    let mut admin = admin_client(&server);
-    let d1 = upload(&mut admin, &one).await?.digest;
-    let d2 = upload(&mut admin, &two).await?.digest;
-    admin
-        .create_namespace(create("mirror", &d1, &[("kv", "store")]))
-        .await?;
+    let (_state, server, mut admin, _d1, d2) =
+        start_with_patterns("mirror", v1().await?, v2().await?).await?;
     let mut kv = server.kv("mirror");
     put(&mut kv, "same", b"value").await?;
     admin.deploy_pattern(deploy("mirror", &d2, 0, true)).await?;
@@ -783,8 +688,7 @@ async fn admin_changes_survive_a_restart() -> anyhow::Result<()> {
         state.path(),
         "\n[namespaces.default]\npattern = \"keyvalue\"\nslots = { kv = \"store\" }\n\n[namespaces.gone]\npattern = \"keyvalue\"\nslots = { kv = \"store\" }\n\n[namespaces.canaried]\npattern = \"keyvalue\"\nslots = { kv = \"store\" }\n",
     );
-    let server = start(&config).await?;
-    let mut admin = admin_client(&server);
+    let (server, mut admin) = start_admin(&config).await?;
     let digest = upload(&mut admin, &two).await?.digest;
     admin
         .create_namespace(pb::CreateNamespaceRequest {
@@ -806,8 +710,7 @@ async fn admin_changes_survive_a_restart() -> anyhow::Result<()> {
         .await?;
     server.stop().await?;
 
-    let server = start(&config).await?;
-    let mut admin = admin_client(&server);
+    let (server, mut admin) = start_admin(&config).await?;
     let list = admin
         .list_namespaces(pb::ListNamespacesRequest {})
         .await?
@@ -888,8 +791,7 @@ async fn a_damaged_upload_is_refused_and_a_path_component_is_no_upload() -> anyh
             one.display().to_string()
         ),
     );
-    let server = start(&config).await?;
-    let mut admin = admin_client(&server);
+    let (server, mut admin) = start_admin(&config).await?;
     ensure!(version(&mut server.kv("bypath")).await? == "0.1.0");
     let path_digest = prism::patterns::digest_of(&std::fs::read(&one)?);
     let refused = admin
@@ -913,8 +815,7 @@ async fn a_damaged_upload_is_refused_and_a_path_component_is_no_upload() -> anyh
     ensure!(stored.is_file(), "no {}", stored.display());
     std::fs::copy(&one, &stored)?;
 
-    let server = start(&config).await?;
-    let mut admin = admin_client(&server);
+    let (server, mut admin) = start_admin(&config).await?;
     let Err(refused) = admin
         .deploy_pattern(deploy("default", &digest, 0, false))
         .await
@@ -1110,8 +1011,7 @@ async fn a_saved_canary_that_no_longer_starts_does_not_keep_the_server_down() ->
         state.path(),
         "\n[namespaces.default]\npattern = \"keyvalue\"\nslots = { kv = \"store\" }\n",
     );
-    let server = start(&config).await?;
-    let mut admin = admin_client(&server);
+    let (server, mut admin) = start_admin(&config).await?;
     let digest = upload(&mut admin, &two).await?.digest;
     admin
         .deploy_pattern(deploy("default", &digest, 50, false))
@@ -1133,8 +1033,7 @@ async fn a_saved_canary_that_no_longer_starts_does_not_keep_the_server_down() ->
         "the uploaded component was not in the state dir"
     );
 
-    let server = start(&config).await?;
-    let mut admin = admin_client(&server);
+    let (server, mut admin) = start_admin(&config).await?;
     let info = admin
         .get_namespace(pb::GetNamespaceRequest {
             name: "default".into(),

@@ -11,8 +11,8 @@ use prism::admission::Admission;
 use prism::backend::Backends;
 use prism::config::{Config, DEFAULT_NAMESPACE, Quotas};
 use prism::namespace::Namespace;
+use prism::namespace::Platform;
 use prism::patterns::PatternStore;
-use prism::platform::Platform;
 use prism::runtime::Runtime;
 
 use crate::load;

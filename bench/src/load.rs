@@ -15,6 +15,8 @@ use prism::pb::key_value_client::KeyValueClient;
 use prism::pb::registry_client::RegistryClient;
 use tonic::transport::Channel;
 
+use crate::pg_direct::Direct;
+
 pub const BENCH_KEY: &str = "bench:key";
 
 #[derive(Clone, Copy)]
@@ -151,7 +153,7 @@ pub enum Target {
     Redis(redis::aio::MultiplexedConnection, String),
     /// tokio-postgres on as many connections as Prism's pool, running PgKv's
     /// statements on the row Prism stores for `BENCH_KEY`.
-    Postgres(Arc<crate::postgres::Direct>),
+    Postgres(Arc<Direct>),
     /// Like `Grpc`, with this `authorization` value (built once) on every call.
     GrpcAuth(
         Channel,

@@ -35,6 +35,7 @@ mod guard;
 mod inprocess;
 mod kv;
 mod load;
+mod pg_direct;
 mod postgres;
 mod procs;
 mod pubsub;

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use prism_acceptance::backends::BackendUnderTest;
+use prism_acceptance::matrix::{Matrix, Named, within};
 use prism_acceptance::pubsub::BrokerUnderTest;
 use prism_acceptance::registry::RegistryUnderTest;
 use prism_acceptance::servers::{NatsServer, PostgresServer, RedisServer};
@@ -50,48 +51,29 @@ fn main() -> ExitCode {
 async fn run(filter: &[String]) -> anyhow::Result<bool> {
     let selected =
         |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
-    let mut passed = 0;
-    let mut failed = 0;
+    let mut matrix = Matrix::default();
 
     let backends = BackendUnderTest::all().await?;
-    let names: Vec<&str> = backends.iter().map(|b| b.name).collect();
     let cases: Vec<&kv_cases::Case> = kv_cases::CASES
         .iter()
         .filter(|c| selected(c.name))
         .collect();
-    let mut results: Vec<Vec<Result<(), String>>> = Vec::new();
-    for case in &cases {
-        let mut row = Vec::new();
-        for backend in &backends {
-            let outcome = run_case(case, backend).await;
-            report(backend.name, case.name, &outcome);
-            row.push(outcome);
-        }
-        results.push(row);
-    }
-    let case_names: Vec<&str> = cases.iter().map(|c| c.name).collect();
-    print_table("KeyValue", &case_names, &names, &results);
-    tally(&results, &mut passed, &mut failed);
+    matrix
+        .part("KeyValue", &cases, &backends, async |case, backend, _| {
+            run_case(case, backend).await
+        })
+        .await;
 
     let brokers = BrokerUnderTest::all().await?;
-    let names: Vec<&str> = brokers.iter().map(|b| b.name).collect();
     let cases: Vec<&ps_cases::Case> = ps_cases::CASES
         .iter()
         .filter(|c| selected(c.name))
         .collect();
-    let mut results: Vec<Vec<Result<(), String>>> = Vec::new();
-    for case in &cases {
-        let mut row = Vec::new();
-        for broker in &brokers {
-            let outcome = run_ps_case(case, broker).await;
-            report(broker.name, case.name, &outcome);
-            row.push(outcome);
-        }
-        results.push(row);
-    }
-    let case_names: Vec<&str> = cases.iter().map(|c| c.name).collect();
-    print_table("PubSub", &case_names, &names, &results);
-    tally(&results, &mut passed, &mut failed);
+    matrix
+        .part("PubSub", &cases, &brokers, async |case, broker, _| {
+            run_ps_case(case, broker).await
+        })
+        .await;
 
     let (redis, nats, postgres) = (
         RedisServer::start().await?,
@@ -99,45 +81,38 @@ async fn run(filter: &[String]) -> anyhow::Result<bool> {
         PostgresServer::start().await?,
     );
     let pairs = RegistryUnderTest::all(&redis, &nats, &postgres);
-    let names: Vec<&str> = pairs.iter().map(|p| p.name).collect();
     let cases: Vec<&reg_cases::Case> = reg_cases::CASES
         .iter()
         .filter(|c| selected(c.name))
         .collect();
-    let mut results: Vec<Vec<Result<(), String>>> = Vec::new();
-    for case in &cases {
-        let mut row = Vec::new();
-        for (i, pair) in pairs.iter().enumerate() {
-            let outcome = run_reg_case(case, pair, i).await;
-            report(pair.name, case.name, &outcome);
-            row.push(outcome);
-        }
-        results.push(row);
-    }
-    let case_names: Vec<&str> = cases.iter().map(|c| c.name).collect();
-    print_table(
-        "Registry (registry+messaging)",
-        &case_names,
-        &names,
-        &results,
-    );
-    tally(&results, &mut passed, &mut failed);
+    matrix
+        .part(
+            "Registry (registry+messaging)",
+            &cases,
+            &pairs,
+            async |case, pair, i| run_reg_case(case, pair, i).await,
+        )
+        .await;
 
-    println!("\n{passed} passed, {failed} failed");
-    Ok(failed == 0 && passed > 0)
+    Ok(matrix.finish())
 }
 
-fn report(backend: &str, case: &str, outcome: &Result<(), String>) {
-    match outcome {
-        Ok(()) => println!("test {backend}::{case} ... ok"),
-        Err(e) => println!("test {backend}::{case} ... FAILED\n    {e}"),
+impl Named for kv_cases::Case {
+    fn name(&self) -> &str {
+        self.name
     }
 }
 
-fn tally(results: &[Vec<Result<(), String>>], passed: &mut usize, failed: &mut usize) {
-    let bad = results.iter().flatten().filter(|r| r.is_err()).count();
-    *failed += bad;
-    *passed += results.iter().flatten().count() - bad;
+impl Named for ps_cases::Case {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+impl Named for reg_cases::Case {
+    fn name(&self) -> &str {
+        self.name
+    }
 }
 
 async fn run_ps_case(case: &ps_cases::Case, broker: &BrokerUnderTest) -> Result<(), String> {
@@ -151,10 +126,7 @@ async fn run_ps_case(case: &ps_cases::Case, broker: &BrokerUnderTest) -> Result<
         unknown: server.pubsub("nowhere"),
         backend: broker.name,
     };
-    let outcome = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(&ctx)).await {
-        Ok(result) => result.map_err(|e| format!("{e:#}")),
-        Err(_) => Err(format!("timed out after {} s", CASE_TIMEOUT.as_secs())),
-    };
+    let outcome = within(CASE_TIMEOUT, (case.run)(&ctx)).await;
     drop(ctx);
     server
         .stop()
@@ -179,10 +151,7 @@ async fn run_reg_case(
         b: server.registry(&beta),
         at_least_once: pair.at_least_once(),
     };
-    let outcome = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(&ctx)).await {
-        Ok(result) => result.map_err(|e| format!("{e:#}")),
-        Err(_) => Err(format!("timed out after {} s", CASE_TIMEOUT.as_secs())),
-    };
+    let outcome = within(CASE_TIMEOUT, (case.run)(&ctx)).await;
     drop(ctx);
     server
         .stop()
@@ -201,39 +170,10 @@ async fn run_case(case: &kv_cases::Case, backend: &BackendUnderTest) -> Result<(
         b: server.kv("beta"),
         backend: backend.name,
     };
-    let outcome = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(&ctx)).await {
-        Ok(result) => result.map_err(|e| format!("{e:#}")),
-        Err(_) => Err(format!("timed out after {} s", CASE_TIMEOUT.as_secs())),
-    };
+    let outcome = within(CASE_TIMEOUT, (case.run)(&ctx)).await;
     server
         .stop()
         .await
         .map_err(|e| format!("prism did not stop cleanly: {e:#}"))?;
     outcome
-}
-
-fn print_table(part: &str, cases: &[&str], backends: &[&str], results: &[Vec<Result<(), String>>]) {
-    let width = cases.iter().map(|c| c.len()).max().unwrap_or(4).max(5);
-    let col = backends.iter().map(|b| b.len()).max().unwrap_or(9).max(9);
-    print!("\n{part} compliance\n{:<width$}", "case");
-    for b in backends {
-        print!("  {b:^col$}");
-    }
-    println!();
-    for (case, row) in cases.iter().zip(results) {
-        print!("{case:<width$}");
-        for r in row {
-            print!("  {:^col$}", if r.is_ok() { "pass" } else { "FAIL" });
-        }
-        println!();
-    }
-    print!("{:<width$}", "total");
-    for (i, _) in backends.iter().enumerate() {
-        let ok = results
-            .iter()
-            .filter(|row| row.get(i).is_some_and(|r| r.is_ok()))
-            .count();
-        print!("  {:^col$}", format!("{ok}/{}", results.len()));
-    }
-    println!();
 }

@@ -2,8 +2,9 @@
 //! interface: a TOML `[backends.store]` table, a reset between cases, and a
 //! Prism whose namespaces all share that one backend.
 
-use crate::servers::{PostgresServer, RedisServer};
-use crate::{TestServer, start};
+use crate::postgres_server::PostgresServer;
+use crate::prism_server::{TestServer, start};
+use crate::redis_server::RedisServer;
 
 pub struct BackendUnderTest {
     pub name: &'static str,

@@ -5,10 +5,12 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use prism::pb;
 use tonic::Streaming;
 
-use crate::servers::{NatsServer, RedisServer};
-use crate::{PsClient, TestServer, pb, start};
+use crate::nats_server::NatsServer;
+use crate::prism_server::{PsClient, TestServer, start};
+use crate::redis_server::RedisServer;
 
 /// One broker the PubSub acceptance part runs against.
 pub struct BrokerUnderTest {

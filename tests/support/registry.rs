@@ -6,10 +6,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use prism::pb;
 use tonic::Streaming;
 
-use crate::servers::{NatsServer, PostgresServer, RedisServer};
-use crate::{RegClient, TestServer, pb, start};
+use crate::nats_server::NatsServer;
+use crate::postgres_server::PostgresServer;
+use crate::prism_server::{RegClient, TestServer, start};
+use crate::redis_server::RedisServer;
 
 /// Where identities live.
 pub enum Store<'a> {

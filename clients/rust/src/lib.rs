@@ -69,6 +69,7 @@ mod call;
 mod client;
 mod error;
 mod keyvalue;
+mod message;
 mod publisher;
 mod pubsub;
 mod registry;
@@ -88,10 +89,9 @@ pub use call::{AUTHORIZATION_METADATA, NAMESPACE_METADATA};
 pub use client::{Builder, Client};
 pub use error::{Error, Result};
 pub use keyvalue::{KeyValue, ScanPage};
+pub use message::{OutgoingMessage, Published};
 pub use publisher::{PUBLISH_WINDOW, PublishAck, Publisher};
-pub use pubsub::{
-    Acker, OutgoingMessage, PubSub, Published, SlowConsumer, SubscribeOptions, Subscription,
-};
+pub use pubsub::{Acker, PubSub, SlowConsumer, SubscribeOptions, Subscription};
 pub use registry::{EnumeratePage, Identity, Inbox, MulticastResult, Registration, Registry};
 pub use stream::{Message, MessageBatch};
 

@@ -15,8 +15,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tonic::{Code, Status, Streaming};
 
 use crate::error::{Error, Result};
+use crate::message::{OutgoingMessage, Published, batch_messages};
 use crate::pb;
-use crate::pubsub::{OutgoingMessage, Published, batch_messages};
 
 /// Requests a publisher sends ahead of their answers (the server reads up
 /// to 64 ahead).

@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 use crate::call::Calls;
 use crate::error::{Error, Result};
+use crate::message::{OutgoingMessage, Published, batch_messages};
 use crate::pb;
 use crate::pb::pub_sub_client::PubSubClient;
 use crate::publisher::Publisher;
@@ -31,100 +32,6 @@ const UNSUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PubSub {
     client: PubSubClient<Channel>,
     calls: Calls,
-}
-
-/// What the broker said about one published message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Published {
-    /// Unique per message; delivered with it.
-    pub id: String,
-    /// When the broker accepted it, in milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-}
-
-impl From<pb::PublishResponse> for Published {
-    fn from(r: pb::PublishResponse) -> Published {
-        Published {
-            id: r.id,
-            timestamp_ms: r.timestamp_ms,
-        }
-    }
-}
-
-/// One message of a [`PubSub::publish_many`] batch: a payload, and
-/// metadata (string pairs) that travel with it.
-///
-/// ```
-/// use prism_client::OutgoingMessage;
-///
-/// let plain: OutgoingMessage = "hello".into();
-/// let tagged = OutgoingMessage::new("hello").with_metadata("kind", "greeting");
-/// assert_eq!(tagged.metadata.get("kind").map(String::as_str), Some("greeting"));
-/// # let _ = plain;
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OutgoingMessage {
-    pub payload: Bytes,
-    pub metadata: HashMap<String, String>,
-}
-
-impl OutgoingMessage {
-    pub fn new(payload: impl Into<Bytes>) -> OutgoingMessage {
-        OutgoingMessage {
-            payload: payload.into(),
-            metadata: HashMap::new(),
-        }
-    }
-
-    /// Adds one metadata pair.
-    pub fn with_metadata(
-        mut self,
-        key: impl Into<String>,
-        value: impl Into<String>,
-    ) -> OutgoingMessage {
-        self.metadata.insert(key.into(), value.into());
-        self
-    }
-}
-
-/// Messages as the wire carries them in a batch.
-pub(crate) fn batch_messages<I>(messages: I) -> Vec<pb::BatchMessage>
-where
-    I: IntoIterator,
-    I::Item: Into<OutgoingMessage>,
-{
-    messages
-        .into_iter()
-        .map(|m| {
-            let m = m.into();
-            pb::BatchMessage {
-                payload: m.payload,
-                metadata: m.metadata,
-            }
-        })
-        .collect()
-}
-
-macro_rules! outgoing_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for OutgoingMessage {
-            fn from(payload: $t) -> OutgoingMessage {
-                OutgoingMessage::new(payload)
-            }
-        }
-    )*};
-}
-
-outgoing_from!(Bytes, Vec<u8>, String, &'static str, &'static [u8]);
-
-impl<P: Into<Bytes>> From<(P, HashMap<String, String>)> for OutgoingMessage {
-    fn from((payload, metadata): (P, HashMap<String, String>)) -> OutgoingMessage {
-        OutgoingMessage {
-            payload: payload.into(),
-            metadata,
-        }
-    }
 }
 
 /// What a subscriber's server-side buffer does when it is full.
@@ -653,13 +560,5 @@ mod tests {
             SubscribeOptions::new().group("").into_request("t"),
             Err(Error::InvalidArgument { .. })
         ));
-    }
-
-    #[test]
-    fn outgoing_messages_from_payloads_and_pairs() {
-        let a: OutgoingMessage = b"raw".as_slice().into();
-        assert_eq!(a.payload, Bytes::from_static(b"raw"));
-        let b: OutgoingMessage = ("p", HashMap::from([("k".to_string(), "v".to_string())])).into();
-        assert_eq!(b.metadata.len(), 1);
     }
 }

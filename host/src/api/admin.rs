@@ -12,9 +12,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::admin::{AdminError, Control, NamespaceView, PatternEntry};
 use crate::auth::{Access, Principal};
 use crate::config::{LimitsConfig, NamespaceConfig, NamespaceLimits};
-use crate::namespace::{VersionInfo, shorten};
+use crate::namespace::VersionInfo;
 use crate::pb;
 use crate::pb::admin_server::Admin;
+use crate::text::shorten;
 
 /// What an Admin call acts on, for authorization.
 enum Target<'a> {
@@ -163,9 +164,9 @@ async fn namespace_info(control: &Control, view: NamespaceView) -> pb::Namespace
             healthy,
         });
     }
-    let mut stats = vec![deployment.primary.kind.stats()];
+    let mut stats = vec![deployment.primary.pattern.stats()];
     if let Some(r) = &deployment.rollout {
-        stats.push(r.candidate.kind.stats());
+        stats.push(r.candidate.pattern.stats());
     }
     let rollout = deployment.rollout.as_ref().map(|r| {
         let s = r.stats();

@@ -7,35 +7,17 @@
 //! never builds a `pb::Message` per message and subscriber (an id and a
 //! topic `String`, a metadata `HashMap`), only to encode and drop it.
 //!
-//! The server's generated stream types name this type instead of the
+//! The frame itself is the delivery engine's ([`DeliveryFrame`]); this file
+//! is its encoding. The server's generated stream types name that type instead of the
 //! response messages (`build.rs`: the servers are generated with those two
 //! messages mapped here); `pb` keeps the decodable types for clients and
 //! tests.
 
-use std::sync::Arc;
-
 use bytes::{Buf, BufMut};
 use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint};
 
-use super::subscription::Outgoing;
 use crate::backend::pubsub::BrokerMessage;
-
-/// One frame of a delivery stream.
-#[derive(Debug, Default)]
-pub enum DeliveryFrame {
-    /// Nothing: what decoding one would give (the server never decodes).
-    #[default]
-    Empty,
-    /// The first frame: `Subscribed { subscription_id, topic }` or
-    /// `Listening { subscription_id, identity }`.
-    Opened { id: String, name: String },
-    /// A `MessageBatch`: each message with the topic the client named.
-    Messages {
-        topic: Arc<str>,
-        messages: Vec<Outgoing>,
-        dropped: u64,
-    },
-}
+use crate::delivery::{DeliveryFrame, Outgoing};
 
 // Field numbers, from `proto/prism/v1/pubsub.proto` and `registry.proto`.
 const EVENT_OPENED: u32 = 1;
@@ -208,6 +190,7 @@ fn uint_len(tag: u32, value: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     use bytes::Bytes;
     use prost::Message as _;

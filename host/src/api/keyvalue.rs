@@ -6,11 +6,11 @@ use tonic::{Request, Response, Status};
 
 use super::response::bounded;
 use crate::admission::CallGuard;
+use crate::capability::bindings::{Entry, ScanRequest};
 use crate::namespace::{Namespaces, Route};
 use crate::pb;
 use crate::pb::key_value_server::KeyValue;
 use crate::runtime::KeyValueRuntime;
-use crate::runtime::bindings::{Entry, ScanRequest};
 
 pub struct KeyValueService {
     namespaces: Arc<Namespaces>,

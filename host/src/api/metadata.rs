@@ -111,7 +111,7 @@ fn from_json(value: serde_json::Value) -> pb::Value {
 
 /// Keys in error paths: at most 64 characters.
 fn short(key: &str) -> String {
-    crate::namespace::shorten(key)
+    crate::text::shorten(key)
 }
 
 #[cfg(test)]

@@ -6,9 +6,20 @@ pub mod frame;
 pub mod keyvalue;
 pub mod metadata;
 pub mod oversize;
+mod publish;
 pub mod publish_stream;
 pub mod pubsub;
 pub mod registry;
 pub mod response;
 pub mod status;
-pub mod subscription;
+
+use std::sync::Arc;
+
+/// Until when the caller's token is accepted, if the call was authenticated
+/// (a delivery stream ends then).
+pub fn token_expiry<T>(request: &tonic::Request<T>) -> Option<u64> {
+    request
+        .extensions()
+        .get::<Arc<crate::auth::Principal>>()
+        .map(|p| p.valid_until_ms)
+}

@@ -15,9 +15,9 @@ use tonic::metadata::MetadataMap;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
-use super::pubsub::publish_all;
-use super::subscription::token_expired;
+use super::publish::publish_all;
 use crate::clock::now_ms;
+use crate::delivery::token_expired;
 use crate::namespace::Namespaces;
 use crate::pb;
 

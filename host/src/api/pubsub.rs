@@ -8,24 +8,28 @@ use std::sync::Arc;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use super::publish::{publish_all, published, sorted};
 use super::publish_stream;
-use super::subscription::{FrameStream, Held, Hook, Registry, open_stream, token_expiry};
+use super::token_expiry;
 use crate::admission::CallGuard;
 use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
+use crate::capability::bindings::pubsub_world::{
+    Delivery, Outgoing, SlowConsumer, SubscribeRequest, Verdict,
+};
+use crate::delivery::{DeliveryHook, FrameStream, Held, Subscriptions, open_stream};
 use crate::namespace::{Namespace, Namespaces};
 use crate::pb;
 use crate::pb::pub_sub_server::PubSub;
 use crate::runtime::PubSubRuntime;
-use crate::runtime::bindings::pubsub_world::{Outgoing, Published, SlowConsumer, SubscribeRequest};
 
 pub struct PubSubService {
     namespaces: Arc<Namespaces>,
-    subscriptions: Arc<Registry>,
+    subscriptions: Arc<Subscriptions>,
 }
 
 impl PubSubService {
     /// `subscriptions` is shared with the server, which ends them on shutdown.
-    pub fn new(namespaces: Arc<Namespaces>, subscriptions: Arc<Registry>) -> PubSubService {
+    pub fn new(namespaces: Arc<Namespaces>, subscriptions: Arc<Subscriptions>) -> PubSubService {
         PubSubService {
             namespaces,
             subscriptions,
@@ -44,44 +48,6 @@ impl PubSubService {
 }
 
 /// gRPC maps carry no order; sorted metadata keeps what patterns see stable.
-fn sorted(map: std::collections::HashMap<String, String>) -> Vec<(String, String)> {
-    let mut entries: Vec<_> = map.into_iter().collect();
-    entries.sort();
-    entries
-}
-
-fn published(p: Published) -> pb::PublishResponse {
-    pb::PublishResponse {
-        id: p.id,
-        timestamp_ms: p.timestamp_ms,
-    }
-}
-
-/// Publishes one request's messages to `topic` through the pattern, all
-/// or none; one answer per message, in order.
-pub(super) async fn publish_all(
-    runtime: &PubSubRuntime,
-    topic: String,
-    messages: Vec<pb::BatchMessage>,
-) -> Result<Vec<pb::PublishResponse>, Status> {
-    let count = messages.len();
-    let messages = messages
-        .into_iter()
-        .map(|m| Outgoing {
-            payload: m.payload,
-            metadata: sorted(m.metadata),
-        })
-        .collect();
-    let ids = runtime.publish(topic, messages).await?;
-    if ids.len() != count {
-        return Err(Status::internal(format!(
-            "the pattern reported {} ids for {count} messages",
-            ids.len()
-        )));
-    }
-    Ok(ids.into_iter().map(published).collect())
-}
-
 type PublishStreamStream =
     Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send>>;
 
@@ -178,9 +144,11 @@ impl PubSub for PubSubService {
             policy,
         };
         let slot = runtime.pool().slots().pubsub.clone();
-        let hook = plan.inspect.then(|| Hook {
-            namespace: ns.clone(),
-            request: wit_request,
+        let hook = plan.inspect.then(|| {
+            Box::new(PatternHook {
+                namespace: ns.clone(),
+                request: wit_request,
+            }) as Box<dyn DeliveryHook>
         });
         let stream = open_stream(
             &self.subscriptions,
@@ -242,4 +210,26 @@ fn not_live(id: &str, namespace: &str) -> Status {
     Status::not_found(format!(
         "subscription '{id}' is not live in namespace '{namespace}' (it ended, or was never created here)"
     ))
+}
+
+/// The delivery hook of a subscription planned with `inspect`. Each
+/// delivery runs on the version serving the namespace then (its primary,
+/// or a canary's share), so a deploy reaches open streams too and an old
+/// version is not kept alive by them.
+struct PatternHook {
+    namespace: Arc<Namespace>,
+    /// The subscription as the client asked for it.
+    request: SubscribeRequest,
+}
+
+#[async_trait::async_trait]
+impl DeliveryHook for PatternHook {
+    async fn deliver(&self, delivery: Delivery) -> Result<Verdict, Status> {
+        let runtime = self
+            .namespace
+            .route()
+            .version
+            .pubsub(&self.namespace.name)?;
+        Ok(runtime.deliver(&self.request, delivery).await?)
+    }
 }

@@ -9,18 +9,18 @@ use tonic::{Request, Response, Status};
 
 use super::metadata::{filter_to_json, json_to_map, map_to_json};
 use super::response::bounded;
-use super::subscription::{
-    FrameStream, Held, Registry as Subscriptions, open_stream, token_expiry,
-};
+use super::token_expiry;
 use crate::admission::CallGuard;
 use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
-use crate::namespace::{Namespaces, Route, shorten};
+use crate::capability::bindings::registry_world::{
+    EnumerateRequest, IdentityRecord, MulticastRequest, RegisterOutcome, RegisterRequest,
+};
+use crate::delivery::{FrameStream, Held, Subscriptions, open_stream};
+use crate::namespace::{Namespaces, Route};
 use crate::pb;
 use crate::pb::registry_server::Registry;
 use crate::runtime::RegistryRuntime;
-use crate::runtime::bindings::registry_world::{
-    EnumerateRequest, IdentityRecord, MulticastRequest, RegisterOutcome, RegisterRequest,
-};
+use crate::text::shorten;
 
 pub struct RegistryService {
     namespaces: Arc<Namespaces>,

@@ -4,10 +4,10 @@ use tonic::Status;
 
 use crate::admin::AdminError;
 use crate::admission::QuotaError;
+use crate::capability::bindings::{CapabilityError, PatternError};
 use crate::namespace::NamespaceError;
 use crate::runtime::CallError;
 use crate::runtime::RuntimeError;
-use crate::runtime::bindings::{CapabilityError, PatternError};
 
 impl From<PatternError> for Status {
     fn from(err: PatternError) -> Status {

@@ -101,13 +101,13 @@ impl IssuerKeys {
         match &state.last_error {
             Some(e) => format!(
                 "no signing key '{}' is known for issuer {}, and its keys cannot be fetched now ({e})",
-                crate::namespace::shorten(kid),
+                crate::text::shorten(kid),
                 self.config.issuer
             ),
             None => format!(
                 "the issuer {} has no signing key '{}' (checked its keys just now)",
                 self.config.issuer,
-                crate::namespace::shorten(kid)
+                crate::text::shorten(kid)
             ),
         }
     }

@@ -205,7 +205,7 @@ impl Authenticator {
             .ok_or_else(|| {
                 unauthenticated(format!(
                     "the token's issuer '{}' is not trusted here",
-                    crate::namespace::shorten(&iss)
+                    crate::text::shorten(&iss)
                 ))
             })?;
         let key = issuer.key(&kid).await.map_err(unauthenticated)?;
@@ -259,9 +259,9 @@ impl Authenticator {
         Err(AuthError::PermissionDenied(format!(
             "'{}' may not {access} namespace '{}' (its grants: {}); ask its issuer for '{}{}'",
             principal.subject,
-            crate::namespace::shorten(namespace),
+            crate::text::shorten(namespace),
             principal.grants.describe(),
-            crate::namespace::shorten(namespace),
+            crate::text::shorten(namespace),
             match access {
                 Access::Read => ":read",
                 Access::Write => "",
@@ -284,7 +284,7 @@ impl Authenticator {
                 AuthError::Unauthenticated(_) => "unauthenticated",
                 AuthError::PermissionDenied(_) => "permission denied",
             };
-            tracing::warn!(namespace = %crate::namespace::shorten(namespace), refused = n, kind, reason = %error, "call refused by auth");
+            tracing::warn!(namespace = %crate::text::shorten(namespace), refused = n, kind, reason = %error, "call refused by auth");
         }
     }
 

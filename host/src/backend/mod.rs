@@ -1,35 +1,26 @@
 //! Backends: one trait per capability over plain types, so capability code
-//! never depends on a backend crate. Built from config in [`build`].
+//! never depends on a backend crate. The traits are [`kv`], [`pubsub`] and
+//! [`registry`]; each ecosystem's implementations have a folder ([`mem`],
+//! [`redis`], [`nats`], [`postgres`]); [`Backends::build`] makes them from
+//! config (the one place that names them all).
 
-pub mod mem_registry;
-pub mod membroker;
-pub mod memstore;
+pub mod envelope;
+pub mod kv;
+pub mod mem;
 pub mod nats;
-mod nats_fanout;
-pub mod nats_wire;
 pub mod postgres;
-pub mod postgres_kv;
-pub mod postgres_registry;
 pub mod pubsub;
 pub mod redis;
-pub mod redis_pubsub;
-mod redis_quota;
-pub mod redis_registry;
-pub mod redis_streams;
 pub mod registry;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
-
-use async_trait::async_trait;
-use bytes::Bytes;
 
 use crate::config::BackendConfig;
 use crate::telemetry::backends::BackendStats;
 
-pub use membroker::MemBroker;
-pub use memstore::MemStore;
+pub use kv::{KvBackend, KvEntry, QuotaKind, ScanPage, StorageQuota, Usage};
+pub use mem::{MemBroker, MemStore};
 pub use pubsub::PubSubBackend;
 pub use redis::RedisKv;
 pub use registry::RegistryBackend;
@@ -61,110 +52,6 @@ impl BackendError {
             "scan cursor is malformed; pass back the cursor a scan returned".into(),
         )
     }
-}
-
-/// What one namespace may store on a backend; the backend enforces it
-/// atomically with each write (over it: nothing of the write happens).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StorageQuota {
-    /// The namespace the quota belongs to (for errors).
-    pub namespace: Arc<str>,
-    /// Its key prefix (`"orders/"`): every key the quota covers starts with it.
-    pub scope: Arc<str>,
-    pub max_bytes: Option<u64>,
-    pub max_keys: Option<u64>,
-}
-
-/// Which storage quota a write would exceed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaKind {
-    Bytes,
-    Keys,
-}
-
-impl StorageQuota {
-    /// The error for a write that would exceed `kind`.
-    pub fn exceeded(&self, kind: QuotaKind) -> BackendError {
-        let (field, limit, unit) = match kind {
-            QuotaKind::Bytes => ("max_stored_bytes", self.max_bytes, "bytes"),
-            QuotaKind::Keys => ("max_stored_keys", self.max_keys, "keys"),
-        };
-        BackendError::QuotaExceeded(format!(
-            "namespace '{ns}' is at its {field} quota ({limit} {unit}); nothing was written: delete keys or raise namespaces.{ns}.limits.{field}",
-            ns = self.namespace,
-            limit = limit.unwrap_or_default(),
-        ))
-    }
-}
-
-/// What one namespace stores on a backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Key plus value bytes (keys as the backend stores them, scope included).
-    pub bytes: u64,
-    pub keys: u64,
-}
-
-/// One page of a prefix scan. Keys are the backend's (already scoped) keys.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ScanPage {
-    pub keys: Vec<String>,
-    /// Opaque; present when more keys may follow.
-    pub cursor: Option<String>,
-}
-
-/// One write of a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KvEntry {
-    pub key: String,
-    pub value: Bytes,
-    pub ttl: Option<Duration>,
-}
-
-/// A key-value store. Keys arrive scoped by the capability layer; the backend
-/// treats them as opaque strings.
-#[async_trait]
-pub trait KvBackend: Send + Sync {
-    /// One line for logs and errors, e.g. "MemStore (12 keys)"; never secrets.
-    fn summary(&self) -> String;
-    /// Whether the backend answers; drives per-namespace health.
-    async fn ping(&self) -> Result<(), BackendError> {
-        Ok(())
-    }
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError>;
-    /// Overwrites value and TTL.
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>)
-    -> Result<(), BackendError>;
-    /// Whether the key existed.
-    async fn delete(&self, key: &str) -> Result<bool, BackendError>;
-    async fn exists(&self, key: &str) -> Result<bool, BackendError>;
-    /// Live keys starting with `prefix` (literal), at most `limit`, after `cursor`.
-    async fn scan(
-        &self,
-        prefix: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<ScanPage, BackendError>;
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, BackendError>;
-    /// All entries or none (as far as the backend can promise).
-    async fn set_many(&self, entries: Vec<KvEntry>) -> Result<(), BackendError>;
-    /// How many of the keys existed.
-    async fn delete_many(&self, keys: &[String]) -> Result<u64, BackendError>;
-    /// `set_many` under a namespace quota; every key starts with `quota.scope`.
-    async fn set_many_within(
-        &self,
-        quota: &StorageQuota,
-        entries: Vec<KvEntry>,
-    ) -> Result<(), BackendError>;
-    /// `delete_many` in a namespace with a quota (keeps its usage exact).
-    async fn delete_many_within(
-        &self,
-        quota: &StorageQuota,
-        keys: &[String],
-    ) -> Result<u64, BackendError>;
-    /// What the namespace with key prefix `scope` stores (as far as the
-    /// backend tracks it: Redis tracks namespaces that have a quota).
-    async fn usage(&self, scope: &str) -> Result<Usage, BackendError>;
 }
 
 /// A backend could not be built; `field` is the config field to fix.
@@ -219,7 +106,7 @@ impl Backends {
                 BackendConfig::Memstore(c) => Backend {
                     kv: Some(MemStore::new(name, c)),
                     pubsub: Some(MemBroker::new(name, MEMBROKER_BUFFER)),
-                    registry: Some(mem_registry::MemRegistry::new(name)),
+                    registry: Some(mem::MemRegistry::new(name)),
                 },
                 BackendConfig::Redis(c) => {
                     let conn = match connections.get(&c.url) {
@@ -232,13 +119,13 @@ impl Backends {
                     };
                     let kv = RedisKv::with_connection(name, c, conn).map_err(url_error)?;
                     let pubsub: Arc<dyn PubSubBackend> = if c.stream {
-                        redis_streams::RedisStreams::new(c, kv.clone()).map_err(url_error)?
+                        redis::RedisStreams::new(c, kv.clone()).map_err(url_error)?
                     } else {
-                        redis_pubsub::RedisBroker::new(name, c, kv.clone(), MEMBROKER_BUFFER)
+                        redis::RedisBroker::new(name, c, kv.clone(), MEMBROKER_BUFFER)
                             .map_err(url_error)?
                     };
                     Backend {
-                        registry: Some(redis_registry::RedisRegistry::new(kv.clone())),
+                        registry: Some(redis::RedisRegistry::new(kv.clone())),
                         kv: Some(kv),
                         pubsub: Some(pubsub),
                     }
@@ -249,9 +136,9 @@ impl Backends {
                         message: e.to_string(),
                     })?;
                     Backend {
-                        kv: Some(postgres_kv::PgKv::new(db.clone())),
+                        kv: Some(postgres::kv::PgKv::new(db.clone())),
                         pubsub: None,
-                        registry: Some(postgres_registry::PgRegistry::new(db)),
+                        registry: Some(postgres::registry::PgRegistry::new(db)),
                     }
                 }
                 BackendConfig::Nats(c) => Backend {

@@ -6,6 +6,10 @@ use async_trait::async_trait;
 
 use super::BackendError;
 
+/// Bytes of records one listing page carries at most (a page may be short
+/// of its limit and carry a cursor because of it).
+pub const LIST_BYTES: usize = 4 << 20;
+
 /// One identity as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityRecord {

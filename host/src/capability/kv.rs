@@ -4,16 +4,15 @@
 
 use std::sync::Arc;
 
-use crate::runtime::call::{HostClock, SlotClock};
-use crate::telemetry::backends::BackendStats;
+use super::slot::{Slot, SlotCore};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::guest_error;
 use crate::backend::{BackendError, KvBackend, KvEntry, ScanPage, StorageQuota, Usage};
-use crate::runtime::bindings::prism::pattern::{kv, types};
-use crate::runtime::bindings::{CapabilityError, Entry};
+use crate::capability::bindings::prism::pattern::{kv, types};
+use crate::capability::bindings::{CapabilityError, Entry};
 
 /// Hard bounds on what any guest (user patterns included) may hand the
 /// host in one import call; patterns apply their own, smaller limits first.
@@ -33,15 +32,11 @@ pub const MAX_SCAN_PAGE: u32 = 10_000;
 /// One namespace's binding of the `kv` slot.
 #[derive(Clone)]
 pub struct KvSlot {
-    backend: Arc<dyn KvBackend>,
+    core: SlotCore<dyn KvBackend>,
     /// `"<namespace>/"`: namespace names cannot contain '/', so scopes never overlap.
     scope: Arc<str>,
     /// The namespace's storage quota, if it has one (enforced by the backend).
     quota: Option<Arc<StorageQuota>>,
-    /// A shadow version's slot: writes succeed without reaching the backend.
-    read_only: bool,
-    /// The instance's clock of time spent awaiting the backend.
-    clock: SlotClock,
 }
 
 impl KvSlot {
@@ -62,35 +57,9 @@ impl KvSlot {
             })
         });
         KvSlot {
-            backend,
+            core: SlotCore::new(backend),
             scope,
             quota,
-            read_only: false,
-            clock: SlotClock::default(),
-        }
-    }
-
-    /// This binding with writes suppressed (see `Slots::read_only`).
-    /// The same slot, counting its calls' waiting on `clock`.
-    pub fn timed_by(self, clock: Arc<HostClock>) -> KvSlot {
-        KvSlot {
-            clock: self.clock.on(clock),
-            ..self
-        }
-    }
-
-    /// The same slot, timing its calls as commands of the backend it is bound to.
-    pub fn measured_by(self, backend: Arc<BackendStats>) -> KvSlot {
-        KvSlot {
-            clock: self.clock.measuring(backend),
-            ..self
-        }
-    }
-
-    pub fn read_only(self) -> KvSlot {
-        KvSlot {
-            read_only: true,
-            ..self
         }
     }
 
@@ -98,37 +67,37 @@ impl KvSlot {
     /// unavailable instead of trapping, so a pattern can report it cleanly.
     pub fn unbound() -> KvSlot {
         KvSlot {
-            backend: Arc::new(Unbound),
+            core: SlotCore::new(Arc::new(Unbound)),
             scope: "".into(),
             quota: None,
-            read_only: false,
-            clock: SlotClock::default(),
         }
     }
 
     /// What this namespace stores on its backend.
     pub async fn usage(&self) -> Result<Usage, BackendError> {
-        self.backend.usage(&self.scope).await
+        self.core.backend.usage(&self.scope).await
     }
 
     pub fn backend(&self) -> &Arc<dyn KvBackend> {
-        &self.backend
+        &self.core.backend
     }
 
     /// Removes every key of this namespace (Admin's delete with purge);
     /// returns how many. Quota ledgers stay right: removal goes the usual way.
     pub async fn purge(&self) -> Result<u64, BackendError> {
-        if self.read_only {
+        if self.core.read_only {
             return Ok(0);
         }
         let mut purged = 0;
         let mut cursor: Option<String> = None;
         loop {
             let page = self
+                .core
                 .clock
                 .command(
                     "scan",
-                    self.backend
+                    self.core
+                        .backend
                         .scan(&self.scope, cursor.as_deref(), MAX_SCAN_PAGE as usize),
                 )
                 .await?;
@@ -140,16 +109,18 @@ impl KvSlot {
             if !keys.is_empty() {
                 purged += match &self.quota {
                     Some(quota) => {
-                        self.clock
+                        self.core
+                            .clock
                             .command(
                                 "delete_many_within",
-                                self.backend.delete_many_within(quota, &keys),
+                                self.core.backend.delete_many_within(quota, &keys),
                             )
                             .await?
                     }
                     None => {
-                        self.clock
-                            .command("delete_many", self.backend.delete_many(&keys))
+                        self.core
+                            .clock
+                            .command("delete_many", self.core.backend.delete_many(&keys))
                             .await?
                     }
                 };
@@ -185,15 +156,16 @@ impl KvSlot {
     }
 
     async fn write(&self, entries: Vec<KvEntry>) -> Result<(), CapabilityError> {
-        if self.read_only {
+        if self.core.read_only {
             return Ok(());
         }
         let written = match &self.quota {
             Some(quota) => {
-                self.clock
+                self.core
+                    .clock
                     .command(
                         "set_many_within",
-                        self.backend.set_many_within(quota, entries),
+                        self.core.backend.set_many_within(quota, entries),
                     )
                     .await
             }
@@ -201,16 +173,18 @@ impl KvSlot {
                 let mut entries = entries;
                 match entries.pop() {
                     Some(e) => {
-                        self.clock
-                            .command("set", self.backend.set(&e.key, e.value, e.ttl))
+                        self.core
+                            .clock
+                            .command("set", self.core.backend.set(&e.key, e.value, e.ttl))
                             .await
                     }
                     None => Ok(()),
                 }
             }
             None => {
-                self.clock
-                    .command("set_many", self.backend.set_many(entries))
+                self.core
+                    .clock
+                    .command("set_many", self.core.backend.set_many(entries))
                     .await
             }
         };
@@ -218,21 +192,23 @@ impl KvSlot {
     }
 
     async fn remove(&self, keys: &[String]) -> Result<u64, CapabilityError> {
-        if self.read_only {
+        if self.core.read_only {
             return Ok(0);
         }
         let removed = match &self.quota {
             Some(quota) => {
-                self.clock
+                self.core
+                    .clock
                     .command(
                         "delete_many_within",
-                        self.backend.delete_many_within(quota, keys),
+                        self.core.backend.delete_many_within(quota, keys),
                     )
                     .await
             }
             None => {
-                self.clock
-                    .command("delete_many", self.backend.delete_many(keys))
+                self.core
+                    .clock
+                    .command("delete_many", self.core.backend.delete_many(keys))
                     .await
             }
         };
@@ -328,17 +304,17 @@ impl types::Host for KvSlot {}
 
 impl kv::Host for KvSlot {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("kv.get", async {
-            let key = self.scoped(&key)?;
-            let value = self
-                .clock
-                .command("get", self.backend.get(&key))
-                .await
-                .map_err(guest_error)?;
-            Ok(value.map(|v| v.to_vec()))
-        })
-        .await
+        self.core
+            .call("kv.get")
+            .serve(async {
+                let key = self.scoped(&key)?;
+                let value = self
+                    .core
+                    .command("get", self.core.backend.get(&key))
+                    .await?;
+                Ok(value.map(|v| v.to_vec()))
+            })
+            .await
     }
 
     async fn set(
@@ -347,45 +323,46 @@ impl kv::Host for KvSlot {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<(), CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("kv.set", async {
-            check_value(&value)?;
-            let key = self.scoped(&key)?;
-            self.write(vec![KvEntry {
-                key,
-                value: Bytes::from(value),
-                ttl: ttl(ttl_ms),
-            }])
+        self.core
+            .call("kv.set")
+            .serve(async {
+                check_value(&value)?;
+                let key = self.scoped(&key)?;
+                self.write(vec![KvEntry {
+                    key,
+                    value: Bytes::from(value),
+                    ttl: ttl(ttl_ms),
+                }])
+                .await
+            })
             .await
-        })
-        .await
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("kv.delete", async {
-            let key = self.scoped(&key)?;
-            if self.quota.is_some() || self.read_only {
-                return Ok(self.remove(&[key]).await? > 0);
-            }
-            self.clock
-                .command("delete", self.backend.delete(&key))
-                .await
-                .map_err(guest_error)
-        })
-        .await
+        self.core
+            .call("kv.delete")
+            .serve(async {
+                let key = self.scoped(&key)?;
+                if self.quota.is_some() || self.core.read_only {
+                    return Ok(self.remove(&[key]).await? > 0);
+                }
+                self.core
+                    .command("delete", self.core.backend.delete(&key))
+                    .await
+            })
+            .await
     }
 
     async fn exists(&mut self, key: String) -> Result<bool, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("kv.exists", async {
-            let key = self.scoped(&key)?;
-            self.clock
-                .command("exists", self.backend.exists(&key))
-                .await
-                .map_err(guest_error)
-        })
-        .await
+        self.core
+            .call("kv.exists")
+            .serve(async {
+                let key = self.scoped(&key)?;
+                self.core
+                    .command("exists", self.core.backend.exists(&key))
+                    .await
+            })
+            .await
     }
 
     async fn scan(
@@ -394,50 +371,52 @@ impl kv::Host for KvSlot {
         cursor: Option<String>,
         limit: u32,
     ) -> Result<kv::ScanPage, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("kv.scan", async {
-            let prefix = self.scoped(&prefix)?;
-            check_cursor(cursor.as_deref())?;
-            let limit = limit.clamp(1, MAX_SCAN_PAGE) as usize;
-            let page = self
-                .clock
-                .command("scan", self.backend.scan(&prefix, cursor.as_deref(), limit))
-                .await
-                .map_err(guest_error)?;
-            // Every key the backend returns carries the scope; drop any that do not (defence in depth).
-            let keys = page
-                .keys
-                .into_iter()
-                .filter_map(|k| self.unscoped(k))
-                .collect();
-            Ok(kv::ScanPage {
-                keys,
-                cursor: page.cursor,
+        self.core
+            .call("kv.scan")
+            .serve(async {
+                let prefix = self.scoped(&prefix)?;
+                check_cursor(cursor.as_deref())?;
+                let limit = limit.clamp(1, MAX_SCAN_PAGE) as usize;
+                let page = self
+                    .core
+                    .command(
+                        "scan",
+                        self.core.backend.scan(&prefix, cursor.as_deref(), limit),
+                    )
+                    .await?;
+                // Every key the backend returns carries the scope; drop any that do not (defence in depth).
+                let keys = page
+                    .keys
+                    .into_iter()
+                    .filter_map(|k| self.unscoped(k))
+                    .collect();
+                Ok(kv::ScanPage {
+                    keys,
+                    cursor: page.cursor,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn get_many(
         &mut self,
         keys: Vec<String>,
     ) -> Result<Vec<Option<Vec<u8>>>, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("kv.get_many", async {
-            let keys = self.scoped_all(&keys)?;
-            let values = self
-                .clock
-                .command("get_many", self.backend.get_many(&keys))
-                .await
-                .map_err(guest_error)?;
-            Ok(values.into_iter().map(|v| v.map(|b| b.to_vec())).collect())
-        })
-        .await
+        self.core
+            .call("kv.get_many")
+            .serve(async {
+                let keys = self.scoped_all(&keys)?;
+                let values = self
+                    .core
+                    .command("get_many", self.core.backend.get_many(&keys))
+                    .await?;
+                Ok(values.into_iter().map(|v| v.map(|b| b.to_vec())).collect())
+            })
+            .await
     }
 
     async fn set_many(&mut self, entries: Vec<Entry>) -> Result<(), CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("kv.set_many", async {
+        self.core.call("kv.set_many").serve(async {
             check_batch(entries.len())?;
             let bytes: usize = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
             if bytes > MAX_BATCH_BYTES {
@@ -462,13 +441,22 @@ impl kv::Host for KvSlot {
     }
 
     async fn delete_many(&mut self, keys: Vec<String>) -> Result<u32, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("kv.delete_many", async {
-            let keys = self.scoped_all(&keys)?;
-            let deleted = self.remove(&keys).await?;
-            Ok(u32::try_from(deleted).unwrap_or(u32::MAX))
-        })
-        .await
+        self.core
+            .call("kv.delete_many")
+            .serve(async {
+                let keys = self.scoped_all(&keys)?;
+                let deleted = self.remove(&keys).await?;
+                Ok(u32::try_from(deleted).unwrap_or(u32::MAX))
+            })
+            .await
+    }
+}
+
+impl Slot for KvSlot {
+    type Backend = dyn KvBackend;
+
+    fn core_mut(&mut self) -> &mut SlotCore<dyn KvBackend> {
+        &mut self.core
     }
 }
 

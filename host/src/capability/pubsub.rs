@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::runtime::call::{HostClock, SlotClock};
-use crate::telemetry::backends::BackendStats;
+use super::slot::{Slot, SlotCore};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,11 +14,11 @@ use crate::backend::BackendError;
 use crate::backend::pubsub::{
     BrokerMessage, BrokerSubscription, PubSubBackend, SubscribeOptions, TopicName,
 };
+use crate::capability::bindings::CapabilityError;
+use crate::capability::bindings::prism::pattern::types;
+use crate::capability::bindings::pubsub_world::prism::pattern::pubsub;
+use crate::capability::bindings::pubsub_world::{Addressed, Outgoing, Published};
 use crate::clock::{next_id, now_ms};
-use crate::runtime::bindings::CapabilityError;
-use crate::runtime::bindings::prism::pattern::types;
-use crate::runtime::bindings::pubsub_world::prism::pattern::pubsub;
-use crate::runtime::bindings::pubsub_world::{Addressed, Outgoing, Published};
 
 /// Hard bounds on what any guest (user patterns included) may hand the
 /// host in one import call; patterns apply their own (smaller) limits first.
@@ -76,60 +75,28 @@ fn check_publish_refs(messages: &[&Outgoing]) -> Result<(), CapabilityError> {
 /// One namespace's binding of the `pubsub` slot.
 #[derive(Clone)]
 pub struct PubSubSlot {
-    backend: Arc<dyn PubSubBackend>,
+    core: SlotCore<dyn PubSubBackend>,
     namespace: Arc<str>,
-    /// A shadow version's slot: publishes are accepted and go nowhere.
-    read_only: bool,
-    /// The instance's clock of time spent awaiting the backend.
-    clock: SlotClock,
 }
 
 impl PubSubSlot {
     pub fn new(namespace: &str, backend: Arc<dyn PubSubBackend>) -> PubSubSlot {
         PubSubSlot {
-            backend,
+            core: SlotCore::new(backend),
             namespace: namespace.into(),
-            read_only: false,
-            clock: SlotClock::default(),
-        }
-    }
-
-    /// This binding with publishes suppressed (see `Slots::read_only`).
-    /// The same slot, counting its calls' waiting on `clock`.
-    pub fn timed_by(self, clock: Arc<HostClock>) -> PubSubSlot {
-        PubSubSlot {
-            clock: self.clock.on(clock),
-            ..self
-        }
-    }
-
-    /// The same slot, timing its calls as commands of the backend it is bound to.
-    pub fn measured_by(self, backend: Arc<BackendStats>) -> PubSubSlot {
-        PubSubSlot {
-            clock: self.clock.measuring(backend),
-            ..self
-        }
-    }
-
-    pub fn read_only(self) -> PubSubSlot {
-        PubSubSlot {
-            read_only: true,
-            ..self
         }
     }
 
     /// The slot of a namespace that binds no broker: calls answer unavailable.
     pub fn unbound() -> PubSubSlot {
         PubSubSlot {
-            backend: Arc::new(Unbound),
+            core: SlotCore::new(Arc::new(Unbound)),
             namespace: "".into(),
-            read_only: false,
-            clock: SlotClock::default(),
         }
     }
 
     pub fn backend(&self) -> &Arc<dyn PubSubBackend> {
-        &self.backend
+        &self.core.backend
     }
 
     /// The broker-side name of a guest topic, or invalid-argument past the hard bound.
@@ -153,10 +120,9 @@ impl PubSubSlot {
         options: &SubscribeOptions,
     ) -> Result<Box<dyn BrokerSubscription>, CapabilityError> {
         let topic = self.topic(topic)?;
-        self.clock
-            .command("subscribe", self.backend.subscribe(&topic, options))
+        self.core
+            .command("subscribe", self.core.backend.subscribe(&topic, options))
             .await
-            .map_err(guest_error)
     }
 }
 
@@ -168,84 +134,84 @@ impl pubsub::Host for PubSubSlot {
         topic: String,
         messages: Vec<Outgoing>,
     ) -> Result<Vec<Published>, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("pubsub.publish", async {
-            let topic = self.topic(&topic)?;
-            check_publish(&messages)?;
-            let timestamp_ms = now_ms();
-            let mut published = Vec::with_capacity(messages.len());
-            let messages = messages
-                .into_iter()
-                .map(|m| {
-                    let id = next_id(timestamp_ms);
-                    published.push(Published {
-                        id: id.clone(),
-                        timestamp_ms,
-                    });
-                    BrokerMessage {
-                        id,
-                        topic: topic.topic.clone(),
-                        payload: Bytes::from(m.payload),
-                        metadata: traced(m.metadata),
-                        timestamp_ms,
-                    }
-                })
-                .collect();
-            if !self.read_only {
-                self.clock
-                    .command("publish", self.backend.publish(&topic, messages))
-                    .await
-                    .map_err(guest_error)?;
-            }
-            Ok(published)
-        })
-        .await
+        self.core
+            .call("pubsub.publish")
+            .serve(async {
+                let topic = self.topic(&topic)?;
+                check_publish(&messages)?;
+                let timestamp_ms = now_ms();
+                let mut published = Vec::with_capacity(messages.len());
+                let messages = messages
+                    .into_iter()
+                    .map(|m| {
+                        let id = next_id(timestamp_ms);
+                        published.push(Published {
+                            id: id.clone(),
+                            timestamp_ms,
+                        });
+                        BrokerMessage {
+                            id,
+                            topic: topic.topic.clone(),
+                            payload: Bytes::from(m.payload),
+                            metadata: traced(m.metadata),
+                            timestamp_ms,
+                        }
+                    })
+                    .collect();
+                if !self.core.read_only {
+                    self.core
+                        .command("publish", self.core.backend.publish(&topic, messages))
+                        .await?;
+                }
+                Ok(published)
+            })
+            .await
     }
 
     async fn publish_each(
         &mut self,
         messages: Vec<Addressed>,
     ) -> Result<Vec<Result<Published, CapabilityError>>, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("pubsub.publish_each", async {
-            let outgoing: Vec<&Outgoing> = messages.iter().map(|m| &m.message).collect();
-            check_publish_refs(&outgoing)?;
-            let timestamp_ms = now_ms();
-            let mut published = Vec::with_capacity(messages.len());
-            let mut items = Vec::with_capacity(messages.len());
-            for m in messages {
-                let topic = self.topic(&m.topic)?;
-                let id = next_id(timestamp_ms);
-                published.push(Published {
-                    id: id.clone(),
-                    timestamp_ms,
-                });
-                items.push((
-                    topic.clone(),
-                    BrokerMessage {
-                        id,
-                        topic: topic.topic,
-                        payload: Bytes::from(m.message.payload),
-                        metadata: traced(m.message.metadata),
+        self.core
+            .call("pubsub.publish_each")
+            .serve(async {
+                let outgoing: Vec<&Outgoing> = messages.iter().map(|m| &m.message).collect();
+                check_publish_refs(&outgoing)?;
+                let timestamp_ms = now_ms();
+                let mut published = Vec::with_capacity(messages.len());
+                let mut items = Vec::with_capacity(messages.len());
+                for m in messages {
+                    let topic = self.topic(&m.topic)?;
+                    let id = next_id(timestamp_ms);
+                    published.push(Published {
+                        id: id.clone(),
                         timestamp_ms,
-                    },
-                ));
-            }
-            let results = if self.read_only {
-                items.iter().map(|_| Ok(())).collect()
-            } else {
-                self.clock
-                    .command("publish_each", self.backend.publish_each(items))
-                    .await
-                    .map_err(guest_error)?
-            };
-            Ok(results
-                .into_iter()
-                .zip(published)
-                .map(|(result, p)| result.map(|()| p).map_err(guest_error))
-                .collect())
-        })
-        .await
+                    });
+                    items.push((
+                        topic.clone(),
+                        BrokerMessage {
+                            id,
+                            topic: topic.topic,
+                            payload: Bytes::from(m.message.payload),
+                            metadata: traced(m.message.metadata),
+                            timestamp_ms,
+                        },
+                    ));
+                }
+                let results = if self.core.read_only {
+                    items.iter().map(|_| Ok(())).collect()
+                } else {
+                    self.core
+                        .command("publish_each", self.core.backend.publish_each(items))
+                        .await?
+                };
+                Ok(results
+                    .into_iter()
+                    .zip(published)
+                    .map(|(result, p)| result.map(|()| p).map_err(guest_error))
+                    .collect())
+            })
+            .await
     }
 }
 
@@ -283,5 +249,13 @@ fn unbound() -> BackendError {
     BackendError::Unavailable {
         backend: "pubsub slot".into(),
         reason: "this namespace binds no backend to it".into(),
+    }
+}
+
+impl Slot for PubSubSlot {
+    type Backend = dyn PubSubBackend;
+
+    fn core_mut(&mut self) -> &mut SlotCore<dyn PubSubBackend> {
+        &mut self.core
     }
 }

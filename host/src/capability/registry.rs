@@ -5,18 +5,18 @@
 
 use std::sync::Arc;
 
-use crate::runtime::call::{HostClock, SlotClock};
-use crate::telemetry::backends::BackendStats;
+use super::slot::{Slot, SlotCore};
 
 use async_trait::async_trait;
 
-use super::guest_error;
 use crate::backend::BackendError;
 use crate::backend::registry::{self as backend, RegistryBackend, RegistryPage};
+use crate::capability::bindings::CapabilityError;
+use crate::capability::bindings::registry_world::prism::pattern::registry;
+use crate::capability::bindings::registry_world::{
+    IdentityRecord, Listing, NewIdentity, PutOutcome,
+};
 use crate::clock::now_ms;
-use crate::runtime::bindings::CapabilityError;
-use crate::runtime::bindings::registry_world::prism::pattern::registry;
-use crate::runtime::bindings::registry_world::{IdentityRecord, Listing, NewIdentity, PutOutcome};
 
 /// Hard bounds on what any guest may hand the host in one call; patterns
 /// apply their own, smaller limits first.
@@ -34,66 +34,34 @@ pub const MAX_TTL_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
 /// One namespace's binding of the `registry` slot.
 #[derive(Clone)]
 pub struct RegistrySlot {
-    backend: Arc<dyn RegistryBackend>,
+    core: SlotCore<dyn RegistryBackend>,
     namespace: Arc<str>,
-    /// A shadow version's slot: writes answer as if done and change nothing.
-    read_only: bool,
-    /// The instance's clock of time spent awaiting the backend.
-    clock: SlotClock,
 }
 
 impl RegistrySlot {
     pub fn new(namespace: &str, backend: Arc<dyn RegistryBackend>) -> RegistrySlot {
         RegistrySlot {
-            backend,
+            core: SlotCore::new(backend),
             namespace: namespace.into(),
-            read_only: false,
-            clock: SlotClock::default(),
-        }
-    }
-
-    /// This binding with writes suppressed (see `Slots::read_only`).
-    /// The same slot, counting its calls' waiting on `clock`.
-    pub fn timed_by(self, clock: Arc<HostClock>) -> RegistrySlot {
-        RegistrySlot {
-            clock: self.clock.on(clock),
-            ..self
-        }
-    }
-
-    /// The same slot, timing its calls as commands of the backend it is bound to.
-    pub fn measured_by(self, backend: Arc<BackendStats>) -> RegistrySlot {
-        RegistrySlot {
-            clock: self.clock.measuring(backend),
-            ..self
-        }
-    }
-
-    pub fn read_only(self) -> RegistrySlot {
-        RegistrySlot {
-            read_only: true,
-            ..self
         }
     }
 
     /// The slot of a namespace that binds no registry: calls answer unavailable.
     pub fn unbound() -> RegistrySlot {
         RegistrySlot {
-            backend: Arc::new(Unbound),
+            core: SlotCore::new(Arc::new(Unbound)),
             namespace: "".into(),
-            read_only: false,
-            clock: SlotClock::default(),
         }
     }
 
     pub fn backend(&self) -> &Arc<dyn RegistryBackend> {
-        &self.backend
+        &self.core.backend
     }
 
     /// Removes every identity of this namespace (Admin's delete with
     /// purge); returns how many.
     pub async fn purge(&self) -> Result<u64, BackendError> {
-        if self.read_only {
+        if self.core.read_only {
             return Ok(0);
         }
         let mut purged = 0;
@@ -101,10 +69,13 @@ impl RegistrySlot {
             // Removed records drop out of the listing, so each page starts
             // from the beginning again.
             let page = self
+                .core
                 .clock
                 .command(
                     "list",
-                    self.backend.list(&self.namespace, None, 1000, now_ms()),
+                    self.core
+                        .backend
+                        .list(&self.namespace, None, 1000, now_ms()),
                 )
                 .await?;
             if page.records.is_empty() {
@@ -113,10 +84,12 @@ impl RegistrySlot {
             let before = purged;
             for record in &page.records {
                 if self
+                    .core
                     .clock
                     .command(
                         "remove",
-                        self.backend
+                        self.core
+                            .backend
                             .remove(&self.namespace, &record.identity, now_ms()),
                     )
                     .await?
@@ -176,98 +149,107 @@ impl registry::Host for RegistrySlot {
         replace: bool,
         max_identities: u64,
     ) -> Result<PutOutcome, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("registry.put", async {
-            check_identity(&entry.identity)?;
-            if entry.metadata.len() > MAX_METADATA_BYTES {
-                return Err(CapabilityError::InvalidArgument(format!(
-                    "metadata is {} bytes; the host limit is {MAX_METADATA_BYTES}",
-                    entry.metadata.len()
-                )));
-            }
-            if entry.ttl_ms.is_some_and(|t| t == 0 || t > MAX_TTL_MS) {
-                return Err(CapabilityError::InvalidArgument(format!(
-                    "ttl must be 1 to {MAX_TTL_MS} ms"
-                )));
-            }
-            let entry = backend::NewIdentity {
-                identity: entry.identity,
-                metadata: entry.metadata,
-                ttl_ms: entry.ttl_ms,
-            };
-            if self.read_only {
-                return Ok(PutOutcome::Stored(to_guest(entry.record(now_ms()))));
-            }
-            let outcome = self
-                .clock
-                .command(
-                    "put",
-                    self.backend
-                        .put(&self.namespace, entry, replace, max_identities, now_ms()),
-                )
-                .await
-                .map_err(guest_error)?;
-            Ok(match outcome {
-                backend::PutOutcome::Stored(r) => PutOutcome::Stored(to_guest(r)),
-                backend::PutOutcome::Exists(r) => PutOutcome::Exists(to_guest(r)),
+        self.core
+            .call("registry.put")
+            .serve(async {
+                check_identity(&entry.identity)?;
+                if entry.metadata.len() > MAX_METADATA_BYTES {
+                    return Err(CapabilityError::InvalidArgument(format!(
+                        "metadata is {} bytes; the host limit is {MAX_METADATA_BYTES}",
+                        entry.metadata.len()
+                    )));
+                }
+                if entry.ttl_ms.is_some_and(|t| t == 0 || t > MAX_TTL_MS) {
+                    return Err(CapabilityError::InvalidArgument(format!(
+                        "ttl must be 1 to {MAX_TTL_MS} ms"
+                    )));
+                }
+                let entry = backend::NewIdentity {
+                    identity: entry.identity,
+                    metadata: entry.metadata,
+                    ttl_ms: entry.ttl_ms,
+                };
+                if self.core.read_only {
+                    return Ok(PutOutcome::Stored(to_guest(entry.record(now_ms()))));
+                }
+                let outcome = self
+                    .core
+                    .command(
+                        "put",
+                        self.core.backend.put(
+                            &self.namespace,
+                            entry,
+                            replace,
+                            max_identities,
+                            now_ms(),
+                        ),
+                    )
+                    .await?;
+                Ok(match outcome {
+                    backend::PutOutcome::Stored(r) => PutOutcome::Stored(to_guest(r)),
+                    backend::PutOutcome::Exists(r) => PutOutcome::Exists(to_guest(r)),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn get(&mut self, identity: String) -> Result<Option<IdentityRecord>, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("registry.get", async {
-            check_identity(&identity)?;
-            let record = self
-                .clock
-                .command(
-                    "get",
-                    self.backend.get(&self.namespace, &identity, now_ms()),
-                )
-                .await
-                .map_err(guest_error)?;
-            Ok(record.map(to_guest))
-        })
-        .await
+        self.core
+            .call("registry.get")
+            .serve(async {
+                check_identity(&identity)?;
+                let record = self
+                    .core
+                    .command(
+                        "get",
+                        self.core.backend.get(&self.namespace, &identity, now_ms()),
+                    )
+                    .await?;
+                Ok(record.map(to_guest))
+            })
+            .await
     }
 
     async fn renew(&mut self, identity: String) -> Result<Option<IdentityRecord>, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("registry.renew", async {
-            check_identity(&identity)?;
-            if self.read_only {
-                return self.get(identity).await;
-            }
-            let record = self
-                .clock
-                .command(
-                    "renew",
-                    self.backend.renew(&self.namespace, &identity, now_ms()),
-                )
-                .await
-                .map_err(guest_error)?;
-            Ok(record.map(to_guest))
-        })
-        .await
+        self.core
+            .call("registry.renew")
+            .serve(async {
+                check_identity(&identity)?;
+                if self.core.read_only {
+                    return self.get(identity).await;
+                }
+                let record = self
+                    .core
+                    .command(
+                        "renew",
+                        self.core
+                            .backend
+                            .renew(&self.namespace, &identity, now_ms()),
+                    )
+                    .await?;
+                Ok(record.map(to_guest))
+            })
+            .await
     }
 
     async fn remove(&mut self, identity: String) -> Result<bool, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("registry.remove", async {
-            check_identity(&identity)?;
-            if self.read_only {
-                return Ok(self.get(identity).await?.is_some());
-            }
-            self.clock
-                .command(
-                    "remove",
-                    self.backend.remove(&self.namespace, &identity, now_ms()),
-                )
-                .await
-                .map_err(guest_error)
-        })
-        .await
+        self.core
+            .call("registry.remove")
+            .serve(async {
+                check_identity(&identity)?;
+                if self.core.read_only {
+                    return Ok(self.get(identity).await?.is_some());
+                }
+                self.core
+                    .command(
+                        "remove",
+                        self.core
+                            .backend
+                            .remove(&self.namespace, &identity, now_ms()),
+                    )
+                    .await
+            })
+            .await
     }
 
     async fn list(
@@ -275,27 +257,28 @@ impl registry::Host for RegistrySlot {
         cursor: Option<String>,
         limit: u32,
     ) -> Result<Listing, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("registry.list", async {
-            if let Some(c) = &cursor {
-                check_identity(c)?;
-            }
-            let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
-            let RegistryPage { records, cursor } = self
-                .clock
-                .command(
-                    "list",
-                    self.backend
-                        .list(&self.namespace, cursor.as_deref(), limit, now_ms()),
-                )
-                .await
-                .map_err(guest_error)?;
-            Ok(Listing {
-                records: records.into_iter().map(to_guest).collect(),
-                cursor,
+        self.core
+            .call("registry.list")
+            .serve(async {
+                if let Some(c) = &cursor {
+                    check_identity(c)?;
+                }
+                let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
+                let RegistryPage { records, cursor } = self
+                    .core
+                    .command(
+                        "list",
+                        self.core
+                            .backend
+                            .list(&self.namespace, cursor.as_deref(), limit, now_ms()),
+                    )
+                    .await?;
+                Ok(Listing {
+                    records: records.into_iter().map(to_guest).collect(),
+                    cursor,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn list_where(
@@ -304,49 +287,50 @@ impl registry::Host for RegistrySlot {
         cursor: Option<String>,
         limit: u32,
     ) -> Result<Listing, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("registry.list_where", async {
-            if let Some(c) = &cursor {
-                check_identity(c)?;
-            }
-            let conditions = check_conditions(conditions)?;
-            let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
-            let RegistryPage { records, cursor } = self
-                .clock
-                .command(
-                    "list_where",
-                    self.backend.list_where(
-                        &self.namespace,
-                        &conditions,
-                        cursor.as_deref(),
-                        limit,
-                        now_ms(),
-                    ),
-                )
-                .await
-                .map_err(guest_error)?;
-            Ok(Listing {
-                records: records.into_iter().map(to_guest).collect(),
-                cursor,
+        self.core
+            .call("registry.list_where")
+            .serve(async {
+                if let Some(c) = &cursor {
+                    check_identity(c)?;
+                }
+                let conditions = check_conditions(conditions)?;
+                let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
+                let RegistryPage { records, cursor } = self
+                    .core
+                    .command(
+                        "list_where",
+                        self.core.backend.list_where(
+                            &self.namespace,
+                            &conditions,
+                            cursor.as_deref(),
+                            limit,
+                            now_ms(),
+                        ),
+                    )
+                    .await?;
+                Ok(Listing {
+                    records: records.into_iter().map(to_guest).collect(),
+                    cursor,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn count(&mut self) -> Result<u64, CapabilityError> {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("registry.count", async {
-            self.clock
-                .command("count", self.backend.count(&self.namespace, now_ms()))
-                .await
-                .map_err(guest_error)
-        })
-        .await
+        self.core
+            .call("registry.count")
+            .serve(async {
+                self.core
+                    .command("count", self.core.backend.count(&self.namespace, now_ms()))
+                    .await
+            })
+            .await
     }
 
     async fn inbox(&mut self, identity: String) -> String {
-        let _waiting = self.clock.waiting();
-        crate::telemetry::traces::capability("registry.inbox", async { inbox_topic(&identity) })
+        self.core
+            .call("registry.inbox")
+            .serve(async { inbox_topic(&identity) })
             .await
     }
 }
@@ -433,6 +417,14 @@ impl RegistryBackend for Unbound {
     }
     async fn count(&self, _: &str, _: u64) -> Result<u64, BackendError> {
         Err(unbound())
+    }
+}
+
+impl Slot for RegistrySlot {
+    type Backend = dyn RegistryBackend;
+
+    fn core_mut(&mut self) -> &mut SlotCore<dyn RegistryBackend> {
+        &mut self.core
     }
 }
 

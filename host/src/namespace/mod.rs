@@ -1,6 +1,7 @@
 //! Namespaces: each one's quotas and the pattern versions serving it, and
 //! the registry requests are routed through (changed at runtime by Admin).
 
+mod platform;
 mod prepared;
 mod rollout;
 mod version;
@@ -12,15 +13,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::RwLock;
 use tonic::metadata::MetadataMap;
 
+pub use platform::Platform;
 pub use prepared::PreparedCache;
 pub use rollout::{Deployment, Rollout, RolloutStats, Route};
 pub use version::{Version, VersionInfo, Writes, inspect, world_of};
 
 use crate::admission::{Admission, CallGuard, StreamGuard};
 use crate::config::{DEFAULT_NAMESPACE, NamespaceConfig};
-use crate::platform::Platform;
-use crate::runtime::state::Slots;
-use crate::runtime::{KeyValueRuntime, PubSubRuntime, RegistryRuntime};
+use crate::runtime::{
+    Deployed, KeyValueRuntime, PatternRuntime, PatternWorld, PubSubRuntime, RegistryRuntime,
+    runtime_of,
+};
+use crate::text::shorten;
 
 /// The request metadata that names the namespace.
 pub const NAMESPACE_METADATA: &str = "x-prism-namespace";
@@ -54,51 +58,6 @@ impl StartupError {
         StartupError {
             field: field.into(),
             message: message.to_string(),
-        }
-    }
-}
-
-/// What a namespace's pattern serves.
-#[derive(Clone)]
-pub enum PatternKind {
-    KeyValue(KeyValueRuntime),
-    PubSub(PubSubRuntime),
-    Registry(RegistryRuntime),
-}
-
-impl PatternKind {
-    /// Drops instances idle for `ttl` beyond the namespace's warm minimum.
-    pub fn trim_idle(&self, ttl: std::time::Duration) -> usize {
-        match self {
-            PatternKind::KeyValue(kv) => kv.pool().trim(ttl),
-            PatternKind::PubSub(ps) => ps.pool().trim(ttl),
-            PatternKind::Registry(r) => r.pool().trim(ttl),
-        }
-    }
-
-    /// The capability bindings of the version's instances.
-    pub fn slots(&self) -> &Slots {
-        match self {
-            PatternKind::KeyValue(kv) => kv.pool().slots(),
-            PatternKind::PubSub(ps) => ps.pool().slots(),
-            PatternKind::Registry(r) => r.pool().slots(),
-        }
-    }
-
-    /// Instance counters of the version's pool.
-    pub fn stats(&self) -> crate::runtime::pool::PoolStats {
-        match self {
-            PatternKind::KeyValue(kv) => kv.pool().stats(),
-            PatternKind::PubSub(ps) => ps.pool().stats(),
-            PatternKind::Registry(r) => r.pool().stats(),
-        }
-    }
-
-    pub fn label(&self) -> &'static str {
-        match self {
-            PatternKind::KeyValue(_) => "KeyValue",
-            PatternKind::PubSub(_) => "PubSub",
-            PatternKind::Registry(_) => "Registry",
         }
     }
 }
@@ -181,21 +140,21 @@ impl Namespace {
         self.deployment.read().route(n)
     }
 
-    /// The primary version's runtime for the namespace's kind.
-    pub fn kind(&self) -> PatternKind {
-        self.deployment.read().primary.kind.clone()
+    /// The primary version's typed runtime, if the namespace serves world `W`.
+    pub fn runtime<W: PatternWorld>(&self) -> Result<PatternRuntime<W>, NamespaceError> {
+        self.deployment.read().primary.runtime(&self.name)
     }
 
     pub fn keyvalue(&self) -> Result<KeyValueRuntime, NamespaceError> {
-        keyvalue_of(&self.name, &self.kind())
+        self.runtime()
     }
 
     pub fn pubsub(&self) -> Result<PubSubRuntime, NamespaceError> {
-        pubsub_of(&self.name, &self.kind())
+        self.runtime()
     }
 
     pub fn registry(&self) -> Result<RegistryRuntime, NamespaceError> {
-        registry_of(&self.name, &self.kind())
+        self.runtime()
     }
 
     /// Its definition as it serves now: the primary version's pattern.
@@ -209,41 +168,25 @@ impl Namespace {
     /// Drops idle instances of every version it holds.
     pub fn trim_idle(&self, ttl: std::time::Duration) -> usize {
         let d = self.deployment();
-        let mut dropped = d.primary.kind.trim_idle(ttl);
+        let mut dropped = d.primary.pattern.trim_idle(ttl);
         if let Some(r) = &d.rollout {
-            dropped += r.candidate.kind.trim_idle(ttl);
+            dropped += r.candidate.pattern.trim_idle(ttl);
         }
         dropped
     }
 }
 
-fn wrong_pattern(namespace: &str, actual: &PatternKind, expected: &'static str) -> NamespaceError {
-    NamespaceError::WrongPattern {
+/// The typed runtime of `deployed`, or WrongPattern: the request was
+/// sent to a namespace whose pattern answers another kind of request.
+pub fn runtime_for<W: PatternWorld>(
+    namespace: &str,
+    deployed: &dyn Deployed,
+) -> Result<PatternRuntime<W>, NamespaceError> {
+    runtime_of::<W>(deployed).ok_or_else(|| NamespaceError::WrongPattern {
         namespace: namespace.to_string(),
-        actual: actual.label(),
-        expected,
-    }
-}
-
-pub fn keyvalue_of(namespace: &str, kind: &PatternKind) -> Result<KeyValueRuntime, NamespaceError> {
-    match kind {
-        PatternKind::KeyValue(kv) => Ok(kv.clone()),
-        other => Err(wrong_pattern(namespace, other, "KeyValue")),
-    }
-}
-
-pub fn pubsub_of(namespace: &str, kind: &PatternKind) -> Result<PubSubRuntime, NamespaceError> {
-    match kind {
-        PatternKind::PubSub(ps) => Ok(ps.clone()),
-        other => Err(wrong_pattern(namespace, other, "PubSub")),
-    }
-}
-
-pub fn registry_of(namespace: &str, kind: &PatternKind) -> Result<RegistryRuntime, NamespaceError> {
-    match kind {
-        PatternKind::Registry(r) => Ok(r.clone()),
-        other => Err(wrong_pattern(namespace, other, "Registry")),
-    }
+        actual: deployed.kind(),
+        expected: W::KIND,
+    })
 }
 
 /// Every namespace of the server, looked up per request; Admin adds,
@@ -320,14 +263,5 @@ impl Namespaces {
 
     pub fn iter(&self) -> std::vec::IntoIter<Arc<Namespace>> {
         self.all().into_iter()
-    }
-}
-
-/// A name from a request, as errors quote it: never more than 64
-/// characters, so a huge header is not echoed back.
-pub fn shorten(name: &str) -> String {
-    match name.char_indices().nth(64) {
-        Some((cut, _)) => format!("{}… ({} bytes)", &name[..cut], name.len()),
-        None => name.to_string(),
     }
 }

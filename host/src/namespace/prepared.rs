@@ -9,73 +9,10 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use wasmtime::component::Component;
 
+use super::Platform;
 use crate::patterns::{UPLOADED, digest_of, is_digest};
-use crate::platform::Platform;
-use crate::runtime::bindings::Keyvalue;
-use crate::runtime::bindings::pubsub_world::PubsubWorld;
-use crate::runtime::bindings::registry_world::MulticastRegistry;
-use crate::runtime::{PatternWorld, Runtime, RuntimeError, builtin};
-
-/// A pattern component checked against one of the worlds.
-#[derive(Clone)]
-pub(super) enum Prepared {
-    KeyValue(<Keyvalue as PatternWorld>::Pre),
-    PubSub(<PubsubWorld as PatternWorld>::Pre),
-    Registry(<MulticastRegistry as PatternWorld>::Pre),
-}
-
-impl Prepared {
-    /// The world the component fits, tried in turn.
-    pub(super) fn of(
-        runtime: &Runtime,
-        component: &Component,
-        label: &str,
-    ) -> Result<Prepared, String> {
-        let pre = runtime.link(component, label).map_err(|e| e.to_string())?;
-        let kv = match runtime.prepare::<Keyvalue>(&pre, label) {
-            Ok(pre) => return Ok(Prepared::KeyValue(pre)),
-            Err(e) => e,
-        };
-        let ps = match runtime.prepare::<PubsubWorld>(&pre, label) {
-            Ok(pre) => return Ok(Prepared::PubSub(pre)),
-            Err(e) => e,
-        };
-        match runtime.prepare::<MulticastRegistry>(&pre, label) {
-            Ok(pre) => Ok(Prepared::Registry(pre)),
-            Err(reg) => {
-                let why = |e: RuntimeError| match e {
-                    RuntimeError::WrongWorld { world, reason, .. } => format!("{world}: {reason}"),
-                    other => other.to_string(),
-                };
-                Err(format!(
-                    "{label} fits none of Prism's pattern worlds ({}; {}; {})",
-                    why(kv),
-                    why(ps),
-                    why(reg)
-                ))
-            }
-        }
-    }
-
-    /// The slots this world's pattern uses, by config name.
-    pub(super) fn slots(&self) -> &'static [&'static str] {
-        match self {
-            Prepared::KeyValue(_) => &["kv"],
-            Prepared::PubSub(_) => &["pubsub"],
-            Prepared::Registry(_) => &["registry", "messaging"],
-        }
-    }
-
-    pub(super) fn world(&self) -> &'static str {
-        match self {
-            Prepared::KeyValue(_) => "keyvalue",
-            Prepared::PubSub(_) => "pubsub",
-            Prepared::Registry(_) => "multicast-registry",
-        }
-    }
-}
+use crate::runtime::{Prepared, builtin};
 
 /// A pattern ready to start a version of.
 pub(super) struct Resolved {
@@ -83,7 +20,7 @@ pub(super) struct Resolved {
     pub label: String,
     /// sha256 of the component, hex.
     pub digest: String,
-    pub prepared: Prepared,
+    pub prepared: Arc<dyn Prepared>,
 }
 
 /// Checked components by digest. An entry holds the component (which the
@@ -91,7 +28,7 @@ pub(super) struct Resolved {
 /// so the cache grows with the distinct patterns served, as that one does.
 #[derive(Default)]
 pub struct PreparedCache {
-    by_digest: Mutex<HashMap<String, Prepared>>,
+    by_digest: Mutex<HashMap<String, Arc<dyn Prepared>>>,
 }
 
 impl PreparedCache {
@@ -121,7 +58,7 @@ impl PreparedCache {
             .runtime
             .load(&bytes, &label)
             .map_err(|e| e.to_string())?;
-        let prepared = Prepared::of(&platform.runtime, &component, &label)?;
+        let prepared = platform.runtime.prepare_any(&component, &label)?;
         self.by_digest
             .lock()
             .insert(digest.clone(), prepared.clone());
@@ -169,7 +106,7 @@ fn no_upload(reference: &str) -> String {
     let shown = if reference.len() <= UPLOADED.len() + 64 {
         reference.to_string()
     } else {
-        crate::namespace::shorten(reference)
+        crate::text::shorten(reference)
     };
     format!(
         "'{shown}' names no uploaded pattern (upload it through the Admin API: prism admin upload FILE.wasm)"
@@ -213,7 +150,7 @@ fn pattern_bytes(pattern: &str, platform: &Platform) -> Result<(PatternBytes, St
     if !pattern.ends_with(".wasm") {
         return Err(format!(
             "'{}' is neither a built-in pattern ({}), an uploaded one (sha256:…) nor a path to a .wasm component",
-            crate::namespace::shorten(pattern),
+            crate::text::shorten(pattern),
             builtin::NAMES.join(", ")
         ));
     }

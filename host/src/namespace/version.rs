@@ -6,17 +6,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::prepared::{Prepared, Resolved};
-use super::{PatternKind, StartupError};
+use super::Platform;
+use super::prepared::Resolved;
+use super::{NamespaceError, StartupError};
 use crate::capability::kv::KvSlot;
 use crate::capability::pubsub::PubSubSlot;
 use crate::capability::registry::RegistrySlot;
+use crate::capability::{Slot, Slots};
 use crate::config::{NamespaceConfig, setting_string, slot_capability};
-use crate::platform::Platform;
-use crate::runtime::state::Slots;
 use crate::runtime::{
-    KeyValueRuntime, PatternPool, PatternWorld, PubSubRuntime, RegistryRuntime, Runtime,
-    RuntimeError,
+    Deployed, KeyValueRuntime, PatternRuntime, PatternWorld, PoolParts, PubSubRuntime,
+    RegistryRuntime, Runtime, RuntimeError,
 };
 
 /// Which pattern a version runs.
@@ -36,7 +36,8 @@ pub struct VersionInfo {
 /// One version of a namespace's pattern, started.
 pub struct Version {
     pub info: VersionInfo,
-    pub kind: PatternKind,
+    /// Its pool of instances, whatever its world.
+    pub pattern: Arc<dyn Deployed>,
 }
 
 /// The world a component fits and what it imports, checked without
@@ -49,7 +50,7 @@ pub fn inspect(
 ) -> Result<(&'static str, Vec<String>), String> {
     let component = runtime.load(bytes, label).map_err(|e| e.to_string())?;
     let imports = runtime.imports(&component);
-    let world = Prepared::of(runtime, &component, label)?.world();
+    let world = runtime.prepare_any(&component, label)?.world();
     Ok((world, imports))
 }
 
@@ -178,22 +179,12 @@ impl Version {
             other => StartupError::new(field("pattern"), other),
         };
         let world = prepared.world();
-        let kind = match prepared {
-            Prepared::KeyValue(pre) => PatternKind::KeyValue(KeyValueRuntime::new(
-                parts.start(name, pre).await.map_err(configure_error)?,
-            )),
-            Prepared::PubSub(pre) => PatternKind::PubSub(PubSubRuntime::new(
-                parts.start(name, pre).await.map_err(configure_error)?,
-            )),
-            Prepared::Registry(pre) => PatternKind::Registry(RegistryRuntime::new(
-                parts.start(name, pre).await.map_err(configure_error)?,
-            )),
-        };
+        let pattern = prepared.start(name, parts).await.map_err(configure_error)?;
         tracing::info!(
             namespace = name,
             pattern = %label,
             digest = %&digest[..12],
-            kind = kind.label(),
+            kind = pattern.kind(),
             backend = %summaries.join(" + "),
             shadow = writes == Writes::Suppressed,
             ready_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -206,7 +197,7 @@ impl Version {
                 digest,
                 world: world.to_string(),
             },
-            kind,
+            pattern,
         })
     }
 }
@@ -214,7 +205,7 @@ impl Version {
 impl Version {
     /// Instances of the version that exist now (idle or in a call).
     pub fn live_instances(&self) -> usize {
-        let stats = self.kind.stats();
+        let stats = self.pattern.stats();
         stats.idle + stats.busy
     }
 
@@ -223,62 +214,29 @@ impl Version {
     /// instead of instantiating on the request path. A failure here is only
     /// logged: the version is configured and creates instances on demand.
     pub async fn warm(&self, namespace: &str, n: usize) {
-        let result = match &self.kind {
-            PatternKind::KeyValue(kv) => warm_pool(kv.pool(), n).await,
-            PatternKind::PubSub(ps) => warm_pool(ps.pool(), n).await,
-            PatternKind::Registry(r) => warm_pool(r.pool(), n).await,
-        };
-        if let Err(e) = result {
+        if let Err(e) = self.pattern.warm(n).await {
             tracing::warn!(namespace, error = %e, "could not pre-start every instance of the new version; the rest start on demand");
         }
     }
 
-    pub fn keyvalue(&self, namespace: &str) -> Result<KeyValueRuntime, super::NamespaceError> {
-        super::keyvalue_of(namespace, &self.kind)
+    /// Its typed runtime, if it is of world `W` (else the request was
+    /// sent to a namespace of another kind).
+    pub fn runtime<W: PatternWorld>(
+        &self,
+        namespace: &str,
+    ) -> Result<PatternRuntime<W>, NamespaceError> {
+        super::runtime_for(namespace, &*self.pattern)
     }
 
-    pub fn pubsub(&self, namespace: &str) -> Result<PubSubRuntime, super::NamespaceError> {
-        super::pubsub_of(namespace, &self.kind)
+    pub fn keyvalue(&self, namespace: &str) -> Result<KeyValueRuntime, NamespaceError> {
+        self.runtime(namespace)
     }
 
-    pub fn registry(&self, namespace: &str) -> Result<RegistryRuntime, super::NamespaceError> {
-        super::registry_of(namespace, &self.kind)
+    pub fn pubsub(&self, namespace: &str) -> Result<PubSubRuntime, NamespaceError> {
+        self.runtime(namespace)
     }
-}
 
-async fn warm_pool<W: PatternWorld>(pool: &PatternPool<W>, n: usize) -> Result<(), RuntimeError> {
-    let stats = pool.stats();
-    let want = n.min(pool.limits().max_instances as usize);
-    for _ in (stats.idle + stats.busy)..want {
-        pool.add_idle(pool.instantiate().await?);
-    }
-    Ok(())
-}
-
-/// Everything a pool of one version is built from.
-struct PoolParts {
-    limits: crate::config::InstanceLimits,
-    settings: Vec<(String, String)>,
-    slots: Slots,
-    lane: Option<tokio::runtime::Handle>,
-}
-
-impl PoolParts {
-    /// A pool for world `W`, with one instance started (and configured).
-    async fn start<W: PatternWorld>(
-        self,
-        name: &str,
-        pre: W::Pre,
-    ) -> Result<Arc<PatternPool<W>>, RuntimeError> {
-        let pool = Arc::new(PatternPool::<W>::new(
-            name,
-            pre,
-            self.limits,
-            self.settings,
-            self.slots,
-            self.lane,
-        ));
-        pool.add_idle(pool.instantiate().await?);
-        Ok(pool)
+    pub fn registry(&self, namespace: &str) -> Result<RegistryRuntime, NamespaceError> {
+        self.runtime(namespace)
     }
 }

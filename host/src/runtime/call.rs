@@ -10,95 +10,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::{StoreContextMut, UpdateDeadline};
+use wasmtime::UpdateDeadline;
 
-use super::state::InstanceState;
-use crate::telemetry::backends::BackendStats;
+use crate::capability::clock::HostClock;
 
 /// Epoch ticks a call may be seen running before it counts as long (2 ticks
 /// = 5 to 10 ms of running guest code; stores check the epoch at every tick).
 pub const FIRST_SLICE_TICKS: u64 = 2;
 /// The guest compute time that makes a call long.
 const FIRST_SLICE: Duration = super::engine::EPOCH_TICK.saturating_mul(FIRST_SLICE_TICKS as u32);
-
-/// Time one instance has spent inside capability calls, awaiting a
-/// backend. Waiting is not computing: the epoch callback subtracts it, so a
-/// call that waits on a slow backend (or a loaded machine) is not taken
-/// for a CPU-bound one and sent to queue for a compute slot.
-#[derive(Debug, Default)]
-pub struct HostClock {
-    nanos: AtomicU64,
-}
-
-impl HostClock {
-    pub fn total(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
-    }
-}
-
-/// What a capability slot times its calls with: its instance's
-/// [`HostClock`] (waiting is not computing) and, once the slot is bound to
-/// a backend, that backend's command statistics.
-#[derive(Debug, Clone, Default)]
-pub struct SlotClock {
-    host: Arc<HostClock>,
-    backend: Option<Arc<BackendStats>>,
-}
-
-impl SlotClock {
-    /// The same clock, counting on one instance's `host` clock.
-    pub fn on(&self, host: Arc<HostClock>) -> SlotClock {
-        SlotClock {
-            host,
-            backend: self.backend.clone(),
-        }
-    }
-
-    /// The same clock, also timing the calls as `backend`'s commands.
-    pub fn measuring(&self, backend: Arc<BackendStats>) -> SlotClock {
-        SlotClock {
-            host: self.host.clone(),
-            backend: Some(backend),
-        }
-    }
-
-    /// Runs one backend command: with traces on, inside a span naming the
-    /// slot's backend (the waiting is counted by the caller's guard).
-    pub async fn command<F, T, E>(&self, operation: &'static str, fut: F) -> Result<T, E>
-    where
-        F: std::future::Future<Output = Result<T, E>>,
-        E: std::fmt::Display,
-    {
-        crate::telemetry::traces::command(self.backend.as_deref(), operation, fut).await
-    }
-
-    /// Counts the time until the returned guard drops.
-    pub fn waiting(&self) -> Waiting {
-        Waiting {
-            host: self.host.clone(),
-            backend: self.backend.clone(),
-            since: Instant::now(),
-        }
-    }
-}
-
-/// One capability call in progress (see [`SlotClock::waiting`]).
-pub struct Waiting {
-    host: Arc<HostClock>,
-    backend: Option<Arc<BackendStats>>,
-    since: Instant,
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        let elapsed = self.since.elapsed();
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.host.nanos.fetch_add(nanos, Ordering::Relaxed);
-        if let Some(backend) = &self.backend {
-            backend.commands.observe(elapsed);
-        }
-    }
-}
 
 /// Shared by a call's store (its epoch callback) and whoever drives the call.
 pub struct CallTicket {
@@ -199,27 +119,24 @@ impl CallTicket {
     }
 }
 
-/// The epoch callback of every store: traps past the deadline, otherwise
-/// marks the call long and yields for one slice.
-pub fn on_epoch(ctx: StoreContextMut<'_, InstanceState>) -> wasmtime::Result<UpdateDeadline> {
-    let Some(call) = ctx.data().call.clone() else {
-        // Guest code outside any call (cannot happen): stop it.
-        return Ok(UpdateDeadline::Interrupt);
-    };
-    if call.remaining().is_zero() {
-        return Ok(UpdateDeadline::Interrupt);
+impl CallTicket {
+    /// What the epoch callback does for this call on an instance whose
+    /// clock reads `host`: traps past the deadline, otherwise marks the
+    /// call long and yields for one slice.
+    pub fn on_epoch(self: Arc<Self>, host: &HostClock) -> UpdateDeadline {
+        if self.remaining().is_zero() {
+            return UpdateDeadline::Interrupt;
+        }
+        // The ticks may have passed while the guest awaited a backend, or while
+        // its thread was preempted (a busy machine): it is long only once it
+        // has computed for a first slice itself, and was seen running at
+        // FIRST_SLICE_TICKS epoch ticks (a thread preempted for many ticks
+        // sees one callback when it resumes, a spinning guest one per tick).
+        let seen = self.ticks_seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.is_long() && (seen < FIRST_SLICE_TICKS || self.computing(host) < FIRST_SLICE) {
+            return UpdateDeadline::Continue(1);
+        }
+        self.long.store(true, Ordering::Relaxed);
+        UpdateDeadline::YieldCustom(1, Box::pin(self.next_slice()))
     }
-    // The ticks may have passed while the guest awaited a backend, or while
-    // its thread was preempted (a busy machine): it is long only once it
-    // has computed for a first slice itself, and was seen running at
-    // FIRST_SLICE_TICKS epoch ticks (a thread preempted for many ticks
-    // sees one callback when it resumes, a spinning guest one per tick).
-    let seen = call.ticks_seen.fetch_add(1, Ordering::Relaxed) + 1;
-    if !call.is_long()
-        && (seen < FIRST_SLICE_TICKS || call.computing(&ctx.data().host) < FIRST_SLICE)
-    {
-        return Ok(UpdateDeadline::Continue(1));
-    }
-    call.long.store(true, Ordering::Relaxed);
-    Ok(UpdateDeadline::YieldCustom(1, Box::pin(call.next_slice())))
 }

@@ -1,48 +1,12 @@
 //! KeyValueRuntime: typed calls into a namespace's KeyValue pattern.
 
-use std::sync::Arc;
-
-use wasmtime::Store;
-
 use super::CallError;
-use super::bindings::exports::prism::pattern::keyvalue_pattern::Guest as KeyValueExports;
-use super::bindings::{Entry, Keyvalue, PatternError, ScanRequest, ScanResult};
-use super::pool::{GuestFuture, PatternPool};
-use super::state::InstanceState;
+use super::pattern::PatternRuntime;
+use crate::capability::bindings::{Entry, Keyvalue, ScanRequest, ScanResult};
 
-#[derive(Clone)]
-pub struct KeyValueRuntime {
-    pool: Arc<PatternPool<Keyvalue>>,
-}
+pub type KeyValueRuntime = PatternRuntime<Keyvalue>;
 
-impl KeyValueRuntime {
-    pub fn new(pool: Arc<PatternPool<Keyvalue>>) -> KeyValueRuntime {
-        KeyValueRuntime { pool }
-    }
-
-    pub fn pool(&self) -> &Arc<PatternPool<Keyvalue>> {
-        &self.pool
-    }
-
-    /// Runs one export on a pooled instance.
-    async fn call<T, F>(&self, export: &'static str, f: F) -> Result<T, CallError>
-    where
-        T: Send + 'static,
-        F: for<'a> FnOnce(
-                &'a mut Store<InstanceState>,
-                &'a KeyValueExports,
-            ) -> GuestFuture<'a, Result<T, PatternError>>
-            + Send
-            + 'static,
-    {
-        self.pool
-            .call(export, move |store, bindings: &Keyvalue| {
-                f(store, bindings.prism_pattern_keyvalue_pattern())
-            })
-            .await?
-            .map_err(CallError::Pattern)
-    }
-
+impl PatternRuntime<Keyvalue> {
     pub async fn get(&self, key: String) -> Result<Vec<u8>, CallError> {
         self.call("get", move |s, g| {
             Box::pin(async move { g.call_get(s, &key).await })

@@ -1,13 +1,13 @@
 //! The wasm runtime: one engine, components compiled once, and a pool of
 //! sandboxed instances per namespace.
 
-pub mod bindings;
 pub mod builtin;
 pub(crate) mod call;
 mod component_cache;
 mod engine;
 pub mod keyvalue;
 mod lane;
+pub mod pattern;
 pub mod pool;
 pub mod pubsub;
 pub mod registry;
@@ -18,20 +18,19 @@ use std::fmt;
 use std::time::Duration;
 
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasData, InstancePre, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 
 pub use component_cache::ComponentCache;
 pub use engine::EPOCH_TICK;
 pub use keyvalue::KeyValueRuntime;
+pub use pattern::{Deployed, PatternRuntime, PoolParts, Prepared, runtime_of};
 pub use pool::PatternPool;
 pub use pubsub::PubSubRuntime;
 pub use registry::RegistryRuntime;
 use state::InstanceState;
 pub use world::PatternWorld;
 
-use crate::capability::kv::KvSlot;
-use crate::capability::pubsub::PubSubSlot;
-use crate::capability::registry::RegistrySlot;
+use crate::capability::bindings;
 use crate::config::RuntimeConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -146,27 +145,6 @@ impl fmt::Display for TrapKind {
     }
 }
 
-/// Projects a store's state onto its `kv` slot for the generated linker code.
-struct HasKv;
-
-impl HasData for HasKv {
-    type Data<'a> = &'a mut KvSlot;
-}
-
-/// Projects a store's state onto its `pubsub` slot.
-struct HasPubSub;
-
-impl HasData for HasPubSub {
-    type Data<'a> = &'a mut PubSubSlot;
-}
-
-/// Projects a store's state onto its `registry` slot.
-struct HasRegistry;
-
-impl HasData for HasRegistry {
-    type Data<'a> = &'a mut RegistrySlot;
-}
-
 /// The engine, its epoch ticker, the component cache and the linker every
 /// pattern instance is created with.
 pub struct Runtime {
@@ -187,20 +165,8 @@ impl Runtime {
         // each store gets (state.rs) grants no files, sockets or environment.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        bindings::Keyvalue::add_to_linker::<_, HasKv>(&mut linker, |s: &mut InstanceState| {
-            &mut s.slots.kv
-        })
-        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        bindings::pubsub_world::prism::pattern::pubsub::add_to_linker::<_, HasPubSub>(
-            &mut linker,
-            |s: &mut InstanceState| &mut s.slots.pubsub,
-        )
-        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        bindings::registry_world::prism::pattern::registry::add_to_linker::<_, HasRegistry>(
-            &mut linker,
-            |s: &mut InstanceState| &mut s.slots.registry,
-        )
-        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        crate::capability::add_to_linker(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let ticker = engine::EpochTicker::start(&engine)?;
         Ok(Runtime {
             engine,

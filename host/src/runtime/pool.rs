@@ -16,12 +16,13 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{Store, Trap};
 
-use super::call::{CallTicket, on_epoch};
+use super::call::CallTicket;
 use super::engine::EPOCH_TICK;
 use super::lane;
-use super::state::{InstanceState, Slots};
+use super::state::{InstanceState, on_epoch};
 use super::world::PatternWorld;
 use super::{CallError, RuntimeError, TrapKind};
+use crate::capability::Slots;
 use crate::config::InstanceLimits;
 use crate::telemetry::traces;
 use tracing::Instrument;
@@ -344,9 +345,9 @@ fn panic_message(stderr: &str) -> String {
 mod tests {
     use super::*;
     use crate::backend::MemStore;
+    use crate::capability::bindings::Keyvalue;
     use crate::capability::kv::KvSlot;
     use crate::config::{MemStoreConfig, RuntimeConfig};
-    use crate::runtime::bindings::Keyvalue;
     use crate::runtime::{KeyValueRuntime, Runtime, builtin};
 
     const MEMORY: usize = 64 << 20;

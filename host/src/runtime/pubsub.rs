@@ -1,46 +1,14 @@
 //! PubSubRuntime: typed calls into a namespace's PubSub pattern.
 
-use std::sync::Arc;
-
-use wasmtime::Store;
-
 use super::CallError;
-use super::bindings::pubsub_world::exports::prism::pattern::pubsub_pattern::Guest as PubSubExports;
-use super::bindings::pubsub_world::{
+use super::pattern::PatternRuntime;
+use crate::capability::bindings::pubsub_world::{
     Delivery, Outgoing, Published, PubsubWorld, SubscribeRequest, SubscriptionPlan, Verdict,
 };
-use super::pool::{GuestFuture, PatternPool};
-use super::state::InstanceState;
 
-#[derive(Clone)]
-pub struct PubSubRuntime {
-    pool: Arc<PatternPool<PubsubWorld>>,
-}
+pub type PubSubRuntime = PatternRuntime<PubsubWorld>;
 
-impl PubSubRuntime {
-    pub fn new(pool: Arc<PatternPool<PubsubWorld>>) -> PubSubRuntime {
-        PubSubRuntime { pool }
-    }
-
-    pub fn pool(&self) -> &Arc<PatternPool<PubsubWorld>> {
-        &self.pool
-    }
-
-    /// Runs one export on a pooled instance.
-    async fn call<T, F>(&self, export: &'static str, f: F) -> Result<T, CallError>
-    where
-        T: Send + 'static,
-        F: for<'a> FnOnce(&'a mut Store<InstanceState>, &'a PubSubExports) -> GuestFuture<'a, T>
-            + Send
-            + 'static,
-    {
-        self.pool
-            .call(export, move |store, bindings: &PubsubWorld| {
-                f(store, bindings.prism_pattern_pubsub_pattern())
-            })
-            .await
-    }
-
+impl PatternRuntime<PubsubWorld> {
     pub async fn publish(
         &self,
         topic: String,
@@ -49,8 +17,7 @@ impl PubSubRuntime {
         self.call("publish", move |s, g| {
             Box::pin(async move { g.call_publish(s, &topic, &messages).await })
         })
-        .await?
-        .map_err(CallError::Pattern)
+        .await
     }
 
     pub async fn subscribe(
@@ -60,8 +27,7 @@ impl PubSubRuntime {
         self.call("subscribe", move |s, g| {
             Box::pin(async move { g.call_subscribe(s, &request).await })
         })
-        .await?
-        .map_err(CallError::Pattern)
+        .await
     }
 
     /// The delivery hook: runs only for subscriptions planned with `inspect`.
@@ -72,7 +38,7 @@ impl PubSubRuntime {
     ) -> Result<Verdict, CallError> {
         // The hook's arguments must outlive the pooled call; the request is small.
         let request = request.clone();
-        self.call("deliver", move |s, g| {
+        self.run("deliver", move |s, g| {
             Box::pin(async move { g.call_deliver(s, &request, &message).await })
         })
         .await

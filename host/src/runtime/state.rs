@@ -3,58 +3,14 @@
 
 use std::sync::Arc;
 
-use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::call::{CallTicket, HostClock};
-use crate::capability::kv::KvSlot;
-use crate::capability::pubsub::PubSubSlot;
-use crate::capability::registry::RegistrySlot;
-
-/// A namespace's capability bindings, one per WIT capability; a slot the
-/// namespace does not bind answers "unavailable" rather than trapping.
-#[derive(Clone)]
-pub struct Slots {
-    pub kv: KvSlot,
-    /// Bound to `pubsub` (PubSub patterns) or `messaging` (registries).
-    pub pubsub: PubSubSlot,
-    pub registry: RegistrySlot,
-}
-
-impl Slots {
-    /// The same bindings with every write suppressed (a shadow version:
-    /// it reads real data, and what it would write goes nowhere).
-    pub fn read_only(self) -> Slots {
-        Slots {
-            kv: self.kv.read_only(),
-            pubsub: self.pubsub.read_only(),
-            registry: self.registry.read_only(),
-        }
-    }
-}
-
-impl Slots {
-    /// The same bindings, counting their calls' waiting on `clock` (one per instance).
-    fn timed_by(self, clock: &Arc<HostClock>) -> Slots {
-        Slots {
-            kv: self.kv.timed_by(clock.clone()),
-            pubsub: self.pubsub.timed_by(clock.clone()),
-            registry: self.registry.timed_by(clock.clone()),
-        }
-    }
-}
-
-impl Default for Slots {
-    fn default() -> Slots {
-        Slots {
-            kv: KvSlot::unbound(),
-            pubsub: PubSubSlot::unbound(),
-            registry: RegistrySlot::unbound(),
-        }
-    }
-}
+use super::call::CallTicket;
+use crate::capability::clock::HostClock;
+use crate::capability::{Slots, SlotsView};
 
 /// How much of a guest's stderr (panic messages) is kept for the logs.
 const STDERR_CAPTURE_BYTES: usize = 4096;
@@ -102,6 +58,23 @@ impl InstanceState {
         String::from_utf8_lossy(&self.stderr.contents())
             .trim()
             .to_string()
+    }
+}
+
+/// The epoch callback of every store: the call running on it decides
+/// (see [`CallTicket::on_epoch`]).
+pub fn on_epoch(ctx: StoreContextMut<'_, InstanceState>) -> wasmtime::Result<UpdateDeadline> {
+    let state = ctx.data();
+    Ok(match state.call.clone() {
+        Some(call) => call.on_epoch(&state.host),
+        // Guest code outside any call (cannot happen): stop it.
+        None => UpdateDeadline::Interrupt,
+    })
+}
+
+impl SlotsView for InstanceState {
+    fn slots(&mut self) -> &mut Slots {
+        &mut self.slots
     }
 }
 

@@ -7,18 +7,32 @@ use std::pin::Pin;
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store};
 
-use super::bindings::pubsub_world::{PubsubWorld, PubsubWorldPre};
-use super::bindings::registry_world::{MulticastRegistry, MulticastRegistryPre};
-use super::bindings::{Keyvalue, KeyvaluePre};
 use super::state::InstanceState;
+use crate::capability::bindings::exports::prism::pattern::keyvalue_pattern::Guest as KeyValueExports;
+use crate::capability::bindings::pubsub_world::exports::prism::pattern::pubsub_pattern::Guest as PubSubExports;
+use crate::capability::bindings::pubsub_world::{PubsubWorld, PubsubWorldPre};
+use crate::capability::bindings::registry_world::exports::prism::pattern::registry_pattern::Guest as RegistryExports;
+use crate::capability::bindings::registry_world::{MulticastRegistry, MulticastRegistryPre};
+use crate::capability::bindings::{Keyvalue, KeyvaluePre};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait PatternWorld: Sized + Send + Sync + 'static {
     /// The WIT world, for errors ("prism:pattern/keyvalue").
     const NAME: &'static str;
+    /// The world as Admin and `namespace get` name it ("keyvalue").
+    const WORLD: &'static str;
+    /// The kind of requests it answers, for errors and logs ("KeyValue").
+    const KIND: &'static str;
+    /// Its capability slots, by config name.
+    const SLOTS: &'static [&'static str];
     /// Pre-resolved imports, checked against the world's exports.
     type Pre: Clone + Send + Sync + 'static;
+    /// The generated handle on the pattern's exports.
+    type Exports: Send + Sync + 'static;
+
+    /// The pattern's exports on an instance of this world.
+    fn exports(&self) -> &Self::Exports;
 
     fn pre(pre: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre>;
     fn engine(pre: &Self::Pre) -> &Engine;
@@ -37,12 +51,21 @@ pub trait PatternWorld: Sized + Send + Sync + 'static {
 }
 
 /// One `PatternWorld` impl per world: the generated bindings differ only in
-/// names, so a macro states each world in one line instead of three copies.
+/// names, so a macro states each world in one entry instead of copies.
+/// A new pattern kind adds its entry here and to [`super::pattern::WORLDS`].
 macro_rules! pattern_world {
-    ($world:ty, $pre:ident, $name:literal, $exports:ident) => {
+    ($world:ty, $pre:ident, $name:literal, $short:literal, $kind:literal, $slots:expr, $exports:ident: $guest:ty) => {
         impl PatternWorld for $world {
             const NAME: &'static str = $name;
+            const WORLD: &'static str = $short;
+            const KIND: &'static str = $kind;
+            const SLOTS: &'static [&'static str] = $slots;
             type Pre = $pre<InstanceState>;
+            type Exports = $guest;
+
+            fn exports(&self) -> &$guest {
+                self.$exports()
+            }
 
             fn pre(pre: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
                 $pre::new(pre)
@@ -74,17 +97,26 @@ pattern_world!(
     Keyvalue,
     KeyvaluePre,
     "prism:pattern/keyvalue",
-    prism_pattern_keyvalue_pattern
+    "keyvalue",
+    "KeyValue",
+    &["kv"],
+    prism_pattern_keyvalue_pattern: KeyValueExports
 );
 pattern_world!(
     PubsubWorld,
     PubsubWorldPre,
     "prism:pattern/pubsub-world",
-    prism_pattern_pubsub_pattern
+    "pubsub",
+    "PubSub",
+    &["pubsub"],
+    prism_pattern_pubsub_pattern: PubSubExports
 );
 pattern_world!(
     MulticastRegistry,
     MulticastRegistryPre,
     "prism:pattern/multicast-registry",
-    prism_pattern_registry_pattern
+    "multicast-registry",
+    "Registry",
+    &["registry", "messaging"],
+    prism_pattern_registry_pattern: RegistryExports
 );

@@ -1,20 +1,17 @@
-//! Telemetry: Prometheus metrics on their own HTTP listener, and
-//! OpenTelemetry traces over OTLP.
+//! Telemetry instruments, on the bottom floor so every layer may record:
 //!
-//! - [`requests`]: a gRPC layer counting calls by namespace, method and code;
 //! - [`backends`]: backend health and command timing;
-//! - [`scrape`]: one `/metrics` answer, from those and the live namespaces;
-//! - [`http`]: the listener;
+//! - [`histogram`]: the latency histogram the metrics share;
+//! - [`methods`]: the gRPC methods metrics and spans are labelled by;
+//! - [`exposition`]: the Prometheus text format;
 //! - [`traces`]: the OTLP exporter, trace-context propagation, and the
-//!   pattern, capability, backend and delivery spans;
-//! - [`request_span`]: the server span of each gRPC call.
+//!   pattern, capability, backend and delivery spans.
+//!
+//! What reads them out lives beside the server (`server/`): the gRPC layers
+//! that count calls and open their spans, and the `/metrics` listener.
 
 pub mod backends;
 pub mod exposition;
 pub mod histogram;
-pub mod http;
 pub mod methods;
-pub mod request_span;
-pub mod requests;
-pub mod scrape;
 pub mod traces;

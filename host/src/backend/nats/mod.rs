@@ -1,0 +1,8 @@
+//! The NATS backend (`type = "nats"`): PubSub on core NATS (at-most-once) or
+//! JetStream (at-least-once).
+
+pub mod broker;
+mod fanout;
+pub mod wire;
+
+pub use broker::NatsBroker;
