@@ -100,7 +100,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-#: Superuser, password and database of the test cluster (as in tests/support/servers.rs).
+#: Superuser, password and database of the test cluster (as in tests/support/postgres_server.rs).
 POSTGRES_USER = "prism"
 POSTGRES_PASSWORD = "s3cret-pg"
 POSTGRES_DATABASE = "prism"

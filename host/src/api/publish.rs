@@ -7,7 +7,8 @@ use crate::capability::bindings::pubsub_world::{Outgoing, Published};
 use crate::pb;
 use crate::runtime::PubSubRuntime;
 
-/// Metadata in the order patterns see it (sorted by key).
+/// Metadata in the order patterns see it: gRPC maps carry no order, so
+/// sorting by key keeps what a pattern sees stable.
 pub(super) fn sorted(map: std::collections::HashMap<String, String>) -> Vec<(String, String)> {
     let mut entries: Vec<_> = map.into_iter().collect();
     entries.sort();

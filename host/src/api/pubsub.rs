@@ -47,7 +47,6 @@ impl PubSubService {
     }
 }
 
-/// gRPC maps carry no order; sorted metadata keeps what patterns see stable.
 type PublishStreamStream =
     Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send>>;
 

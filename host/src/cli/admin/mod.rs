@@ -3,7 +3,9 @@
 //! file `prism-login` keeps (`--token-file`, `$PRISM_TOKEN_FILE`,
 //! `~/.prism/token`).
 
-use std::collections::HashMap;
+mod connect;
+mod render;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -11,10 +13,13 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use prism::config::DEFAULT_LISTEN;
 use prism::pb;
-use prism::pb::admin_client::AdminClient;
 use serde_json::{Value, json};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
+
+use connect::{Client, connect};
+use render::{
+    ago, namespace_json, pattern_json, pattern_label, print_table, rollout_text, short,
+    show_namespace, show_pattern,
+};
 
 /// Uploads are sent in chunks of this size.
 const CHUNK: usize = 256 * 1024;
@@ -120,11 +125,6 @@ enum NamespaceCommand {
     },
 }
 
-/// A digest's first 16 characters, as listings show it (whatever the server sent).
-fn short(digest: &str) -> &str {
-    digest.get(..16).unwrap_or(digest)
-}
-
 fn key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -155,93 +155,6 @@ pub fn run(args: AdminArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Puts the token (if any) on every call.
-type Bearer =
-    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
-
-/// The client, with the token (if any) on every call.
-type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
-
-async fn connect(args: &AdminArgs) -> anyhow::Result<Client> {
-    let url = if args.addr.contains("://") {
-        args.addr.clone()
-    } else {
-        format!("http://{}", args.addr)
-    };
-    let channel = Channel::from_shared(url.clone())
-        .with_context(|| format!("'{}' is not an address", args.addr))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach Prism at {url}"))?;
-    let token = token(args)?;
-    let header = match token {
-        Some(t) => Some(
-            MetadataValue::try_from(format!("Bearer {t}"))
-                .context("the token has characters a header cannot carry")?,
-        ),
-        None => None,
-    };
-    let interceptor: Bearer = Box::new(move |mut request: tonic::Request<()>| {
-        if let Some(h) = &header {
-            request.metadata_mut().insert("authorization", h.clone());
-        }
-        Ok(request)
-    });
-    Ok(AdminClient::with_interceptor(channel, interceptor)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
-}
-
-/// `--token`/`$PRISM_TOKEN`, else the freshest unexpired token in the token file.
-fn token(args: &AdminArgs) -> anyhow::Result<Option<String>> {
-    if let Some(t) = args.token.as_ref().filter(|t| !t.trim().is_empty()) {
-        return Ok(Some(t.trim().to_string()));
-    }
-    let path = match &args.token_file {
-        Some(p) => p.clone(),
-        None => match std::env::var_os("HOME") {
-            Some(home) => PathBuf::from(home).join(".prism").join("token"),
-            None => return Ok(None),
-        },
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && args.token_file.is_none() => {
-            return Ok(None);
-        }
-        Err(e) => bail!("cannot read the token file {}: {e}", path.display()),
-    };
-    Ok(token_from_file(&text))
-}
-
-/// A token file is prism-login's JSON (`{"version":1,"tokens":{issuer:{client:{access_token,expires_at}}}}`)
-/// or a bare token.
-fn token_from_file(text: &str) -> Option<String> {
-    let Ok(json) = serde_json::from_str::<Value>(text) else {
-        let bare = text.trim();
-        return (!bare.is_empty()).then(|| bare.to_string());
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    json.get("tokens")?
-        .as_object()?
-        .values()
-        .filter_map(Value::as_object)
-        .flat_map(|clients| clients.values())
-        .filter_map(|t| {
-            let token = t.get("access_token")?.as_str()?.to_string();
-            let expires = t
-                .get("expires_at")
-                .and_then(Value::as_f64)
-                .unwrap_or(f64::MAX);
-            (expires > now).then_some((expires, token))
-        })
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, token)| token)
 }
 
 async fn execute(args: AdminArgs) -> anyhow::Result<()> {
@@ -474,194 +387,4 @@ async fn upload(
         .upload_pattern(tokio_stream::iter(chunks))
         .await?
         .into_inner())
-}
-
-fn pattern_label(p: &pb::PatternVersion) -> String {
-    p.label.clone()
-}
-
-fn rollout_text(r: Option<&pb::Rollout>) -> String {
-    match r {
-        None => "-".into(),
-        Some(r) => {
-            let who = r.candidate.as_ref().map(pattern_label).unwrap_or_default();
-            if r.shadow {
-                format!(
-                    "shadow {who} ({} mirrored, {} diverged)",
-                    r.calls, r.divergences
-                )
-            } else {
-                format!("canary {}% {who} ({} calls)", r.canary_percent, r.calls)
-            }
-        }
-    }
-}
-
-fn version_json(v: &pb::PatternVersion) -> Value {
-    json!({"label": v.label, "digest": v.digest, "world": v.world})
-}
-
-fn namespace_json(n: &pb::NamespaceInfo) -> Value {
-    json!({
-        "name": n.name,
-        "pattern": n.pattern.as_ref().map(version_json),
-        "previous": n.previous.as_ref().map(version_json),
-        "rollout": n.rollout.as_ref().map(|r| json!({
-            "candidate": r.candidate.as_ref().map(version_json),
-            "canary_percent": r.canary_percent,
-            "shadow": r.shadow,
-            "calls": r.calls,
-            "divergences": r.divergences,
-            "divergence_samples": r.divergence_samples,
-        })),
-        "slots": n.slots.iter().map(|s| json!({
-            "slot": s.slot, "backend": s.backend, "summary": s.summary, "healthy": s.healthy,
-        })).collect::<Vec<_>>(),
-        "settings": sorted(&n.settings),
-        "limits": sorted(&n.limits),
-        "source": n.source,
-        "live_instances": n.live_instances,
-        "idle_instances": n.idle_instances,
-        "calls": n.calls,
-        "traps": n.traps,
-        "in_flight": n.in_flight,
-    })
-}
-
-fn sorted(map: &HashMap<String, String>) -> serde_json::Map<String, Value> {
-    let mut entries: Vec<_> = map.iter().collect();
-    entries.sort();
-    entries
-        .into_iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect()
-}
-
-fn pattern_json(p: &pb::PatternInfo) -> Value {
-    json!({
-        "digest": p.digest,
-        "label": p.label,
-        "world": p.world,
-        "size": p.size,
-        "uploaded_at_ms": p.uploaded_at_ms,
-        "imports": p.imports,
-    })
-}
-
-fn show_pattern(p: &pb::PatternInfo, json_out: bool) -> anyhow::Result<()> {
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&pattern_json(p))?);
-        return Ok(());
-    }
-    println!("pattern  {}", p.label);
-    println!("digest   sha256:{}", p.digest);
-    println!("world    {}", p.world);
-    println!("size     {} bytes", p.size);
-    println!("imports  {}", p.imports.join("\n         "));
-    Ok(())
-}
-
-fn show_namespace(n: &pb::NamespaceInfo, json_out: bool) -> anyhow::Result<()> {
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&namespace_json(n))?);
-        return Ok(());
-    }
-    let p = n.pattern.clone().unwrap_or_default();
-    println!("namespace  {}  ({})", n.name, n.source);
-    println!(
-        "pattern    {}  [{}]  sha256:{}",
-        p.label,
-        p.world,
-        short(&p.digest)
-    );
-    if let Some(prev) = &n.previous {
-        println!("previous   {}  sha256:{}", prev.label, short(&prev.digest));
-    }
-    if let Some(r) = &n.rollout {
-        println!("rollout    {}", rollout_text(Some(r)));
-        for sample in &r.divergence_samples {
-            println!("           diverged: {sample}");
-        }
-    }
-    for s in &n.slots {
-        println!(
-            "slot       {} -> {} ({}) {}",
-            s.slot,
-            s.backend,
-            s.summary,
-            if s.healthy {
-                "healthy"
-            } else {
-                "NOT ANSWERING"
-            }
-        );
-    }
-    for (k, v) in sorted(&n.settings) {
-        println!("setting    {k} = {}", v.as_str().unwrap_or_default());
-    }
-    let limits: Vec<String> = sorted(&n.limits)
-        .into_iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
-    println!("limits     {}", limits.join(" "));
-    println!(
-        "instances  {} live ({} idle); calls {}; traps {}; in flight {}",
-        n.live_instances, n.idle_instances, n.calls, n.traps, n.in_flight
-    );
-    Ok(())
-}
-
-fn ago(at_ms: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let secs = now.saturating_sub(at_ms) / 1000;
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3600 => format!("{}m ago", secs / 60),
-        3600..86400 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86400),
-    }
-}
-
-fn print_table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
-    let rows: Vec<Vec<String>> = rows.collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_files_in_either_shape() {
-        assert_eq!(
-            token_from_file(" abc.def.ghi \n"),
-            Some("abc.def.ghi".into())
-        );
-        let file = r#"{"version":1,"tokens":{"http://i":{"cli":{"access_token":"old","expires_at":1},
-            "web":{"access_token":"fresh","expires_at":99999999999}}}}"#;
-        assert_eq!(token_from_file(file), Some("fresh".into()));
-        let expired =
-            r#"{"version":1,"tokens":{"http://i":{"cli":{"access_token":"old","expires_at":1}}}}"#;
-        assert_eq!(token_from_file(expired), None);
-    }
 }
