@@ -941,3 +941,101 @@ async fn several_issuers_are_trusted_each_within_its_grants() -> anyhow::Result<
     }
     t.stop().await
 }
+
+/// `config` with other JWKS timings.
+fn config_with_jwks(issuer: &Issuer, refetch_secs: u64, ttl_secs: u64) -> String {
+    config(issuer).replace(
+        "jwks_refetch_secs = 1\n",
+        &format!("jwks_refetch_secs = {refetch_secs}\njwks_ttl_secs = {ttl_secs}\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_published_right_after_a_forged_kid_probe_is_accepted() -> anyhow::Result<()> {
+    let mut issuer = Issuer::start(None).await?;
+    // A refetch window longer than the issuer takes to rotate.
+    let t = start(&config_with_jwks(&issuer, 2, 300)).await?;
+    let rs = issuer.key("RS256")?;
+    set(
+        &t,
+        "orders",
+        Some(&issuer.token("prism-test-all", "urn:prism").await?),
+        "a",
+    )
+    .await?;
+    // The probe: a kid the issuer never published, which makes Prism fetch
+    // the keys now and opens the window in which it will not fetch again.
+    let forged = mint(
+        &rs,
+        Algorithm::RS256,
+        "forged-kid",
+        &claims(&issuer, &["*"]),
+    )?;
+    expect(
+        set(&t, "orders", Some(&forged), "x").await,
+        Code::Unauthenticated,
+        "has no signing key",
+        &forged,
+        "forged kid",
+    );
+    // The issuer rotates inside that window; the first token signed with
+    // the new key waits for the window's end and the one refetch.
+    issuer.resume(true).await?;
+    let fresh = issuer.token("prism-test-all", "urn:prism").await?;
+    let new_kid = issuer.key("RS256")?.kid;
+    assert_ne!(new_kid, rs.kid, "the issuer did not rotate");
+    set(&t, "orders", Some(&fresh), "b").await?;
+    t.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_issuer_removed_stops_working_after_the_ttl() -> anyhow::Result<()> {
+    let mut issuer = Issuer::start(None).await?;
+    let t = start(&config_with_jwks(&issuer, 1, 1)).await?;
+    let old = issuer.key("RS256")?;
+    let base = claims(&issuer, &["orders"]);
+    let with_old_key = |n: usize| {
+        let mut c = base.clone();
+        // A token Prism has not verified before (the cache holds verified ones).
+        c["jti"] = json!(format!("old-{n}"));
+        mint(&old, Algorithm::RS256, &old.kid, &c)
+    };
+    set(&t, "orders", Some(&with_old_key(0)?), "a").await?;
+
+    issuer.rotate_retiring_old().await?;
+    let keys = issuer.keys()?;
+    assert!(
+        keys.iter().all(|k| k.kid != old.kid),
+        "the issuer still publishes the old key"
+    );
+    let mut n = 0;
+    let refused = prism_acceptance::eventually(Duration::from_secs(15), || {
+        n += 1;
+        let token = with_old_key(n);
+        let t = &t;
+        async move {
+            match token {
+                Ok(token) => matches!(
+                    set(t, "orders", Some(&token), "late").await,
+                    Err(s) if s.code() == Code::Unauthenticated
+                        && s.message().contains("has no signing key")
+                ),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused,
+        "a token signed with a removed key was still accepted after the TTL"
+    );
+    // The new key works.
+    set(
+        &t,
+        "orders",
+        Some(&issuer.token("prism-test-all", "urn:prism").await?),
+        "b",
+    )
+    .await?;
+    t.stop().await
+}

@@ -37,6 +37,8 @@ pub struct Admission {
     bucket: Option<Mutex<Bucket>>,
     in_flight: AtomicU32,
     streams: AtomicU32,
+    /// Bytes of messages waiting in the namespace's outboxes.
+    buffered: AtomicU64,
     pub refusals: Refusals,
 }
 
@@ -60,6 +62,7 @@ impl Admission {
             bucket,
             in_flight: AtomicU32::new(0),
             streams: AtomicU32::new(0),
+            buffered: AtomicU64::new(0),
             refusals: Refusals::default(),
         }
     }
@@ -74,6 +77,40 @@ impl Admission {
             self.in_flight.load(Ordering::Relaxed),
             self.streams.load(Ordering::Relaxed),
         )
+    }
+
+    /// Reserves `bytes` of the namespace's `max_buffered_bytes` for a
+    /// message waiting in an outbox; false when that would pass the quota,
+    /// unless `always` (an empty outbox may always take one message, so
+    /// every subscriber makes progress whatever the others hold).
+    pub fn reserve_buffer(&self, bytes: u64, always: bool) -> bool {
+        let max = self.quotas.max_buffered_bytes;
+        let mut held = self.buffered.load(Ordering::Relaxed);
+        loop {
+            let next = held.saturating_add(bytes);
+            if next > max && !always {
+                return false;
+            }
+            match self.buffered.compare_exchange_weak(
+                held,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    /// Returns bytes [`Admission::reserve_buffer`] took.
+    pub fn release_buffer(&self, bytes: u64) {
+        self.buffered.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes waiting in the namespace's outboxes now.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buffered.load(Ordering::Relaxed)
     }
 
     fn refuse(&self, counter: &AtomicU64, what: String, field: &'static str) -> QuotaError {
@@ -165,6 +202,13 @@ impl Drop for CallGuard {
 
 /// One admitted stream; frees its slot when dropped.
 pub struct StreamGuard(Arc<Admission>);
+
+impl StreamGuard {
+    /// The namespace's admission, whose buffer quota the stream's outbox uses.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.0
+    }
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {

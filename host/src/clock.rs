@@ -34,6 +34,26 @@ pub fn next_id(timestamp_ms: u64) -> String {
     format!("{timestamp_ms:012x}{process:08x}{n:010x}")
 }
 
+/// An id nobody can guess from the ids they have seen: 128 bits from the
+/// operating system's random source, in hex. For handles that act on
+/// what they name (a subscription's Ack and Unsubscribe).
+pub fn secret_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness (never seen on Linux): SipHash under a random
+        // per-process key over a counter is still not guessable.
+        use std::hash::{BuildHasher, Hasher};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let state = std::collections::hash_map::RandomState::new();
+        for half in bytes.chunks_mut(8) {
+            let mut h = state.build_hasher();
+            h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

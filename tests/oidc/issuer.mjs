@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Test-only OpenID Connect issuer for Prism, built on oidc-provider (panva).
 //
-//   node tests/oidc/issuer.mjs --port P --keys FILE [--rotate] [--access-ttl SECONDS]
+//   node tests/oidc/issuer.mjs --port P --keys FILE [--rotate [--retire]] [--access-ttl SECONDS]
 //                              [--stdin-lifeline] [--verbose]
 //
 // stdout carries exactly one line (the JSON "ready" line); everything else goes to stderr.
@@ -100,7 +100,7 @@ const ROUTES = {
 
 function usage(msg) {
   if (msg) console.error(`issuer.mjs: ${msg}`);
-  console.error('usage: node issuer.mjs --port P --keys FILE [--rotate] [--access-ttl SECONDS] [--stdin-lifeline] [--verbose]');
+  console.error('usage: node issuer.mjs --port P --keys FILE [--rotate [--retire]] [--access-ttl SECONDS] [--stdin-lifeline] [--verbose]');
   process.exit(2);
 }
 
@@ -111,6 +111,7 @@ try {
       port: { type: 'string' },
       keys: { type: 'string' },
       rotate: { type: 'boolean', default: false },
+      retire: { type: 'boolean', default: false },
       'access-ttl': { type: 'string' },
       'stdin-lifeline': { type: 'boolean', default: false },
       verbose: { type: 'boolean', default: false },
@@ -193,7 +194,7 @@ function validateKeys(jwks, file) {
   }
 }
 
-async function loadOrCreateKeys(file, rotate) {
+async function loadOrCreateKeys(file, rotate, retire) {
   let jwks;
   let dirty = false;
   if (fs.existsSync(file)) {
@@ -207,7 +208,10 @@ async function loadOrCreateKeys(file, rotate) {
   }
   if (rotate) {
     const fresh = await newSigningKey('RS256');
-    jwks.keys = [fresh, ...jwks.keys];
+    // --retire: the old RS256 keys are no longer published (a key the
+    // issuer removed must stop working at Prism too).
+    const kept = retire ? jwks.keys.filter((k) => k.alg !== 'RS256') : jwks.keys;
+    jwks.keys = [fresh, ...kept];
     dirty = true;
     console.error(`issuer: rotated: new RS256 signing key ${fresh.kid}`);
   }
@@ -395,7 +399,7 @@ try {
     });
   });
 
-  const jwks = await loadOrCreateKeys(keysFile, args.rotate);
+  const jwks = await loadOrCreateKeys(keysFile, args.rotate, args.retire);
 
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;

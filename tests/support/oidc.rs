@@ -61,11 +61,11 @@ impl Issuer {
             access_ttl,
             _dir: Some(dir),
         };
-        issuer.launch(false).await?;
+        issuer.launch(false, false).await?;
         Ok(issuer)
     }
 
-    async fn launch(&mut self, rotate: bool) -> anyhow::Result<()> {
+    async fn launch(&mut self, rotate: bool, retire: bool) -> anyhow::Result<()> {
         let mut cmd = Command::new("node");
         cmd.arg(script())
             .arg("--port")
@@ -75,6 +75,9 @@ impl Issuer {
             .arg("--stdin-lifeline");
         if rotate {
             cmd.arg("--rotate");
+        }
+        if retire {
+            cmd.arg("--retire");
         }
         if let Some(ttl) = self.access_ttl {
             cmd.arg("--access-ttl").arg(ttl.to_string());
@@ -116,9 +119,19 @@ impl Issuer {
     /// Starts again on the same port with the same keys (or a rotated set:
     /// a new RS256 key signs, the old ones stay published).
     pub async fn resume(&mut self, rotate: bool) -> anyhow::Result<()> {
+        self.relaunch(rotate, false).await
+    }
+
+    /// Starts again on the same port with a new RS256 signing key, and the
+    /// old RS256 keys no longer published.
+    pub async fn rotate_retiring_old(&mut self) -> anyhow::Result<()> {
+        self.relaunch(true, true).await
+    }
+
+    async fn relaunch(&mut self, rotate: bool, retire: bool) -> anyhow::Result<()> {
         self.stop().await;
         for _ in 0..50 {
-            match self.launch(rotate).await {
+            match self.launch(rotate, retire).await {
                 Ok(()) => return Ok(()),
                 // The old process may still hold the port for a moment.
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -152,6 +165,24 @@ impl Issuer {
         let path = format!("{}.pem.json", self.keys_file.display());
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         Ok(serde_json::from_str::<PemFile>(&text)?.keys)
+    }
+
+    /// A token for `subject` with these grants (`prism_namespaces`), valid
+    /// five minutes, signed with the issuer's own RS256 key: for suites
+    /// that need several principals with exact grants.
+    pub fn mint(&self, subject: &str, grants: &[&str]) -> anyhow::Result<String> {
+        let key = self.key("RS256")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let claims = serde_json::json!({
+            "iss": self.url, "aud": "prism", "sub": subject, "iat": now,
+            "exp": now + 300, "prism_namespaces": grants,
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(key.kid.clone());
+        let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(key.private_pem.as_bytes())?;
+        Ok(jsonwebtoken::encode(&header, &claims, &encoding)?)
     }
 
     /// The first key with algorithm `alg`.

@@ -2,6 +2,7 @@
 //! checked the way start-up checks the config file.
 
 use super::*;
+use crate::config::LimitsConfig;
 
 impl Control {
     /// Checks a definition the way start-up does, plus what only a running
@@ -40,12 +41,26 @@ impl Control {
             )));
         }
         ns.pattern = self.reference(&ns.pattern, &state)?;
+        if ns.limits == LimitsConfig::default() {
+            // Limits are the operator's (setting them needs '*:admin'): a
+            // namespace created again without any gets back those it had,
+            // or the config file's for its name.
+            if let Some(kept) = state.kept_limits.get(name).cloned().or_else(|| {
+                self.config_namespaces
+                    .read()
+                    .get(name)
+                    .map(|c| c.limits.clone())
+            }) {
+                ns.limits = kept;
+            }
+        }
         self.check(name, &ns)?;
         let namespace = Namespace::start(name, &ns, &self.platform)
             .await
             .map_err(invalid_start)?;
         let mut next = state.clone();
         next.deleted.remove(name);
+        next.kept_limits.remove(name);
         next.namespaces.insert(
             name.to_string(),
             NamespaceState {
@@ -132,6 +147,10 @@ impl Control {
         next.namespaces.remove(name);
         if self.config_namespaces.read().contains_key(name) {
             next.deleted.insert(name.to_string());
+        }
+        let limits = namespace.effective_config().limits;
+        if limits != LimitsConfig::default() {
+            next.kept_limits.insert(name.to_string(), limits);
         }
         self.save(&next)?;
         *state = next;

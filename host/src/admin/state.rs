@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::NamespaceConfig;
+use crate::config::{LimitsConfig, NamespaceConfig};
 use crate::namespace::VersionInfo;
 
 /// Bumped when the file's shape changes incompatibly.
@@ -29,6 +29,11 @@ pub struct ControlState {
     /// Uploaded patterns by digest.
     #[serde(default)]
     pub patterns: BTreeMap<String, PatternMeta>,
+    /// The limits of deleted namespaces that had any: re-created without
+    /// limits, a namespace gets these back, so an `ns:admin` grant (which
+    /// may delete and create, not set limits) cannot shed the operator's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kept_limits: BTreeMap<String, LimitsConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

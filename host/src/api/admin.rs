@@ -98,8 +98,17 @@ impl AdminService {
         }
     }
 
-    async fn info(&self, view: NamespaceView) -> pb::NamespaceInfo {
-        namespace_info(&self.control, view).await
+    /// Whether the caller may see how the server is wired (backend
+    /// addresses): auth off, or a '*:admin' grant.
+    fn operator<T>(&self, request: &Request<T>) -> bool {
+        match request.extensions().get::<Arc<Principal>>() {
+            Some(principal) => principal.grants.admin_everywhere(),
+            None => true,
+        }
+    }
+
+    async fn info(&self, view: NamespaceView, operator: bool) -> pb::NamespaceInfo {
+        namespace_info(&self.control, view, operator).await
     }
 }
 
@@ -144,10 +153,24 @@ fn limits_text(limits: &NamespaceLimits) -> HashMap<String, String> {
             "max_subscriptions".into(),
             or_unlimited(q.max_subscriptions.map(u64::from)),
         ),
+        (
+            "max_buffered_messages".into(),
+            q.max_buffered_messages.to_string(),
+        ),
+        (
+            "max_buffered_bytes".into(),
+            q.max_buffered_bytes.to_string(),
+        ),
     ])
 }
 
-async fn namespace_info(control: &Control, view: NamespaceView) -> pb::NamespaceInfo {
+/// What Admin shows of a namespace; backend addresses only to `operator`s
+/// (a namespace admin learns its slots' backend names, not where they run).
+async fn namespace_info(
+    control: &Control,
+    view: NamespaceView,
+    operator: bool,
+) -> pb::NamespaceInfo {
     let ns = &view.namespace;
     let deployment = ns.deployment();
     let backends = &control.platform().backends;
@@ -160,7 +183,11 @@ async fn namespace_info(control: &Control, view: NamespaceView) -> pb::Namespace
         slots.push(pb::Slot {
             slot: slot.clone(),
             backend: backend.clone(),
-            summary: backends.summary(backend),
+            summary: if operator {
+                backends.summary(backend)
+            } else {
+                format!("backend '{backend}'")
+            },
             healthy,
         });
     }
@@ -265,13 +292,14 @@ impl Admin for AdminService {
         {
             self.authorize(&request, Target::Server)?;
         }
+        let operator = self.operator(&request);
         let mut namespaces = Vec::new();
         for view in self.control.list().await {
             let visible = principal
                 .as_ref()
                 .is_none_or(|p| p.grants.allows(&view.namespace.name, Access::Admin));
             if visible {
-                namespaces.push(self.info(view).await);
+                namespaces.push(self.info(view, operator).await);
             }
         }
         Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
@@ -283,8 +311,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = required("name", &request.get_ref().name)?.to_string();
         self.authorize(&request, Target::Namespace(&name))?;
+        let operator = self.operator(&request);
         let view = self.control.namespace(&name).await?;
-        Ok(Response::new(self.info(view).await))
+        Ok(Response::new(self.info(view, operator).await))
     }
 
     async fn create_namespace(
@@ -293,6 +322,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = required("name", &request.get_ref().name)?.to_string();
         self.authorize(&request, Target::Namespace(&name))?;
+        let operator = self.operator(&request);
         if !request.get_ref().limits.is_empty() {
             self.authorize(&request, Target::Limits(&name))?;
         }
@@ -305,7 +335,7 @@ impl Admin for AdminService {
             limits: limits(r.limits)?,
         };
         let view = self.control.create(&name, ns).await?;
-        Ok(Response::new(self.info(view).await))
+        Ok(Response::new(self.info(view, operator).await))
     }
 
     async fn update_namespace(
@@ -314,6 +344,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = required("name", &request.get_ref().name)?.to_string();
         self.authorize(&request, Target::Namespace(&name))?;
+        let operator = self.operator(&request);
         if !request.get_ref().limits.is_empty() || request.get_ref().replace_limits {
             self.authorize(&request, Target::Limits(&name))?;
         }
@@ -341,7 +372,7 @@ impl Admin for AdminService {
                 Ok(())
             })
             .await?;
-        Ok(Response::new(self.info(view).await))
+        Ok(Response::new(self.info(view, operator).await))
     }
 
     async fn delete_namespace(
@@ -405,13 +436,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = required("namespace", &request.get_ref().namespace)?.to_string();
         self.authorize(&request, Target::Namespace(&name))?;
+        let operator = self.operator(&request);
         let r = request.into_inner();
         required("pattern", &r.pattern)?;
         let view = self
             .control
             .deploy(&name, &r.pattern, r.canary_percent, r.shadow)
             .await?;
-        Ok(Response::new(self.info(view).await))
+        Ok(Response::new(self.info(view, operator).await))
     }
 
     async fn promote(
@@ -420,8 +452,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = required("namespace", &request.get_ref().namespace)?.to_string();
         self.authorize(&request, Target::Namespace(&name))?;
+        let operator = self.operator(&request);
         let view = self.control.promote(&name).await?;
-        Ok(Response::new(self.info(view).await))
+        Ok(Response::new(self.info(view, operator).await))
     }
 
     async fn rollback(
@@ -430,8 +463,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = required("namespace", &request.get_ref().namespace)?.to_string();
         self.authorize(&request, Target::Namespace(&name))?;
+        let operator = self.operator(&request);
         let view = self.control.rollback(&name).await?;
-        Ok(Response::new(self.info(view).await))
+        Ok(Response::new(self.info(view, operator).await))
     }
 }
 
@@ -450,6 +484,8 @@ fn merge_limits(limits: &mut LimitsConfig, changes: LimitsConfig) {
         max_stored_bytes,
         max_stored_keys,
         max_subscriptions,
+        max_buffered_messages,
+        max_buffered_bytes,
     } = changes;
     macro_rules! merge {
         ($($field:ident),*) => {
@@ -469,6 +505,8 @@ fn merge_limits(limits: &mut LimitsConfig, changes: LimitsConfig) {
         max_concurrent_calls,
         max_stored_bytes,
         max_stored_keys,
-        max_subscriptions
+        max_subscriptions,
+        max_buffered_messages,
+        max_buffered_bytes
     );
 }

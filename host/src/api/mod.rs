@@ -23,3 +23,13 @@ pub fn token_expiry<T>(request: &tonic::Request<T>) -> Option<u64> {
         .get::<Arc<crate::auth::Principal>>()
         .map(|p| p.valid_until_ms)
 }
+
+/// Who made the call (issuer and subject of its token), if it was
+/// authenticated: a subscription belongs to who opened it, and only they
+/// may ack or end it.
+pub fn caller<T>(request: &tonic::Request<T>) -> Option<String> {
+    request
+        .extensions()
+        .get::<Arc<crate::auth::Principal>>()
+        .map(|p| format!("{} {}", p.issuer, p.subject))
+}

@@ -37,12 +37,14 @@ pub fn open(
     expires_at_ms: Option<u64>,
     closing: watch::Receiver<bool>,
     inbound: Streaming<pb::PublishStreamRequest>,
+    admitted: crate::admission::StreamGuard,
 ) -> impl Stream<Item = Answer> + Send + 'static {
     let (answers, rx) = mpsc::channel(READ_AHEAD);
     let stream = Requests {
         namespaces,
         metadata,
         inbound,
+        _admitted: admitted,
     };
     // The task runs inside the call's span, so its publishes join the trace.
     tokio::spawn(
@@ -57,6 +59,8 @@ struct Requests {
     namespaces: Arc<Namespaces>,
     metadata: MetadataMap,
     inbound: Streaming<pb::PublishStreamRequest>,
+    /// The namespace's open-stream slot, freed when the stream ends.
+    _admitted: crate::admission::StreamGuard,
 }
 
 impl Requests {

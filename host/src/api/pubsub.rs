@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::publish::{publish_all, published, sorted};
 use super::publish_stream;
-use super::token_expiry;
+use super::{caller, token_expiry};
 use crate::admission::CallGuard;
 use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
 use crate::capability::bindings::pubsub_world::{
@@ -89,7 +89,9 @@ impl PubSub for PubSubService {
         // The namespace must exist and serve PubSub when the stream opens;
         // each request is then admitted (rate and concurrency quotas) and
         // routed (a hot-swapped version applies) like a unary publish.
-        let ns = self.namespaces.for_request(request.metadata())?;
+        // It counts against max_subscriptions as every stream does, so
+        // open publish streams are bounded too.
+        let (ns, stream_slot) = self.namespaces.admit_stream(request.metadata())?;
         ns.route().version.pubsub(&ns.name)?;
         let expires_at_ms = token_expiry(&request);
         let (metadata, _, inbound) = request.into_parts();
@@ -99,6 +101,7 @@ impl PubSub for PubSubService {
             expires_at_ms,
             self.subscriptions.closing(),
             inbound,
+            stream_slot,
         ))))
     }
 
@@ -111,6 +114,7 @@ impl PubSub for PubSubService {
         let (ns, stream_slot) = self.namespaces.admit_stream(request.metadata())?;
         let runtime = ns.route().version.pubsub(&ns.name)?;
         let expires_at_ms = token_expiry(&request);
+        let owner = caller(&request);
         let r = request.into_inner();
         let client_topic = r.topic.clone();
         let manual_ack = r.manual_ack;
@@ -160,6 +164,7 @@ impl PubSub for PubSubService {
                 manual_ack,
                 client_topic: client_topic.clone(),
                 admitted: stream_slot,
+                owner,
                 expires_at_ms,
             },
             client_topic,
@@ -173,10 +178,11 @@ impl PubSub for PubSubService {
         request: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
         let (ns, _, _admitted) = self.namespace(&request)?;
+        let caller = caller(&request);
         let id = request.into_inner().subscription_id;
         let entry = self
             .subscriptions
-            .get(&id, &ns.name)
+            .get(&id, &ns.name, caller.as_deref())
             .ok_or_else(|| not_live(&id, &ns.name))?;
         self.subscriptions.remove(&id);
         entry.outbox.finish(Ok(()));
@@ -188,10 +194,11 @@ impl PubSub for PubSubService {
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
         let (ns, _, _admitted) = self.namespace(&request)?;
+        let caller = caller(&request);
         let r = request.into_inner();
         let entry = self
             .subscriptions
-            .get(&r.subscription_id, &ns.name)
+            .get(&r.subscription_id, &ns.name, caller.as_deref())
             .ok_or_else(|| not_live(&r.subscription_id, &ns.name))?;
         let acknowledged = match &entry.acker {
             Some(acker) => acker

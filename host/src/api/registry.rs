@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::metadata::{filter_to_json, json_to_map, map_to_json};
 use super::response::bounded;
-use super::token_expiry;
+use super::{caller, token_expiry};
 use crate::admission::CallGuard;
 use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
 use crate::capability::bindings::registry_world::{
@@ -203,6 +203,7 @@ impl Registry for RegistryService {
         let (ns, admitted) = self.namespaces.admit_stream(request.metadata())?;
         let registry = ns.route().version.registry(&ns.name)?;
         let expires_at_ms = token_expiry(&request);
+        let owner = caller(&request);
         let r = request.into_inner();
         let plan = registry.listen(r.identity.clone(), r.buffer).await?;
         let slot = registry.pool().slots().pubsub.clone();
@@ -222,6 +223,7 @@ impl Registry for RegistryService {
                 manual_ack: false,
                 client_topic: r.identity,
                 admitted,
+                owner,
                 expires_at_ms,
             },
             listening_identity,

@@ -1,9 +1,12 @@
 //! An issuer's signing keys: found through OIDC discovery, fetched from its
 //! JWKS, cached, and fetched again when a token names a key Prism does not
 //! have — at most once per `jwks_refetch_secs`, so forged `kid`s cannot turn
-//! Prism into a load generator against the issuer. Key rotation needs no
-//! restart, and an issuer that is down does not stop Prism: keys already
-//! fetched keep working.
+//! Prism into a load generator against the issuer (a token that arrives
+//! inside that window for a key Prism has not seen is told to retry, never
+//! refused for good: the issuer may have just published it). Keys older
+//! than `jwks_ttl_secs` are fetched again before use, so a key the issuer
+//! removed stops working. Key rotation needs no restart, and an issuer that
+//! is down does not stop Prism: keys already fetched keep working.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,10 +19,28 @@ use serde::Deserialize;
 
 use crate::config::IssuerConfig;
 
+/// Longest a token waits for the refetch window to end (past it, the caller
+/// is told to retry).
+const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// Why no key answers a `kid`; the text is safe to show a caller.
+#[derive(Debug)]
+pub enum KeyRefusal {
+    /// The issuer's current keys have no such key.
+    Unknown(String),
+    /// Not known yet, and the keys were fetched too recently to fetch them
+    /// again: retryable.
+    Later(String),
+}
+
 pub struct IssuerKeys {
     pub config: IssuerConfig,
     http: reqwest::Client,
     refetch_every: Duration,
+    /// Keys fetched longer ago are fetched again before use.
+    ttl: Duration,
+    /// `[auth] insecure_issuer`: plain-HTTP JWKS off loopback allowed.
+    insecure: bool,
     state: RwLock<KeySet>,
     /// One fetch at a time; callers arriving meanwhile see its result.
     fetching: tokio::sync::Mutex<()>,
@@ -42,54 +63,99 @@ struct Discovery {
 }
 
 impl IssuerKeys {
-    pub fn new(config: IssuerConfig, http: reqwest::Client, refetch_every: Duration) -> IssuerKeys {
+    pub fn new(
+        config: IssuerConfig,
+        http: reqwest::Client,
+        refetch_every: Duration,
+        ttl: Duration,
+        insecure: bool,
+    ) -> IssuerKeys {
         IssuerKeys {
             config,
             http,
             refetch_every,
+            ttl,
+            insecure,
             state: RwLock::new(KeySet::default()),
             fetching: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The key `kid` names; Err says why there is none (safe to show).
-    pub async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, String> {
-        if let Some(key) = self.state.read().keys.get(kid) {
-            return Ok(key.clone());
-        }
-        let _one_fetch = self.fetching.lock().await;
-        // Fetched while we waited, or too recently to fetch again?
-        {
-            let state = self.state.read();
-            if let Some(key) = state.keys.get(kid) {
-                return Ok(key.clone());
-            }
-            if state
-                .fetched_at
-                .is_some_and(|at| at.elapsed() < self.refetch_every)
+    /// The key `kid` names, from keys fetched within the TTL.
+    pub async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, KeyRefusal> {
+        let mut waited = false;
+        loop {
             {
-                return Err(self.missing(kid, &state));
+                let state = self.state.read();
+                if !self.stale(&state)
+                    && let Some(key) = state.keys.get(kid)
+                {
+                    return Ok(key.clone());
+                }
             }
-        }
-        let fetched = self.fetch().await;
-        let mut state = self.state.write();
-        state.fetched_at = Some(Instant::now());
-        match fetched {
-            Ok((jwks_uri, keys)) => {
-                tracing::info!(issuer = %self.config.issuer, keys = keys.len(), "fetched the issuer's signing keys");
-                state.jwks_uri = Some(jwks_uri);
-                state.keys = keys;
-                state.last_error = None;
+            // One fetch at a time: whoever waits here uses its result.
+            let one_fetch = self.fetching.lock().await;
+            let wait = {
+                let state = self.state.read();
+                let stale = self.stale(&state);
+                if !stale && let Some(key) = state.keys.get(kid) {
+                    return Ok(key.clone());
+                }
+                match state.fetched_at {
+                    Some(at) if !stale && at.elapsed() < self.refetch_every => {
+                        if waited {
+                            // Fetched since this token arrived: a definite no.
+                            return Err(KeyRefusal::Unknown(self.missing(kid, &state)));
+                        }
+                        Some(self.refetch_every.saturating_sub(at.elapsed()))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(wait) = wait {
+                // Inside the refetch window: a forged kid costs the issuer
+                // nothing, and a key the issuer has just published is
+                // fetched once the window ends (this token waits for it,
+                // or is told to retry when that is far off).
+                if wait > MAX_WAIT {
+                    return Err(KeyRefusal::Later(format!(
+                        "no signing key '{}' is known yet for issuer {}; its keys may be fetched again in {} ms: retry then",
+                        crate::text::shorten(kid),
+                        self.config.issuer,
+                        wait.as_millis() + 1
+                    )));
+                }
+                drop(one_fetch);
+                tokio::time::sleep(wait).await;
+                waited = true;
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(issuer = %self.config.issuer, error = %e, "cannot fetch the issuer's signing keys; keeping the ones already known");
-                state.last_error = Some(e);
+            let fetched = self.fetch().await;
+            let mut state = self.state.write();
+            state.fetched_at = Some(Instant::now());
+            match fetched {
+                Ok((jwks_uri, keys)) => {
+                    tracing::info!(issuer = %self.config.issuer, keys = keys.len(), "fetched the issuer's signing keys");
+                    state.jwks_uri = Some(jwks_uri);
+                    state.keys = keys;
+                    state.last_error = None;
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %self.config.issuer, error = %e, "cannot fetch the issuer's signing keys; keeping the ones already known");
+                    state.last_error = Some(e);
+                }
             }
+            return match state.keys.get(kid) {
+                Some(key) => Ok(key.clone()),
+                None => Err(KeyRefusal::Unknown(self.missing(kid, &state))),
+            };
         }
-        match state.keys.get(kid) {
-            Some(key) => Ok(key.clone()),
-            None => Err(self.missing(kid, &state)),
-        }
+    }
+
+    /// Keys fetched longer than the TTL ago (never fetched: not stale, just
+    /// empty).
+    fn stale(&self, state: &KeySet) -> bool {
+        state.fetched_at.is_some_and(|at| at.elapsed() >= self.ttl)
     }
 
     /// Fetches in the background (start-up), so the first request is quick.
@@ -118,6 +184,11 @@ impl IssuerKeys {
             Some(uri) => uri,
             None => self.discover().await?,
         };
+        if !crate::config::fetch_allowed(&jwks_uri, self.insecure) {
+            return Err(format!(
+                "its discovery names JWKS {jwks_uri}, which is not https:// (set [auth] insecure_issuer = true for a closed lab)"
+            ));
+        }
         let set: JwkSet = self
             .get_json(&jwks_uri)
             .await

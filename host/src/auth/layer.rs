@@ -10,13 +10,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Buf;
 
 use tonic::codegen::Service;
 use tower_layer::Layer;
 
 use super::{Access, AuthError, Authenticator};
 use crate::config::DEFAULT_NAMESPACE;
-use crate::namespace::NAMESPACE_METADATA;
+use crate::namespace::{NAMESPACE_METADATA, Namespaces};
+
+/// What a refused request may still send that is read (and dropped)
+/// before the refusal is sent.
+const DRAIN_BYTES: usize = 64 * 1024;
+const DRAIN_TIME: Duration = Duration::from_millis(200);
 
 /// Paths that never need a token.
 const OPEN: &[&str] = &[
@@ -45,12 +53,14 @@ pub fn access_for(path: &str) -> Option<Access> {
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Option<Arc<Authenticator>>,
+    /// What refusals are counted against (a made-up name is not kept).
+    namespaces: Arc<Namespaces>,
 }
 
 impl AuthLayer {
-    /// `None`: `mode = "none"`, every call passes.
-    pub fn new(auth: Option<Arc<Authenticator>>) -> AuthLayer {
-        AuthLayer { auth }
+    /// `auth` `None`: `mode = "none"`, every call passes.
+    pub fn new(auth: Option<Arc<Authenticator>>, namespaces: Arc<Namespaces>) -> AuthLayer {
+        AuthLayer { auth, namespaces }
     }
 }
 
@@ -61,6 +71,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            namespaces: self.namespaces.clone(),
         }
     }
 }
@@ -69,6 +80,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Option<Arc<Authenticator>>,
+    namespaces: Arc<Namespaces>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -80,7 +92,8 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -124,9 +137,13 @@ where
                     Box::pin(self.inner.call(request))
                 }
                 Err(e) => {
-                    auth.note_refusal(namespace, &e);
+                    auth.note_refusal(namespace, self.namespaces.get(namespace).is_ok(), &e);
                     let response = tonic::Status::from(e).into_http();
-                    Box::pin(async move { Ok(response) })
+                    let body = request.into_body();
+                    Box::pin(async move {
+                        drain(body).await;
+                        Ok(response)
+                    })
                 }
             };
         }
@@ -140,6 +157,7 @@ where
         // The ready service answers this call; a clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let namespaces = self.namespaces.clone();
         Box::pin(async move {
             match admit(&auth, authorization, access, &namespace).await {
                 Ok(principal) => {
@@ -147,12 +165,41 @@ where
                     inner.call(request).await
                 }
                 Err(e) => {
-                    auth.note_refusal(&namespace, &e);
+                    let known = namespaces.get(&namespace).is_ok();
+                    auth.note_refusal(&namespace, known, &e);
+                    drain(request.into_body()).await;
                     Ok(tonic::Status::from(e).into_http())
                 }
             }
         })
     }
+}
+
+/// Reads what is left of a refused request's body, a little and briefly:
+/// a refusal sent while the client is still sending makes HTTP/2 reset the
+/// stream when the rest arrives, and those resets count against the
+/// connection's `max_reset_streams` — an honest client refused many times
+/// would lose its connection. A stream that keeps sending is answered
+/// anyway after `DRAIN_BYTES` or `DRAIN_TIME`.
+async fn drain<B>(mut body: B)
+where
+    B: http_body::Body + Unpin,
+{
+    let mut seen = 0usize;
+    let read = async {
+        while seen <= DRAIN_BYTES {
+            let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        seen += data.remaining();
+                    }
+                }
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 /// The token of an `authorization: Bearer <token>` value.

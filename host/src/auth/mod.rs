@@ -21,10 +21,11 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 pub use grants::{Access, Grants};
-use keys::IssuerKeys;
+use keys::{IssuerKeys, KeyRefusal};
 
 use crate::clock::now_ms;
 use crate::config::{AuthConfig, AuthMode};
+use crate::namespace::UNKNOWN_NAMESPACE;
 
 /// The signature algorithms Prism accepts: asymmetric only (never `none`,
 /// never HS*, which would let a public key act as a shared secret).
@@ -42,6 +43,9 @@ pub const ALGORITHMS: &[Algorithm] = &[
 
 /// Verified tokens kept at most (expired ones go first when full).
 const CACHE_ENTRIES: usize = 10_000;
+
+/// Namespaces refusals are counted for, at most (the rest count as unknown).
+const REFUSAL_BUCKETS: usize = 4096;
 
 /// Who a verified token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +67,9 @@ pub enum AuthError {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// Cannot be decided now (a signing key not known yet): retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<AuthError> for tonic::Status {
@@ -70,6 +77,7 @@ impl From<AuthError> for tonic::Status {
         match e {
             AuthError::Unauthenticated(m) => tonic::Status::unauthenticated(m),
             AuthError::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            AuthError::Unavailable(m) => tonic::Status::unavailable(m),
         }
     }
 }
@@ -131,6 +139,8 @@ impl Authenticator {
                     issuer,
                     http.clone(),
                     Duration::from_secs(config.jwks_refetch_secs),
+                    Duration::from_secs(config.jwks_ttl_secs),
+                    config.insecure_issuer,
                 ))
             })
             .collect();
@@ -208,7 +218,10 @@ impl Authenticator {
                     crate::text::shorten(&iss)
                 ))
             })?;
-        let key = issuer.key(&kid).await.map_err(unauthenticated)?;
+        let key = issuer.key(&kid).await.map_err(|refusal| match refusal {
+            KeyRefusal::Unknown(m) => unauthenticated(m),
+            KeyRefusal::Later(m) => AuthError::Unavailable(m),
+        })?;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&iss]);
         validation.set_audience(&[&issuer.config.audience]);
@@ -270,25 +283,37 @@ impl Authenticator {
         )))
     }
 
-    /// Counts a refusal per namespace; logs at powers of two so a flood of
-    /// bad tokens stays readable.
-    pub fn note_refusal(&self, namespace: &str, error: &AuthError) {
-        let n = {
+    /// Counts a refusal under its namespace when `known` (a namespace this
+    /// server serves), else under [`UNKNOWN_NAMESPACE`]: the header is the
+    /// caller's to choose, so an unauthenticated flood of made-up names
+    /// adds one counter, not one per name. Logs at powers of two per
+    /// bucket, so a flood writes a few lines, never one per call.
+    pub fn note_refusal(&self, namespace: &str, known: bool, error: &AuthError) {
+        let bucket = if known { namespace } else { UNKNOWN_NAMESPACE };
+        let (bucket, n) = {
             let mut refused = self.refused.lock();
-            let n = refused.entry(namespace.to_string()).or_default();
+            // A safety net: known namespaces are few, but Admin can create
+            // and delete them without end.
+            let bucket = if refused.contains_key(bucket) || refused.len() < REFUSAL_BUCKETS {
+                bucket
+            } else {
+                UNKNOWN_NAMESPACE
+            };
+            let n = refused.entry(bucket.to_string()).or_default();
             *n += 1;
-            *n
+            (bucket, *n)
         };
         if n.is_power_of_two() {
             let kind = match error {
                 AuthError::Unauthenticated(_) => "unauthenticated",
                 AuthError::PermissionDenied(_) => "permission denied",
+                AuthError::Unavailable(_) => "retry later",
             };
-            tracing::warn!(namespace = %crate::text::shorten(namespace), refused = n, kind, reason = %error, "call refused by auth");
+            tracing::warn!(namespace = %crate::text::shorten(bucket), refused = n, kind, reason = %error, "call refused by auth");
         }
     }
 
-    /// Refusals so far, per namespace.
+    /// Refusals so far, per namespace (made-up names under [`UNKNOWN_NAMESPACE`]).
     pub fn refusals(&self) -> HashMap<String, u64> {
         self.refused.lock().clone()
     }

@@ -38,6 +38,15 @@ pub struct AuthConfig {
     /// Longest wait for the issuer's discovery document or keys.
     #[serde(default = "default_fetch_timeout_ms")]
     pub fetch_timeout_ms: u64,
+    /// Keys older than this are fetched again before they are used, so a
+    /// key the issuer stopped publishing stops working here too.
+    #[serde(default = "default_jwks_ttl_secs")]
+    pub jwks_ttl_secs: u64,
+    /// Allow `http://` issuers (and JWKS) off loopback. Whoever is on the
+    /// path could then serve their own keys and mint any grant: tests and
+    /// closed labs only.
+    #[serde(default)]
+    pub insecure_issuer: bool,
 }
 
 impl Default for AuthConfig {
@@ -51,6 +60,8 @@ impl Default for AuthConfig {
             issuers: Vec::new(),
             jwks_refetch_secs: default_jwks_refetch_secs(),
             fetch_timeout_ms: default_fetch_timeout_ms(),
+            jwks_ttl_secs: default_jwks_ttl_secs(),
+            insecure_issuer: false,
         }
     }
 }
@@ -91,4 +102,28 @@ fn default_jwks_refetch_secs() -> u64 {
 }
 fn default_fetch_timeout_ms() -> u64 {
     5000
+}
+fn default_jwks_ttl_secs() -> u64 {
+    300
+}
+
+/// Whether `url` may be fetched over plain HTTP: https, or a loopback host
+/// (an issuer beside Prism), or `insecure` (`[auth] insecure_issuer`).
+pub fn fetch_allowed(url: &str, insecure: bool) -> bool {
+    if insecure || url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

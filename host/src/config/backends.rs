@@ -99,6 +99,11 @@ pub struct RedisConfig {
     /// another member (or a new subscriber of the group) claims it.
     #[serde(default = "default_nats_ack_wait_ms")]
     pub ack_wait_ms: u64,
+    /// Put before every pub/sub channel Prism uses (`<prefix><namespace>/<topic>`):
+    /// Redis pub/sub ignores the database number, so two deployments on one
+    /// Redis hear each other's messages unless their prefixes differ.
+    #[serde(default)]
+    pub channel_prefix: String,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -108,6 +113,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("timeout_ms", &self.timeout_ms)
             .field("stream", &self.stream)
             .field("max_age_secs", &self.max_age_secs)
+            .field("channel_prefix", &self.channel_prefix)
             .field("max_len", &self.max_len)
             .field("ack_wait_ms", &self.ack_wait_ms)
             .finish()

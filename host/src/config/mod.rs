@@ -16,7 +16,7 @@ mod telemetry;
 mod validate;
 
 pub use admin::AdminConfig;
-pub use auth::{AuthConfig, AuthMode, IssuerConfig};
+pub use auth::{AuthConfig, AuthMode, IssuerConfig, fetch_allowed};
 pub use backends::{
     BackendConfig, MemStoreConfig, NatsConfig, PostgresConfig, RedisConfig, slot_capability,
 };
@@ -178,7 +178,7 @@ impl Config {
     /// (its changes last as long as the process).
     pub fn state_dir(&self) -> Option<PathBuf> {
         if let Some(dir) = &self.admin.state_dir {
-            return Some(self.resolve_path(&dir.display().to_string()));
+            return Some(self.resolve_path(dir.display().to_string()));
         }
         let config = self.path.as_ref()?;
         let base = std::env::var_os("XDG_STATE_HOME")
@@ -195,9 +195,10 @@ impl Config {
         Some(base.join("prism").join(format!("{stem}-{hash:016x}")))
     }
 
-    /// Where a namespace's `.wasm` pattern path points, relative to the config file.
-    pub fn resolve_path(&self, pattern: &str) -> PathBuf {
-        let p = Path::new(pattern);
+    /// Where a path in the config points: relative ones to the config
+    /// file's folder (a namespace's `.wasm` pattern, TLS files).
+    pub fn resolve_path(&self, pattern: impl AsRef<Path>) -> PathBuf {
+        let p = pattern.as_ref();
         if p.is_absolute() {
             p.to_path_buf()
         } else {
@@ -430,5 +431,64 @@ mod tests {
             err.contains("prism.toml: namespaces.a.limits.call_deadline_ms: must be positive"),
             "{err}"
         );
+    }
+
+    fn jwt_with_issuer(issuer: &str, extra: &str) -> String {
+        format!(
+            "[auth]\nmode = \"jwt\"\nissuer = \"{issuer}\"\naudience = \"prism\"\n{extra}[backends.mem]\ntype = \"memstore\"\n[namespaces.a]\npattern = \"keyvalue\"\nslots = {{ kv = \"mem\" }}\n"
+        )
+    }
+
+    #[test]
+    fn an_http_issuer_off_loopback_is_refused_unless_declared_insecure() {
+        let err = parse(&jwt_with_issuer("http://login.example.com", ""))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("auth.issuer: must be https://"), "{err}");
+        assert!(err.contains("insecure_issuer"), "{err}");
+        for ok in [
+            "https://login.example.com",
+            "http://127.0.0.1:8080",
+            "http://localhost:9000/realms/x",
+            "http://[::1]:9000",
+        ] {
+            assert!(parse(&jwt_with_issuer(ok, "")).is_ok(), "{ok}");
+        }
+        assert!(
+            parse(&jwt_with_issuer(
+                "http://login.example.com",
+                "insecure_issuer = true\n"
+            ))
+            .is_ok()
+        );
+        // Not fooled by userinfo or a look-alike host.
+        assert!(!fetch_allowed("http://127.0.0.1@evil.example/", false));
+        assert!(!fetch_allowed("http://127.0.0.1.evil.example/", false));
+        assert!(fetch_allowed("http://user@127.0.0.1:80/", false));
+    }
+
+    #[test]
+    fn server_limits_and_tls_are_checked() -> Result<(), ConfigError> {
+        let base = "[backends.mem]\ntype = \"memstore\"\n[namespaces.a]\npattern = \"keyvalue\"\nslots = { kv = \"mem\" }\n";
+        for (server, field) in [
+            ("max_connections = 0", "server.max_connections"),
+            (
+                "max_concurrent_streams = 0",
+                "server.max_concurrent_streams",
+            ),
+            ("tls_cert = \"c.pem\"", "server.tls_cert"),
+            ("tls_client_ca = \"ca.pem\"", "server.tls_client_ca"),
+        ] {
+            let err = parse(&format!("[server]\n{server}\n{base}"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(field), "{server}: {err}");
+        }
+        let config = parse(base)?;
+        assert_eq!(config.server.max_concurrent_streams, 2048);
+        assert_eq!(config.server.max_reset_streams, 1024);
+        Ok(())
     }
 }

@@ -65,6 +65,13 @@ pub struct LimitsConfig {
     pub max_stored_keys: Option<u64>,
     /// Open subscriptions plus registry listeners; 0 = unlimited.
     pub max_subscriptions: Option<u32>,
+    /// Messages one subscription or listener may have waiting for its
+    /// client, whatever buffer the pattern plans (it gets the smaller).
+    pub max_buffered_messages: Option<u32>,
+    /// Bytes of messages waiting for clients across the namespace's
+    /// subscriptions and listeners; a subscriber past it is treated as one
+    /// whose buffer is full (its slow-consumer policy applies).
+    pub max_buffered_bytes: Option<u64>,
 }
 
 /// Resolved limits of one namespace's instances.
@@ -86,6 +93,8 @@ pub struct Quotas {
     pub max_stored_bytes: Option<u64>,
     pub max_stored_keys: Option<u64>,
     pub max_subscriptions: Option<u32>,
+    pub max_buffered_messages: u32,
+    pub max_buffered_bytes: u64,
 }
 
 /// Everything `[namespaces.X.limits]` resolves to.
@@ -104,6 +113,9 @@ pub mod default_limits {
     pub const IDLE_INSTANCES: u32 = 1;
     pub const MAX_CONCURRENT_CALLS: u32 = 4096;
     pub const MAX_SUBSCRIPTIONS: u32 = 10_000;
+    /// The built-in patterns' largest subscriber buffer.
+    pub const MAX_BUFFERED_MESSAGES: u32 = 65_536;
+    pub const MAX_BUFFERED_BYTES: u64 = 256 * 1024 * 1024;
 }
 
 impl LimitsConfig {
@@ -136,6 +148,14 @@ impl LimitsConfig {
                 max_stored_bytes: positive64(pick!(max_stored_bytes, 0)),
                 max_stored_keys: positive64(pick!(max_stored_keys, 0)),
                 max_subscriptions: positive32(pick!(max_subscriptions, d::MAX_SUBSCRIPTIONS)),
+                // Never unlimited: 0 falls back to the built-in bound.
+                max_buffered_messages: positive32(pick!(
+                    max_buffered_messages,
+                    d::MAX_BUFFERED_MESSAGES
+                ))
+                .unwrap_or(d::MAX_BUFFERED_MESSAGES),
+                max_buffered_bytes: positive64(pick!(max_buffered_bytes, d::MAX_BUFFERED_BYTES))
+                    .unwrap_or(d::MAX_BUFFERED_BYTES),
             },
         }
     }

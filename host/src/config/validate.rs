@@ -30,6 +30,7 @@ impl Config {
         }
         self.validate_auth(&invalid)?;
         self.validate_telemetry(&invalid)?;
+        self.validate_server(&invalid)?;
         for (name, backend) in &self.backends {
             match backend {
                 BackendConfig::Memstore(m) => {
@@ -256,6 +257,54 @@ impl Config {
         self.validate_telemetry(&invalid)
     }
 
+    fn validate_server(
+        &self,
+        invalid: &impl Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let at_least_one = [
+            ("max_connections", s.max_connections as u64),
+            (
+                "max_concurrent_streams",
+                u64::from(s.max_concurrent_streams),
+            ),
+            (
+                "max_unauthenticated_streams",
+                s.max_unauthenticated_streams as u64,
+            ),
+            ("max_reset_streams", s.max_reset_streams as u64),
+            ("max_message_bytes", s.max_message_bytes as u64),
+        ];
+        for (field, value) in at_least_one {
+            if value == 0 {
+                return Err(invalid(
+                    format!("server.{field}"),
+                    "is 0, which would refuse everything; it must be at least 1".into(),
+                ));
+            }
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            return Err(invalid(
+                "server.tls_cert".into(),
+                "tls_cert and tls_key go together (PEM certificate chain and its private key); set both or neither".into(),
+            ));
+        }
+        if s.tls_client_ca.is_some() && s.tls_cert.is_none() {
+            return Err(invalid(
+                "server.tls_client_ca".into(),
+                "client certificates need TLS: set tls_cert and tls_key too".into(),
+            ));
+        }
+        if s.keepalive_secs > 0 && s.keepalive_timeout_secs == 0 {
+            return Err(invalid(
+                "server.keepalive_timeout_secs".into(),
+                "is 0 while keepalive_secs is set; give peers at least a second to answer a ping"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_telemetry(
         &self,
         invalid: &impl Fn(String, String) -> ConfigError,
@@ -321,6 +370,12 @@ impl Config {
             if !ok {
                 return Err(invalid(field, "must be an http(s):// URL".into()));
             }
+            if !super::auth::fetch_allowed(&issuer.issuer, auth.insecure_issuer) {
+                return Err(invalid(
+                    field,
+                    "must be https:// off loopback: over http anyone on the path could serve their own keys and mint any grant (set [auth] insecure_issuer = true for a closed lab)".into(),
+                ));
+            }
             if issuer.audience.is_empty() {
                 return Err(invalid(
                     field.replace("issuer", "audience"),
@@ -328,10 +383,10 @@ impl Config {
                 ));
             }
         }
-        if auth.jwks_refetch_secs == 0 || auth.fetch_timeout_ms == 0 {
+        if auth.jwks_refetch_secs == 0 || auth.fetch_timeout_ms == 0 || auth.jwks_ttl_secs == 0 {
             return Err(invalid(
                 "auth".into(),
-                "jwks_refetch_secs and fetch_timeout_ms must be positive".into(),
+                "jwks_refetch_secs, jwks_ttl_secs and fetch_timeout_ms must be positive".into(),
             ));
         }
         Ok(())

@@ -20,7 +20,7 @@ pub use subscriptions::{Registered, StreamGuard, Subscriptions};
 
 use crate::backend::pubsub::{SlowConsumerPolicy, SubscribeOptions};
 use crate::capability::pubsub::PubSubSlot;
-use crate::clock::{next_id, now_ms};
+use crate::clock::{now_ms, secret_id};
 
 /// One frame of a delivery stream (`api/frame.rs` encodes it).
 #[derive(Debug, Default)]
@@ -52,6 +52,8 @@ pub struct Held<'a> {
     /// The topic as the client named it (set on every delivered message).
     pub client_topic: String,
     pub admitted: crate::admission::StreamGuard,
+    /// Who opened it (`api::caller`): only they may ack or unsubscribe.
+    pub owner: Option<String>,
     /// When the caller's token expires (ms since the epoch): the stream ends
     /// then with UNAUTHENTICATED, so no subscription outlives its credentials.
     pub expires_at_ms: Option<u64>,
@@ -65,9 +67,14 @@ pub type FrameStream = Pin<Box<dyn Stream<Item = Result<DeliveryFrame, Status>> 
 /// topic or identity) once live, then a frame per batch.
 pub async fn open_stream(
     subscriptions: &Arc<Subscriptions>,
-    held: Held<'_>,
+    mut held: Held<'_>,
     opened: String,
 ) -> Result<FrameStream, Status> {
+    // The host's bound, whatever buffer the pattern planned: the broker's
+    // own per-subscriber buffer is sized from it too.
+    let budget = held.admitted.admission().clone();
+    let most = budget.quotas().max_buffered_messages as usize;
+    held.options.buffer = held.options.buffer.min(most.max(1));
     let at_least_once = held.slot.backend().at_least_once();
     let policy = held.options.policy;
     let buffer = held.options.buffer;
@@ -85,12 +92,13 @@ pub async fn open_stream(
         (_, SlowConsumerPolicy::Disconnect) => WhenFull::Disconnect,
         (false, SlowConsumerPolicy::DropOldest) => WhenFull::DropOldest,
     };
-    let outbox = Outbox::new(buffer, when_full);
-    let id = format!("sub-{}", next_id(now_ms()));
+    let outbox = Outbox::new(buffer, when_full, Some(budget));
+    let id = format!("sub-{}", secret_id());
     subscriptions.insert(
         id.clone(),
         Registered {
             namespace: held.namespace.to_string(),
+            owner: held.owner.clone(),
             outbox: outbox.clone(),
             acker: acker.clone(),
         },
@@ -128,9 +136,12 @@ pub async fn open_stream(
             let next = guard.outbox.next_batch();
             let batch = match expiry {
                 None => next.await,
+                // Biased, expiry first: once the token has expired not one
+                // more batch goes out, even when one is ready too.
                 Some(at) => tokio::select! {
-                    batch = next => batch,
+                    biased;
                     _ = tokio::time::sleep_until(at) => Batch::Failed(token_expired()),
+                    batch = next => batch,
                 },
             };
             match batch {

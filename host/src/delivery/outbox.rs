@@ -11,7 +11,12 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tonic::Status;
 
+use crate::admission::Admission;
 use crate::backend::pubsub::BrokerMessage;
+
+/// What one queued message is charged beyond its bytes (its queue slot,
+/// the `Arc`, the strings' headers).
+const OVERHEAD: u64 = 96;
 
 /// Most messages sent in one stream frame.
 pub const MAX_BATCH: usize = 256;
@@ -21,6 +26,16 @@ pub const MAX_BATCH: usize = 256;
 pub struct Outgoing {
     pub message: Arc<BrokerMessage>,
     pub attempt: u32,
+}
+
+impl Outgoing {
+    /// The bytes this message holds while it waits, as the namespace's
+    /// `max_buffered_bytes` counts them.
+    pub fn size(&self) -> u64 {
+        let m = &self.message;
+        let metadata: usize = m.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (m.payload.len() + m.id.len() + m.topic.len() + metadata) as u64 + OVERHEAD
+    }
 }
 
 /// What the stream gets from the outbox.
@@ -48,6 +63,8 @@ pub struct Outbox {
     state: Mutex<State>,
     capacity: usize,
     when_full: WhenFull,
+    /// The namespace's byte quota every queued message is charged to.
+    budget: Option<Arc<Admission>>,
     /// Messages (or the end) are ready for the stream.
     ready: Notify,
     /// The stream took messages: room for the pump.
@@ -59,17 +76,26 @@ pub struct Outbox {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Outgoing>,
+    /// What `queue` is charged to the budget.
+    bytes: u64,
     dropped: u64,
     end: Option<Result<(), Status>>,
     ended: bool,
 }
 
 impl Outbox {
-    pub fn new(capacity: usize, when_full: WhenFull) -> Arc<Outbox> {
+    /// An outbox of at most `capacity` messages, whose bytes count against
+    /// `budget` (the namespace's `max_buffered_bytes`) when given.
+    pub fn new(
+        capacity: usize,
+        when_full: WhenFull,
+        budget: Option<Arc<Admission>>,
+    ) -> Arc<Outbox> {
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
             when_full,
+            budget,
             ready: Notify::new(),
             space: Notify::new(),
             stopped: AtomicBool::new(false),
@@ -101,19 +127,28 @@ impl Outbox {
                 }
                 let before = pending.len();
                 while let Some(out) = pending.pop_front() {
-                    if state.queue.len() < self.capacity {
+                    let size = out.size();
+                    if self.admit(&mut state, size) {
                         state.queue.push_back(out);
                         continue;
                     }
                     match self.when_full {
                         WhenFull::DropOldest => {
-                            state.queue.pop_front();
-                            state.dropped += 1;
+                            // Oldest out until the new one fits; an empty
+                            // queue always takes one, so this ends.
+                            while let Some(old) = state.queue.pop_front() {
+                                self.release(&mut state, old.size());
+                                state.dropped += 1;
+                                if self.admit(&mut state, size) {
+                                    break;
+                                }
+                            }
                             state.queue.push_back(out);
                         }
                         WhenFull::Disconnect => {
+                            let queued = state.queue.len();
                             state.end = Some(Err(Status::resource_exhausted(format!(
-                                "subscriber fell more than {} messages behind and was disconnected \
+                                "subscriber fell behind ({queued} messages waiting; at most {} per subscriber, and the namespace's max_buffered_bytes across them) and was disconnected \
                                  (slow_consumer = disconnect); read faster, raise the buffer, or use drop_oldest",
                                 self.capacity
                             ))));
@@ -137,6 +172,30 @@ impl Outbox {
                 }
             }
             room.await;
+        }
+    }
+
+    /// Charges a message of `size` bytes if the queue has a free place and
+    /// the namespace's budget the bytes (an empty queue always takes one,
+    /// so a subscriber is never starved by the others).
+    fn admit(&self, state: &mut State, size: u64) -> bool {
+        if state.queue.len() >= self.capacity {
+            return false;
+        }
+        let fits = match &self.budget {
+            Some(budget) => budget.reserve_buffer(size, state.queue.is_empty()),
+            None => true,
+        };
+        if fits {
+            state.bytes += size;
+        }
+        fits
+    }
+
+    fn release(&self, state: &mut State, size: u64) {
+        state.bytes -= size;
+        if let Some(budget) = &self.budget {
+            budget.release_buffer(size);
         }
     }
 
@@ -190,11 +249,17 @@ impl Outbox {
                     let status = status.clone();
                     state.ended = true;
                     state.queue.clear();
+                    let held = std::mem::take(&mut state.bytes);
+                    if let Some(budget) = &self.budget {
+                        budget.release_buffer(held);
+                    }
                     return Batch::Failed(status);
                 }
                 if !state.queue.is_empty() || state.dropped > 0 {
                     let n = state.queue.len().min(MAX_BATCH);
                     let messages: Vec<Outgoing> = state.queue.drain(..n).collect();
+                    let taken: u64 = messages.iter().map(Outgoing::size).sum();
+                    self.release(&mut state, taken);
                     let dropped = std::mem::take(&mut state.dropped);
                     drop(state);
                     self.space.notify_one();
@@ -206,6 +271,16 @@ impl Outbox {
                 }
             }
             ready.await;
+        }
+    }
+}
+
+impl Drop for Outbox {
+    /// What the client never took goes back to the namespace's budget.
+    fn drop(&mut self) {
+        let held = self.state.get_mut().bytes;
+        if let Some(budget) = &self.budget {
+            budget.release_buffer(held);
         }
     }
 }
@@ -233,7 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pump_waiting_for_room_is_released_when_the_stream_stops() {
-        let outbox = Outbox::new(1, WhenFull::Wait);
+        let outbox = Outbox::new(1, WhenFull::Wait, None);
         outbox.push(message()).await;
         let waiting = {
             let outbox = outbox.clone();
@@ -265,7 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_that_does_not_fit_waits_in_order_for_room() {
-        let outbox = Outbox::new(2, WhenFull::Wait);
+        let outbox = Outbox::new(2, WhenFull::Wait, None);
         let pushing = {
             let outbox = outbox.clone();
             tokio::spawn(async move { outbox.push_all(&mut (1..=5).map(numbered).collect()).await })
@@ -286,7 +361,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_larger_than_a_drop_oldest_outbox_keeps_its_newest() {
-        let outbox = Outbox::new(2, WhenFull::DropOldest);
+        let outbox = Outbox::new(2, WhenFull::DropOldest, None);
         outbox.push_all(&mut (1..=5).map(numbered).collect()).await;
         assert_eq!(
             ids(outbox.next_batch().await),
@@ -296,7 +371,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_larger_than_a_disconnect_outbox_ends_the_stream() {
-        let outbox = Outbox::new(2, WhenFull::Disconnect);
+        let outbox = Outbox::new(2, WhenFull::Disconnect, None);
         outbox.push_all(&mut (1..=5).map(numbered).collect()).await;
         let end = outbox.next_batch().await;
         assert!(

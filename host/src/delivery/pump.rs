@@ -34,6 +34,8 @@ pub(super) async fn pump(
     let mut run: VecDeque<Outgoing> = VecDeque::new();
     loop {
         let first = tokio::select! {
+            // A stopped subscription reads nothing more from the broker.
+            biased;
             _ = outbox.stopped() => return,
             delivery = subscription.next() => delivery,
         };

@@ -14,6 +14,8 @@ use crate::backend::pubsub::Acker;
 /// A subscription the Unsubscribe and Ack calls can find.
 pub struct Registered {
     pub namespace: String,
+    /// Who opened it (see `api::caller`); None with auth off.
+    pub owner: Option<String>,
     pub outbox: Arc<Outbox>,
     pub acker: Option<Arc<dyn Acker>>,
 }
@@ -57,12 +59,14 @@ impl Subscriptions {
         self.live.lock().remove(id)
     }
 
-    /// The subscription, if it is live and belongs to `namespace`.
-    pub fn get(&self, id: &str, namespace: &str) -> Option<Arc<Registered>> {
+    /// The subscription, if it is live, belongs to `namespace` and was
+    /// opened by `caller` (another principal's looks like no subscription,
+    /// so its existence is not told either).
+    pub fn get(&self, id: &str, namespace: &str, caller: Option<&str>) -> Option<Arc<Registered>> {
         self.live
             .lock()
             .get(id)
-            .filter(|e| e.namespace == namespace)
+            .filter(|e| e.namespace == namespace && e.owner.as_deref() == caller)
             .cloned()
     }
 

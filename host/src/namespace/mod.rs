@@ -29,6 +29,11 @@ use crate::text::shorten;
 /// The request metadata that names the namespace.
 pub const NAMESPACE_METADATA: &str = "x-prism-namespace";
 
+/// The label of calls whose `x-prism-namespace` names no namespace this
+/// server serves: the header is the caller's to choose, so a made-up name
+/// is never kept (as a metric label or a counter key).
+pub const UNKNOWN_NAMESPACE: &str = "(unknown)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
     #[error("namespace '{0}' is not configured on this server")]

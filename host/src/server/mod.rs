@@ -3,6 +3,7 @@
 //! count each call and open its span, and the `/metrics` listener.
 
 mod health;
+mod limits;
 pub mod metrics;
 mod metrics_http;
 pub mod request_metrics;
@@ -15,8 +16,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::Control;
 use crate::api::admin::AdminService;
@@ -40,6 +39,7 @@ use crate::pb::pub_sub_server::PubSubServer;
 use crate::pb::registry_server::RegistryServer;
 use crate::runtime::Runtime;
 use crate::runtime::pool::IDLE_TTL;
+use limits::OpenStreamsLayer;
 use metrics::Sources;
 use request_metrics::{MetricsLayer, RequestMetrics};
 use request_span::RequestSpanLayer;
@@ -59,6 +59,8 @@ pub enum ServerError {
     },
     #[error("auth: {0}")]
     Auth(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("admin state: {0}")]
     State(#[from] crate::admin::StateError),
     #[error("reflection service: {0}")]
@@ -213,13 +215,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
 
-    // Nagle's algorithm would add tens of milliseconds to small responses.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn {
-            let _ = stream.set_nodelay(true);
-        }
-        conn
-    });
+    let incoming = limits::incoming(listener, config.server.max_connections);
     let (shutdown, stop) = oneshot::channel::<()>();
     let auth = Authenticator::from_config(&config.auth).map_err(ServerError::Auth)?;
     match &auth {
@@ -259,11 +255,30 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         _ => None,
     };
     // Outermost: calls refused by the layers below are traced and counted too.
-    let router = tonic::transport::Server::builder()
+    let server = &config.server;
+    let keepalive = (server.keepalive_secs > 0).then(|| Duration::from_secs(server.keepalive_secs));
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(server.max_concurrent_streams)
+        .http2_max_local_error_reset_streams(Some(server.max_reset_streams))
+        // h2's default (20), which tonic's builder otherwise leaves unset.
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(server.keepalive_timeout_secs)));
+    if let Some(tls) = tls_config(config)? {
+        builder = builder.tls_config(tls)?;
+        tracing::info!("the listener speaks TLS");
+    }
+    if server.max_connection_age_secs > 0 {
+        builder = builder
+            .max_connection_age(Duration::from_secs(server.max_connection_age_secs))
+            .max_connection_age_grace(Duration::from_secs(server.max_connection_age_grace_secs));
+    }
+    let router = builder
         .layer(RequestSpanLayer)
         .layer(MetricsLayer::new(requests))
         .layer(OversizeLayer::new(max_message))
-        .layer(AuthLayer::new(auth))
+        .layer(AuthLayer::new(auth, namespaces.clone()))
+        .layer(OpenStreamsLayer::new(server.max_unauthenticated_streams))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(keyvalue)
@@ -287,6 +302,34 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
         _runtime: runtime,
     })
+}
+
+/// The listener's TLS from `[server] tls_cert`, `tls_key` and
+/// `tls_client_ca` (rustls; TLS 1.2 and 1.3), if configured.
+fn tls_config(config: &Config) -> Result<Option<tonic::transport::ServerTlsConfig>, ServerError> {
+    let server = &config.server;
+    let (Some(cert), Some(key)) = (&server.tls_cert, &server.tls_key) else {
+        return Ok(None);
+    };
+    let read = |field: &str, path: &std::path::Path| {
+        let path = config.resolve_path(path);
+        std::fs::read(&path).map_err(|e| {
+            ServerError::Tls(format!(
+                "server.{field}: cannot read {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read("tls_cert", cert)?, read("tls_key", key)?);
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &server.tls_client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            "tls_client_ca",
+            ca,
+        )?));
+    }
+    Ok(Some(tls))
 }
 
 /// Drops pattern instances that sat idle, so a quiet namespace holds only

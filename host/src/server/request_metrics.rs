@@ -46,9 +46,7 @@ pub const CODES: [&str; 17] = [
 const CANCELLED: usize = 1;
 const UNKNOWN_CODE: usize = 2;
 
-/// The namespace label of calls whose `x-prism-namespace` names no
-/// namespace (the header is the caller's to choose, so it is never a label).
-pub const UNKNOWN_NAMESPACE: &str = "(unknown)";
+pub use crate::namespace::UNKNOWN_NAMESPACE;
 
 /// One namespace × method's counters.
 #[derive(Default)]

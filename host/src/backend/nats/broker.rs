@@ -246,6 +246,37 @@ impl NatsBroker {
         }
     }
 
+    /// The consumer `config` describes: a group's durable one (created, or
+    /// the existing one when it reads this very subject), else an ephemeral.
+    async fn open_consumer(
+        &self,
+        stream: &jetstream::stream::Stream,
+        config: consumer::pull::Config,
+    ) -> Result<consumer::PullConsumer, BackendError> {
+        let Some(name) = config.durable_name.clone() else {
+            return self
+                .bounded("creating a consumer", stream.create_consumer(config))
+                .await;
+        };
+        let subject = config.filter_subject.clone();
+        let consumer: consumer::PullConsumer = self
+            .bounded(
+                "creating the durable consumer",
+                stream.get_or_create_consumer(&name, config),
+            )
+            .await?;
+        // A consumer of that name made by anyone else (another tenant's
+        // group, a hand-made one) must not hand this subscriber its messages.
+        // The info is the server's answer to the get or create.
+        if consumer.cached_info().config.filter_subject != subject {
+            return Err(BackendError::InvalidArgument(format!(
+                "the group's durable consumer {name} exists on the stream for other subjects; \
+                 use another group name (or delete that consumer if it is stale)"
+            )));
+        }
+        Ok(consumer)
+    }
+
     async fn subscribe_jetstream(
         self: &Arc<Self>,
         topic: &TopicName,
@@ -254,22 +285,7 @@ impl NatsBroker {
         let subject = self.subject(topic);
         let (_, stream) = self.jetstream().await?;
         let config = self.consumer_config(&subject, options, consumer::DeliverPolicy::New);
-        let consumer: consumer::PullConsumer = match &config.durable_name {
-            Some(name) => {
-                self.bounded(
-                    "creating the durable consumer",
-                    stream.get_or_create_consumer(name, config.clone()),
-                )
-                .await?
-            }
-            None => {
-                self.bounded(
-                    "creating a consumer",
-                    stream.create_consumer(config.clone()),
-                )
-                .await?
-            }
-        };
+        let consumer = self.open_consumer(stream, config).await?;
         let messages = self
             .bounded("starting the consumer", consumer.messages())
             .await?;
@@ -300,25 +316,25 @@ fn covers(pattern: &str, prefix: &str) -> bool {
         && head.iter().zip(&prefix).all(|(p, t)| *p == "*" || p == t)
 }
 
-/// Durable consumer names cannot hold '.', so the subject is hashed in:
-/// one group name used on two topics makes two consumers.
-fn durable_name(group: &str, subject: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    // FNV-1a: stable across processes and Rust versions (DefaultHasher is not).
-    struct Fnv(u64);
-    impl Hasher for Fnv {
-        fn finish(&self) -> u64 {
-            self.0
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            for b in bytes {
-                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-            }
-        }
-    }
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    subject.hash(&mut h);
-    format!("{group}-{:016x}", h.finish())
+/// The durable consumer of `group` on `subject` (which carries the
+/// namespace's scope): the group's name in the characters NATS allows, for
+/// operators reading `nats consumer ls`, then 128 bits of SHA-256 over
+/// subject and group, so two namespaces, topics or groups never share a
+/// consumer, and no group text reaches a NATS API subject as it was sent.
+pub fn durable_name(group: &str, subject: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let readable: String = group
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    let mut hash = Sha256::new();
+    hash.update(subject.as_bytes());
+    hash.update([0]);
+    hash.update(group.as_bytes());
+    let digest = hash.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{readable}-{hex}")
 }
 
 #[async_trait]
@@ -552,24 +568,7 @@ impl JetStreamSubscription {
                 let config = self
                     .broker
                     .consumer_config(&self.subject, &self.options, policy);
-                let consumer: consumer::PullConsumer = match &config.durable_name {
-                    Some(name) => {
-                        self.broker
-                            .bounded(
-                                "creating the durable consumer",
-                                stream.get_or_create_consumer(name, config.clone()),
-                            )
-                            .await?
-                    }
-                    None => {
-                        self.broker
-                            .bounded(
-                                "creating a consumer",
-                                stream.create_consumer(config.clone()),
-                            )
-                            .await?
-                    }
-                };
+                let consumer = self.broker.open_consumer(stream, config).await?;
                 self.broker
                     .bounded("starting the consumer", consumer.messages())
                     .await

@@ -385,6 +385,7 @@ mod tests {
             max_age_secs: 60,
             max_len: None,
             ack_wait_ms: 1000,
+            channel_prefix: String::new(),
         }
     }
 

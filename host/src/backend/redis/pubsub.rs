@@ -35,6 +35,8 @@ pub struct RedisBroker {
     client: redis::Client,
     timeout: Duration,
     local: Arc<MemBroker>,
+    /// `[backends.X] channel_prefix`: before every channel name.
+    prefix: String,
     /// Local subscribers per channel; the last one to leave unsubscribes.
     subscribers: Arc<Mutex<HashMap<String, usize>>>,
     control: Mutex<Option<mpsc::UnboundedSender<Control>>>,
@@ -56,9 +58,15 @@ impl RedisBroker {
             client,
             timeout: Duration::from_millis(config.timeout_ms),
             local: MemBroker::new(name, buffer),
+            prefix: config.channel_prefix.clone(),
             subscribers: Arc::new(Mutex::new(HashMap::new())),
             control: Mutex::new(None),
         }))
+    }
+
+    /// The Redis channel of a topic.
+    fn channel(&self, topic: &TopicName) -> String {
+        format!("{}{}", self.prefix, topic.scoped())
     }
 
     /// The subscription task's inbox, starting the task on first use.
@@ -102,7 +110,7 @@ impl PubSubBackend for RedisBroker {
         topic: &TopicName,
         messages: Vec<BrokerMessage>,
     ) -> Result<(), BackendError> {
-        let channel = topic.scoped();
+        let channel = self.channel(topic);
         let mut pipe = redis::pipe();
         for message in &messages {
             pipe.cmd("PUBLISH")
@@ -134,7 +142,7 @@ impl PubSubBackend for RedisBroker {
         topic: &TopicName,
         options: &SubscribeOptions,
     ) -> Result<Box<dyn BrokerSubscription>, BackendError> {
-        let channel = topic.scoped();
+        let channel = self.channel(topic);
         // Local first, so nothing Redis delivers after SUBSCRIBE is missed.
         let local = self.local.subscribe(&channel, options);
         let (reply_tx, reply_rx) = oneshot::channel();
