@@ -49,6 +49,29 @@ fn request<T>(message: T, namespace: &str, token: Option<&str>) -> Request<T> {
     r
 }
 
+/// A KeyValue `orders` namespace on MemStore, with this `[server]` line.
+fn orders_with_server(setting: &str) -> String {
+    format!(
+        "[server]\n{setting}\n[backends.mem]\ntype = \"memstore\"\n[namespaces.orders]\npattern = \"keyvalue\"\nslots = {{ kv = \"mem\" }}\n"
+    )
+}
+
+/// Waits for a namespace's outboxes to settle (two equal, non-zero
+/// readings); whether they did, and the most they held at any reading.
+async fn settle(admission: &prism::admission::Admission) -> (bool, u64) {
+    let mut last = u64::MAX;
+    let mut most = 0;
+    let settled = eventually(Duration::from_secs(10), || {
+        let now = admission.buffered_bytes();
+        most = most.max(now);
+        let same = now == last && now > 0;
+        last = now;
+        async move { same }
+    })
+    .await;
+    (settled, most)
+}
+
 /// A call that failed because the server closed or refused the connection
 /// (not a gRPC answer from a handler).
 fn refused_by_transport(status: &tonic::Status) -> bool {
@@ -180,20 +203,7 @@ slots = { kv = "mem" }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_watches_past_the_server_cap_are_resource_exhausted() -> anyhow::Result<()> {
-    let server = start(
-        r#"
-[server]
-max_unauthenticated_streams = 4
-
-[backends.mem]
-type = "memstore"
-
-[namespaces.orders]
-pattern = "keyvalue"
-slots = { kv = "mem" }
-"#,
-    )
-    .await?;
+    let server = start(&orders_with_server("max_unauthenticated_streams = 4")).await?;
     let mut health = HealthClient::new(server.channel());
     let watch = || HealthCheckRequest {
         service: String::new(),
@@ -232,20 +242,7 @@ slots = { kv = "mem" }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_max_connections_are_closed_until_one_leaves() -> anyhow::Result<()> {
-    let server = start(
-        r#"
-[server]
-max_connections = 3
-
-[backends.mem]
-type = "memstore"
-
-[namespaces.orders]
-pattern = "keyvalue"
-slots = { kv = "mem" }
-"#,
-    )
-    .await?;
+    let server = start(&orders_with_server("max_connections = 3")).await?;
     let url = format!("http://{}", server.addr());
     let check = |channel: Channel| async move {
         HealthClient::new(channel)
@@ -447,16 +444,7 @@ limits = {{ max_buffered_messages = 8 }}
     let admission = server.namespaces().get("events")?.admission.clone();
     // Wait for the pump to settle (two equal readings), checking the bound
     // at every reading.
-    let mut last = u64::MAX;
-    let mut most = 0;
-    let settled = eventually(Duration::from_secs(10), || {
-        let now = admission.buffered_bytes();
-        most = most.max(now);
-        let same = now == last && now > 0;
-        last = now;
-        async move { same }
-    })
-    .await;
+    let (settled, most) = settle(&admission).await;
     assert!(settled, "nothing settled in the outbox");
     let one = (SIZE + 200) as u64;
     assert!(
@@ -511,16 +499,7 @@ limits = {{ max_buffered_messages = 8 }}
         small.publish(publish_request("t", &kib)).await?;
     }
     let admission = server.namespaces().get("small")?.admission.clone();
-    let mut last = u64::MAX;
-    let mut most = 0;
-    let settled = eventually(Duration::from_secs(10), || {
-        let now = admission.buffered_bytes();
-        most = most.max(now);
-        let same = now == last && now > 0;
-        last = now;
-        async move { same }
-    })
-    .await;
+    let (settled, most) = settle(&admission).await;
     assert!(settled, "nothing settled in the small outbox");
     // Each 1 KiB message is charged under 1.2 KiB (payload, id, topic, overhead).
     assert!(
@@ -1067,5 +1046,64 @@ async fn the_tls_listener_serves_tls_and_refuses_plaintext() -> anyhow::Result<(
         set_and_get(tls_channel(server.addr(), &ca, Some((&client_cert, &client_key))).await?)
             .await?;
     assert_eq!(value, b"over tls");
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_publish_stream_counts_against_max_subscriptions() -> anyhow::Result<()> {
+    let server = start(
+        r#"
+[backends.mem]
+type = "memstore"
+
+[namespaces.events]
+pattern = "pubsub"
+slots = { pubsub = "mem" }
+limits = { max_subscriptions = 1 }
+"#,
+    )
+    .await?;
+    let mut client = server.pubsub("events");
+    // A publish stream that stays open: one request answered, then idle.
+    let (requests, inbound) = tokio::sync::mpsc::channel::<pb::PublishStreamRequest>(4);
+    requests
+        .send(pb::PublishStreamRequest {
+            sequence: 1,
+            topic: "t".into(),
+            messages: vec![pb::BatchMessage {
+                payload: b"m".to_vec().into(),
+                ..Default::default()
+            }],
+        })
+        .await?;
+    let mut answers = client
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(inbound))
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), answers.message()).await??;
+    assert_eq!(first.map(|a| a.sequence), Some(1));
+
+    // It holds the namespace's one stream: a subscription is refused.
+    let refused = client
+        .subscribe(subscribe_request("t"))
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a subscription opened beside the publish stream"))?;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("max_subscriptions"),
+        "{refused:?}"
+    );
+
+    // Closed, it frees the place.
+    drop(requests);
+    let ended = tokio::time::timeout(Duration::from_secs(10), answers.message()).await??;
+    assert!(ended.is_none(), "the publish stream did not end: {ended:?}");
+    let reopened = eventually(Duration::from_secs(10), || {
+        let mut client = client.clone();
+        async move { Sub::open(&mut client, subscribe_request("t")).await.is_ok() }
+    })
+    .await;
+    assert!(reopened, "the publish stream's place was never freed");
     server.stop().await
 }
