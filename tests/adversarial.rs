@@ -1071,7 +1071,7 @@ limits = { max_subscriptions = 1 }
             sequence: 1,
             topic: "t".into(),
             messages: vec![pb::BatchMessage {
-                payload: b"m".to_vec().into(),
+                payload: b"m".to_vec(),
                 ..Default::default()
             }],
         })
