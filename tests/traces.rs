@@ -392,3 +392,85 @@ async fn an_endpoint_that_is_not_an_otlp_url_is_refused_at_start() -> anyhow::Re
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_caller_cannot_force_a_trace() -> anyhow::Result<()> {
+    const REFUSED_TRACE: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const FIRST_SIGHT_TRACE: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const VERIFIED_TRACE: &str = "cccccccccccccccccccccccccccccccc";
+    let issuer = prism_acceptance::oidc::Issuer::start(None).await?;
+    let (receiver, endpoint) = receiver().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("prism.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[auth]
+mode = "jwt"
+issuer = "{issuer}"
+audience = "prism"
+
+[telemetry]
+otlp_endpoint = "{endpoint}"
+trace_sample_ratio = 0.0
+service_name = "prism-gated"
+
+[backends.mem]
+type = "memstore"
+
+[namespaces.default]
+pattern = "keyvalue"
+slots = {{ kv = "mem" }}
+"#,
+            port = free_port()?,
+            issuer = issuer.url
+        ),
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let prism = PrismProcess::start(&["serve", "--config", &config]).await?;
+    let channel = Channel::from_shared(format!("http://{}", prism.addr))?
+        .connect()
+        .await?;
+    let mut kv = KeyValueClient::with_interceptor(channel, Namespace::new("default"));
+    let token = issuer.mint("tracer", &["default"])?;
+    let call = |trace_id: &str, token: Option<&str>| {
+        let mut request = tonic::Request::new(pb::SetRequest {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            ttl_ms: None,
+        });
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent(trace_id, CALLER_SPAN));
+        if let Some(token) = token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    };
+    // No token, sampled flag set: refused, and no trace.
+    let refused = kv.set(call(REFUSED_TRACE, None)).await;
+    assert_eq!(
+        refused.err().map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+    // A token seen for the first time is not trusted yet at the span layer
+    // (ratio 0); once verified, its caller's flag decides.
+    kv.set(call(FIRST_SIGHT_TRACE, Some(&token))).await?;
+    kv.set(call(VERIFIED_TRACE, Some(&token))).await?;
+
+    let spans = stop_and_collect(prism, &receiver).await?;
+    assert!(
+        trace(&spans, REFUSED_TRACE).is_empty(),
+        "an unauthenticated caller's sampled flag made a trace"
+    );
+    assert!(trace(&spans, FIRST_SIGHT_TRACE).is_empty());
+    let ours = trace(&spans, VERIFIED_TRACE);
+    child(&ours, CALLER_SPAN, "prism.v1.KeyValue/Set")?;
+    Ok(())
+}

@@ -203,7 +203,7 @@ where
 }
 
 /// The token of an `authorization: Bearer <token>` value.
-fn bearer(header: &str) -> Option<&str> {
+pub fn bearer(header: &str) -> Option<&str> {
     header
         .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))

@@ -274,7 +274,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .max_connection_age_grace(Duration::from_secs(server.max_connection_age_grace_secs));
     }
     let router = builder
-        .layer(RequestSpanLayer)
+        .layer(RequestSpanLayer::new(auth.clone()))
         .layer(MetricsLayer::new(requests))
         .layer(OversizeLayer::new(max_message))
         .layer(AuthLayer::new(auth, namespaces.clone()))

@@ -4,9 +4,15 @@
 //! handler runs inside it, so the pattern call, capability and backend spans
 //! below are its children. A stream's span covers its opening; messages it
 //! delivers have spans of their own (`traces::delivery_span`).
+//!
+//! With auth on, a caller's "sampled" flag is honoured only once its token
+//! has been verified (it is in the token cache): an unauthenticated caller
+//! cannot make every one of its calls cost a trace; its calls are sampled
+//! by `trace_sample_ratio` like traces that start here.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::Either;
@@ -15,6 +21,8 @@ use tower_layer::Layer;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::auth::Authenticator;
+use crate::auth::layer::bearer;
 use crate::config::DEFAULT_NAMESPACE;
 use crate::namespace::NAMESPACE_METADATA;
 use crate::telemetry::methods::{self, METHODS};
@@ -24,20 +32,33 @@ use crate::telemetry::traces::{self, TARGET};
 /// most this much of it.
 const MAX_NAMESPACE_ATTRIBUTE: usize = 64;
 
-#[derive(Clone, Copy, Default)]
-pub struct RequestSpanLayer;
+#[derive(Clone, Default)]
+pub struct RequestSpanLayer {
+    /// None: auth is off, every caller's flag is honoured.
+    auth: Option<Arc<Authenticator>>,
+}
+
+impl RequestSpanLayer {
+    pub fn new(auth: Option<Arc<Authenticator>>) -> RequestSpanLayer {
+        RequestSpanLayer { auth }
+    }
+}
 
 impl<S> Layer<S> for RequestSpanLayer {
     type Service = RequestSpanService<S>;
 
     fn layer(&self, inner: S) -> RequestSpanService<S> {
-        RequestSpanService { inner }
+        RequestSpanService {
+            inner,
+            auth: self.auth.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct RequestSpanService<S> {
     inner: S,
+    auth: Option<Arc<Authenticator>>,
 }
 
 type Traced<T, E> = Pin<Box<dyn Future<Output = Result<http::Response<T>, E>> + Send>>;
@@ -61,7 +82,7 @@ where
         if !traces::enabled() {
             return Either::Left(self.inner.call(request));
         }
-        let Some(span) = request_span(&request) else {
+        let Some(span) = request_span(&request, self.auth.as_deref()) else {
             // Not sampled: no span here or below.
             return Either::Left(self.inner.call(request));
         };
@@ -88,10 +109,14 @@ where
 }
 
 /// The call's span, or None when its trace is not sampled (the caller's
-/// flag, or `trace_sample_ratio` for a trace that starts here).
-fn request_span<B>(request: &http::Request<B>) -> Option<tracing::Span> {
+/// flag when the caller is trusted, else `trace_sample_ratio`).
+fn request_span<B>(
+    request: &http::Request<B>,
+    auth: Option<&Authenticator>,
+) -> Option<tracing::Span> {
     let parent = traces::extract_headers(request.headers());
     let sampled = match traces::parent_sampled(&parent) {
+        Some(true) if !verified(request, auth) => traces::sample_root(),
         Some(sampled) => sampled,
         None => traces::sample_root(),
     };
@@ -131,6 +156,20 @@ fn request_span<B>(request: &http::Request<B>) -> Option<tracing::Span> {
     );
     let _ = span.set_parent(parent);
     Some(span)
+}
+
+/// Whether the caller's trace flags may decide: auth is off, or the call
+/// carries a token verified before (one cache lookup, no verification here).
+fn verified<B>(request: &http::Request<B>, auth: Option<&Authenticator>) -> bool {
+    let Some(auth) = auth else {
+        return true;
+    };
+    request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .is_some_and(|token| auth.cached(token).is_some())
 }
 
 /// OpenTelemetry's gRPC server convention: these codes are the server's
