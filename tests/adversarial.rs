@@ -892,41 +892,6 @@ async fn deployments_with_their_own_channel_prefix_do_not_hear_each_other() -> a
     b.stop().await
 }
 
-/// A test CA, a server certificate for localhost / 127.0.0.1 and a client
-/// certificate, as PEM files in `dir`: (ca, cert, key, client cert, client key).
-fn test_pki(dir: &std::path::Path) -> anyhow::Result<[std::path::PathBuf; 5]> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_key = KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    let mut server_params = CertificateParams::new(vec!["localhost".to_string()])?;
-    server_params
-        .subject_alt_names
-        .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-    let server_key = KeyPair::generate()?;
-    let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
-    let client_key = KeyPair::generate()?;
-    let client =
-        CertificateParams::new(vec!["client".to_string()])?.signed_by(&client_key, &ca, &ca_key)?;
-    let files = [
-        ("ca.pem", ca.pem()),
-        ("cert.pem", server.pem()),
-        ("key.pem", server_key.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client-key.pem", client_key.serialize_pem()),
-    ];
-    let mut paths = Vec::new();
-    for (name, pem) in files {
-        let path = dir.join(name);
-        std::fs::write(&path, pem)?;
-        paths.push(path);
-    }
-    paths
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("five PEM files"))
-}
-
 fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
@@ -995,7 +960,7 @@ async fn set_and_get(channel: Channel) -> Result<Vec<u8>, tonic::Status> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tls_listener_serves_tls_and_refuses_plaintext() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let [ca, cert, key, client_cert, client_key] = test_pki(dir.path())?;
+    let [ca, cert, key, client_cert, client_key] = prism_acceptance::tls::test_pki(dir.path())?;
 
     let server = start(&tls_config(&cert, &key, None)).await?;
     let value = set_and_get(tls_channel(server.addr(), &ca, None).await?).await?;

@@ -10,6 +10,9 @@
 //!   tracing on (unsampled) vs plain.
 //! - `auth`: KV GET with JWT auth on vs off; first-sight vs cached token
 //!   verification.
+//! - `security`: KV GET on a TLS listener vs plaintext (c1 p50, c64
+//!   throughput), and RSS growth per 10 000 refused unauthenticated calls
+//!   with made-up namespaces (vs a 1 MiB goal).
 //! - `pubsub`: delivered msg/s to 1, 10, 100 subscribers and publish→deliver
 //!   p50, through Prism (NATS, embedded broker) vs async-nats direct, and
 //!   publish→deliver vs a tonic echo round trip (the gRPC floor); on
@@ -41,6 +44,7 @@ mod procs;
 mod pubsub;
 mod registry;
 mod report;
+mod security;
 mod streams;
 mod tenancy;
 
@@ -68,7 +72,7 @@ struct Args {
     /// Fail when a row named in this file is worse than its bound (see guard.rs).
     #[arg(long)]
     guard: Option<std::path::PathBuf>,
-    /// Run only these sections (comma-separated: kv, auth, pubsub, registry, tenancy, admin, inprocess).
+    /// Run only these sections (comma-separated: kv, auth, security, pubsub, registry, tenancy, admin, inprocess).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Value size in bytes for GET/SET.
@@ -137,6 +141,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     if run("auth") {
         auth::rows(&mut report, &payload, measure).await?;
+    }
+    if run("security") {
+        security::rows(&mut report, &payload, measure).await?;
     }
     if run("pubsub") {
         pubsub::rows(&mut report, &payload, args.quick).await?;

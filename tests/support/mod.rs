@@ -25,6 +25,7 @@ mod redis_server;
 pub mod registry;
 pub mod scaffold;
 pub mod servers;
+pub mod tls;
 
 pub use nats_server::NatsServer;
 pub use postgres_server::{POSTGRES_PASSWORD, POSTGRES_USER, PostgresServer};
