@@ -73,10 +73,19 @@ async fn settle(admission: &prism::admission::Admission) -> (bool, u64) {
 }
 
 /// A call that failed because the server closed or refused the connection
-/// (not a gRPC answer from a handler).
+/// (not a gRPC answer from a handler). Which code the client reports
+/// depends on when it notices: UNAVAILABLE before sending, UNKNOWN
+/// ("transport error", a broken pipe) while sending, CANCELLED
+/// ("connection closed") while waiting for the answer.
 fn refused_by_transport(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown)
-        && (status.code() == Code::Unavailable || status.message().contains("transport error"))
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown => status.message().contains("transport error"),
+        Code::Cancelled => {
+            status.message().contains("canceled") || status.message().contains("closed")
+        }
+        _ => false,
+    }
 }
 
 /// Resident memory of a process, from /proc.
