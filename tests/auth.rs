@@ -954,7 +954,8 @@ fn config_with_jwks(issuer: &Issuer, refetch_secs: u64, ttl_secs: u64) -> String
 async fn a_key_published_right_after_a_forged_kid_probe_is_accepted() -> anyhow::Result<()> {
     let mut issuer = Issuer::start(None).await?;
     // A refetch window longer than the issuer takes to rotate.
-    let t = start(&config_with_jwks(&issuer, 2, 300)).await?;
+    let window = Duration::from_secs(4);
+    let t = start(&config_with_jwks(&issuer, window.as_secs(), 300)).await?;
     let rs = issuer.key("RS256")?;
     set(
         &t,
@@ -971,20 +972,58 @@ async fn a_key_published_right_after_a_forged_kid_probe_is_accepted() -> anyhow:
         "forged-kid",
         &claims(&issuer, &["*"]),
     )?;
+    // Inside the start-up fetch's window it is told to retry; once its
+    // own refetch has run it is refused for good.
+    let started = std::time::Instant::now();
+    let refused = loop {
+        match set(&t, "orders", Some(&forged), "x").await {
+            Err(s) if s.code() == Code::Unavailable && s.message().contains("retry") => {
+                assert!(
+                    started.elapsed() < window + Duration::from_secs(2),
+                    "the forged kid was still 'retry' after a whole window: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => break other,
+        }
+    };
     expect(
-        set(&t, "orders", Some(&forged), "x").await,
+        refused,
         Code::Unauthenticated,
         "has no signing key",
         &forged,
         "forged kid",
     );
-    // The issuer rotates inside that window; the first token signed with
-    // the new key waits for the window's end and the one refetch.
+    let probed = std::time::Instant::now();
+    // The issuer rotates inside that window. The first token signed with
+    // the new key waits for the window's end and the one refetch, or, when
+    // that is more than 2 s off, is told to retry (UNAVAILABLE): never
+    // refused for good.
     issuer.resume(true).await?;
     let fresh = issuer.token("prism-test-all", "urn:prism").await?;
     let new_kid = issuer.key("RS256")?.kid;
     assert_ne!(new_kid, rs.kid, "the issuer did not rotate");
-    set(&t, "orders", Some(&fresh), "b").await?;
+    assert!(
+        probed.elapsed() < window,
+        "the rotation took {:?}, past the refetch window: the case proves nothing",
+        probed.elapsed()
+    );
+    let mut retries = 0;
+    loop {
+        match set(&t, "orders", Some(&fresh), "b").await {
+            Ok(()) => break,
+            Err(s) if s.code() == Code::Unavailable && s.message().contains("retry") => {
+                retries += 1;
+                assert!(
+                    probed.elapsed() < window + Duration::from_secs(2),
+                    "still told to retry after the window ended: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => anyhow::bail!("a key the issuer publishes was refused: {s:?}"),
+        }
+    }
+    assert!(retries <= 15, "{retries} retries");
     t.stop().await
 }
 
