@@ -5,7 +5,8 @@
 //! - a flood of refused calls with made-up namespace headers: RSS and log
 //!   lines stay bounded (a real `prism` process);
 //! - token-free streams (health watches) past the server's cap are
-//!   RESOURCE_EXHAUSTED; connections past `max_connections` are closed;
+//!   RESOURCE_EXHAUSTED; connections past `max_connections` are closed, and
+//!   connections that never send the HTTP/2 preface are closed too;
 //! - HTTP/2: the stream limit is advertised in SETTINGS, and a connection
 //!   that makes the server reset stream after stream is sent GOAWAY
 //!   (ENHANCE_YOUR_CALM) — raw frames, as an attacker sends them;
@@ -15,7 +16,9 @@
 //! - limits survive a namespace admin deleting and re-creating the
 //!   namespace;
 //! - another principal cannot ack or end a subscription, and its id
-//!   cannot be guessed.
+//!   cannot be guessed;
+//! - another tenant's upload is not listed, deployed or deleted, and
+//!   uploads per namespace are capped.
 
 use std::time::Duration;
 
@@ -291,6 +294,54 @@ async fn connections_past_max_connections_are_closed_until_one_leaves() -> anyho
         "a new connection was refused after one of three closed"
     );
     check(second).await?;
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_the_handshake_timeout() -> anyhow::Result<()> {
+    let server = start(&orders_with_server(
+        "max_connections = 3\nhandshake_timeout_secs = 1",
+    ))
+    .await?;
+    let check = |channel: Channel| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+    };
+    // The test server's own client has greeted: it holds one place.
+    check(server.channel()).await?;
+    // Two connections that never say a word take the other two places.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(server.addr()).await?);
+    }
+    for (i, conn) in silent.iter_mut().enumerate() {
+        // The server may greet first (its SETTINGS): read until it hangs up.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        anyhow::ensure!(
+            closed.is_ok(),
+            "silent connection {i} still open 10 s after a 1 s handshake timeout"
+        );
+    }
+    // Their places are free again, and the greeted connection was kept.
+    let url = format!("http://{}", server.addr());
+    let fresh = Channel::from_shared(url)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await?;
+    check(fresh).await?;
+    check(server.channel()).await?;
     server.stop().await
 }
 
@@ -1079,5 +1130,184 @@ limits = { max_subscriptions = 1 }
     })
     .await;
     assert!(reopened, "the publish stream's place was never freed");
+    server.stop().await
+}
+
+/// Uploads `file` as the holder of `token`, in 100 kB chunks.
+async fn upload_as(
+    admin: &mut AdminClient<Channel>,
+    file: &std::path::Path,
+    token: &str,
+) -> Result<pb::PatternInfo, tonic::Status> {
+    let bytes = std::fs::read(file).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let chunks: Vec<pb::UploadPatternChunk> = bytes
+        .chunks(100_000)
+        .map(|data| pb::UploadPatternChunk {
+            label: String::new(),
+            data: data.to_vec(),
+        })
+        .collect();
+    admin
+        .upload_pattern(request(tokio_stream::iter(chunks), "", Some(token)))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn listed_as(
+    admin: &mut AdminClient<Channel>,
+    token: &str,
+) -> anyhow::Result<Vec<pb::PatternInfo>> {
+    Ok(admin
+        .list_patterns(request(pb::ListPatternsRequest {}, "", Some(token)))
+        .await?
+        .into_inner()
+        .patterns)
+}
+
+async fn deploy_as(
+    admin: &mut AdminClient<Channel>,
+    namespace: &str,
+    digest: &str,
+    token: &str,
+) -> Result<pb::NamespaceInfo, tonic::Status> {
+    admin
+        .deploy_pattern(request(
+            pb::DeployPatternRequest {
+                namespace: namespace.into(),
+                pattern: digest.into(),
+                ..Default::default()
+            },
+            namespace,
+            Some(token),
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn delete_as(
+    admin: &mut AdminClient<Channel>,
+    digest: &str,
+    token: &str,
+) -> Result<bool, tonic::Status> {
+    admin
+        .delete_pattern(request(
+            pb::DeletePatternRequest {
+                digest: digest.into(),
+            },
+            "",
+            Some(token),
+        ))
+        .await
+        .map(|r| r.into_inner().removed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_upload_is_out_of_reach_and_uploads_are_capped() -> anyhow::Result<()> {
+    let issuer = Issuer::start(None).await?;
+    let state = tempfile::tempdir()?;
+    let config = admin_config(&issuer, state.path())
+        .replace("[admin]\n", "[admin]\nmax_uploads_per_namespace = 2\n");
+    let server = start(&config).await?;
+    let mut admin = AdminClient::new(server.channel());
+    let orders_admin = issuer.mint("alice", &["orders:admin"])?;
+    let scratch_admin = issuer.mint("bob", &["scratch:admin"])?;
+    let operator = issuer.mint("operator", &["*:admin"])?;
+    admin
+        .create_namespace(request(
+            pb::CreateNamespaceRequest {
+                name: "scratch".into(),
+                pattern: "keyvalue".into(),
+                slots: [("kv".to_string(), "mem".to_string())].into(),
+                ..Default::default()
+            },
+            "scratch",
+            Some(&operator),
+        ))
+        .await?;
+    let faulty = prism_acceptance::guest_component("test_faulty");
+    let keyvalue = prism_acceptance::guest_component("keyvalue");
+    let pubsub = prism_acceptance::guest_component("pubsub");
+
+    let mine = upload_as(&mut admin, &faulty, &orders_admin).await?;
+    assert_eq!(mine.scope, vec!["orders".to_string()]);
+
+    // Bob's namespace neither sees, deploys nor deletes Alice's upload.
+    let bobs_view = listed_as(&mut admin, &scratch_admin).await?;
+    assert!(
+        bobs_view.iter().all(|p| p.digest != mine.digest),
+        "another tenant's upload is listed: {bobs_view:?}"
+    );
+    let deployed = deploy_as(&mut admin, "scratch", &mine.digest, &scratch_admin).await;
+    assert_eq!(
+        deployed.as_ref().err().map(tonic::Status::code),
+        Some(Code::NotFound),
+        "{deployed:?}"
+    );
+    let deleted = delete_as(&mut admin, &mine.digest, &scratch_admin).await;
+    assert_eq!(
+        deleted.as_ref().err().map(tonic::Status::code),
+        Some(Code::NotFound),
+        "{deleted:?}"
+    );
+    // Not even by a prefix of its digest.
+    let by_prefix = delete_as(&mut admin, &mine.digest[..12], &scratch_admin).await;
+    assert_eq!(
+        by_prefix.as_ref().err().map(tonic::Status::code),
+        Some(Code::NotFound),
+        "{by_prefix:?}"
+    );
+
+    // Alice deploys it; then it cannot be deleted from under her namespace.
+    deploy_as(&mut admin, "orders", &mine.digest, &orders_admin).await?;
+    let in_use = delete_as(&mut admin, &mine.digest, &orders_admin)
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("{}", "a deployed pattern was deleted"))?;
+    assert_eq!(in_use.code(), Code::FailedPrecondition, "{in_use:?}");
+    assert!(
+        in_use.message().contains("'orders'"),
+        "{}",
+        in_use.message()
+    );
+
+    // Two uploads per namespace: the third is refused, naming the limit.
+    let second = upload_as(&mut admin, &keyvalue, &orders_admin).await?;
+    let third = upload_as(&mut admin, &pubsub, &orders_admin)
+        .await
+        .err()
+        .ok_or_else(|| {
+            anyhow::anyhow!("{}", "a third upload passed max_uploads_per_namespace = 2")
+        })?;
+    assert_eq!(third.code(), Code::ResourceExhausted, "{third:?}");
+    assert!(
+        third.message().contains("max_uploads_per_namespace"),
+        "{}",
+        third.message()
+    );
+    // Deleting an unused one makes room.
+    assert!(delete_as(&mut admin, &second.digest, &orders_admin).await?);
+    upload_as(&mut admin, &pubsub, &orders_admin).await?;
+
+    // The same bytes uploaded by Bob: his namespace joins the scope, each
+    // tenant is shown only its own, the operator sees both.
+    let his = upload_as(&mut admin, &faulty, &scratch_admin).await?;
+    assert_eq!(his.digest, mine.digest);
+    assert_eq!(his.scope, vec!["scratch".to_string()]);
+    deploy_as(&mut admin, "scratch", &mine.digest, &scratch_admin).await?;
+    let alices_view = listed_as(&mut admin, &orders_admin).await?;
+    let alices = alices_view
+        .iter()
+        .find(|p| p.digest == mine.digest)
+        .ok_or_else(|| anyhow::anyhow!("Alice lost her upload"))?;
+    assert_eq!(alices.scope, vec!["orders".to_string()]);
+    let all = listed_as(&mut admin, &operator).await?;
+    let shared = all
+        .iter()
+        .find(|p| p.digest == mine.digest)
+        .ok_or_else(|| anyhow::anyhow!("the operator does not see the upload"))?;
+    assert_eq!(
+        shared.scope,
+        vec!["orders".to_string(), "scratch".to_string()]
+    );
     server.stop().await
 }

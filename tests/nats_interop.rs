@@ -407,3 +407,86 @@ async fn a_mapped_namespace_publishes_into_the_applications_existing_stream() ->
     );
     t.stop().await
 }
+
+/// A core NATS backend on `tls://` with the TLS settings given.
+fn tls_config(
+    nats: &NatsServer,
+    tls_ca: Option<&std::path::Path>,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> String {
+    let tls = prism_acceptance::tls::backend_tls_toml(tls_ca, client);
+    format!(
+        r#"
+[backends.core]
+type = "nats"
+url = "tls://127.0.0.1:{port}"
+timeout_ms = 500
+{tls}
+[namespaces.events]
+pattern = "pubsub"
+slots = {{ pubsub = "core" }}
+"#,
+        port = nats.port()
+    )
+}
+
+/// `tls://` to a nats-server that speaks only TLS and verifies client
+/// certificates (a CA made here): with the CA and a certificate a message
+/// goes from a Prism publisher to a Prism subscriber through it; without
+/// the certificate, or trusting only the system's roots, a publish is
+/// UNAVAILABLE naming the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_a_client_certificate() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let [ca, cert, key, client, client_key] = prism_acceptance::tls::test_pki(dir.path())?;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ca_s, cert_s, key_s) = (path(&ca), path(&cert), path(&key));
+    let nats = NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &cert_s,
+        "--tlskey",
+        &key_s,
+        "--tlsverify",
+        "--tlscacert",
+        &ca_s,
+    ])
+    .await?;
+
+    let t = start(&tls_config(&nats, Some(&ca), Some((&client, &client_key)))).await?;
+    let mut sub = Sub::open(&mut t.pubsub("events"), subscribe_request("secured")).await?;
+    t.pubsub("events")
+        .publish(publish("secured", b"over tls", &[]))
+        .await?;
+    let message = sub
+        .next(WAIT)
+        .await?
+        .context("nothing arrived through the TLS connection")?;
+    assert_eq!(message.payload.as_ref(), b"over tls");
+    drop(sub);
+    t.stop().await?;
+
+    for (case, config) in [
+        ("no client certificate", tls_config(&nats, Some(&ca), None)),
+        (
+            "the system's roots only",
+            tls_config(&nats, None, Some((&client, &client_key))),
+        ),
+    ] {
+        let t = start(&config).await?;
+        let err = t
+            .pubsub("events")
+            .publish(publish("secured", b"x", &[]))
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("{}", case))?;
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{case}: {err:?}");
+        assert!(
+            err.message().contains("NATS 'core' at 127.0.0.1:"),
+            "{case}: {}",
+            err.message()
+        );
+        t.stop().await?;
+    }
+    Ok(())
+}

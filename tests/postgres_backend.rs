@@ -487,3 +487,107 @@ async fn a_database_that_is_not_utf8_is_refused_with_the_reason() -> anyhow::Res
     );
     t.stop().await
 }
+
+/// Whether every connection Prism holds to the database is encrypted, as
+/// the server sees it (`pg_stat_ssl`), and how many there are.
+async fn prism_connections(pg: &PostgresServer) -> anyhow::Result<(i64, i64)> {
+    let row = pg
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl)
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'prism'",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// libpq's sslmodes against a server with TLS on, a certificate from a CA
+/// made here, and a client certificate required on TLS connections:
+/// `verify-full` with `tls_ca` and the client certificate serves, and every
+/// connection Prism holds is encrypted; `require` without a CA encrypts
+/// without checking; `verify-ca` accepts an address the certificate does
+/// not name; `verify-full` trusting only the system's roots (which do not
+/// know the test CA), to an address the certificate does not name, or
+/// without the client certificate, is UNAVAILABLE naming the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_verify_full_encrypts_and_an_unknown_ca_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let [ca, cert, key, client, client_key] = prism_acceptance::tls::test_pki(dir.path())?;
+    let pg = PostgresServer::start_tls(&cert, &key, &ca).await?;
+    let tls_backend = |mode: &str, tls_ca: Option<&std::path::Path>, with_client: bool| {
+        let lines = prism_acceptance::tls::backend_tls_toml(
+            tls_ca,
+            with_client.then_some((client.as_path(), client_key.as_path())),
+        );
+        config(&format!("{}?sslmode={mode}", pg.url()), "")
+            .replace("timeout_ms = 500\n", &format!("timeout_ms = 500\n{lines}"))
+    };
+    let get = |t: &prism_acceptance::TestServer| {
+        let mut kv = t.kv("orders");
+        async move {
+            kv.get(pb::GetRequest {
+                key: "tls:k".into(),
+            })
+            .await
+        }
+    };
+
+    let t = start(&tls_backend("verify-full", Some(&ca), true)).await?;
+    t.kv("orders")
+        .set(set("tls:k", b"over tls".to_vec(), None))
+        .await?;
+    assert_eq!(get(&t).await?.into_inner().value, b"over tls".to_vec());
+    let (total, encrypted) = prism_connections(&pg).await?;
+    assert!(total > 0, "Prism holds no connection to the database");
+    assert_eq!(encrypted, total, "a connection of Prism's is not encrypted");
+    t.stop().await?;
+
+    // `require` encrypts and does not check the certificate (libpq's meaning).
+    let t = start(&tls_backend("require", None, true)).await?;
+    assert_eq!(get(&t).await?.into_inner().value, b"over tls".to_vec());
+    let (total, encrypted) = prism_connections(&pg).await?;
+    assert!(
+        total > 0 && encrypted == total,
+        "{encrypted} of {total} encrypted"
+    );
+    t.stop().await?;
+
+    // verify-ca checks the chain, not the name: an address the certificate
+    // does not name is fine (and refused by verify-full below).
+    let t = start(&tls_backend("verify-ca", Some(&ca), true).replace("@127.0.0.1:", "@127.0.0.2:"))
+        .await?;
+    assert_eq!(get(&t).await?.into_inner().value, b"over tls".to_vec());
+    t.stop().await?;
+
+    for (case, config) in [
+        (
+            "the system's roots only",
+            tls_backend("verify-full", None, true),
+        ),
+        (
+            "a host name the certificate does not name",
+            tls_backend("verify-full", Some(&ca), true).replace("@127.0.0.1:", "@127.0.0.2:"),
+        ),
+        (
+            "no client certificate",
+            tls_backend("verify-full", Some(&ca), false),
+        ),
+    ] {
+        let t = start(&config).await?;
+        let err = get(&t)
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("{}", case))?;
+        assert_eq!(err.code(), Code::Unavailable, "{case}: {err:?}");
+        assert!(
+            err.message().contains("PostgreSQL 'pg' at 127.0.0."),
+            "{case}: {}",
+            err.message()
+        );
+        t.stop().await?;
+    }
+    Ok(())
+}

@@ -515,3 +515,110 @@ async fn batches_are_all_or_nothing_when_redis_dies_mid_stream() -> anyhow::Resu
     );
     t.stop().await
 }
+
+/// A Redis config on a `rediss://` URL with the TLS settings given.
+fn tls_config(
+    url: &str,
+    tls_ca: Option<&std::path::Path>,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> String {
+    let tls = prism_acceptance::tls::backend_tls_toml(tls_ca, client);
+    config(url).replace("timeout_ms = 500\n", &format!("timeout_ms = 500\n{tls}"))
+}
+
+/// `rediss://` to a redis-server that speaks TLS on the port Prism is given
+/// and requires a client certificate (both from a CA made here): with the
+/// CA and the certificate the namespace is served and the key lands in
+/// Redis; without the certificate, trusting only the system's roots, to an
+/// address the certificate does not name, or in plaintext to the TLS port,
+/// requests are UNAVAILABLE naming the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_client_certificate() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let [ca, cert, key, client, client_key] = prism_acceptance::tls::test_pki(dir.path())?;
+    let tls_port = free_port()?.to_string();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ca_s, cert_s, key_s) = (path(&ca), path(&cert), path(&key));
+    let redis = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert_s,
+        "--tls-key-file",
+        &key_s,
+        "--tls-ca-cert-file",
+        &ca_s,
+        "--tls-auth-clients",
+        "yes",
+        // And an address the certificate does not name.
+        "--bind",
+        "127.0.0.1",
+        "127.0.0.2",
+    ])
+    .await?;
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+
+    let t = start(&tls_config(&url, Some(&ca), Some((&client, &client_key)))).await?;
+    let mut orders = t.kv("orders");
+    orders
+        .set(pb::SetRequest {
+            key: "k".into(),
+            value: b"over tls".to_vec(),
+            ttl_ms: None,
+        })
+        .await?;
+    assert_eq!(
+        orders
+            .get(pb::GetRequest { key: "k".into() })
+            .await?
+            .into_inner()
+            .value,
+        b"over tls"
+    );
+    // The write went through the TLS port to this very server.
+    let mut direct = redis.connect().await?;
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg("orders/k")
+        .query_async(&mut direct)
+        .await?;
+    assert_eq!(stored, b"over tls");
+    t.stop().await?;
+
+    let plaintext = format!("redis://127.0.0.1:{tls_port}");
+    for (case, config) in [
+        ("no client certificate", tls_config(&url, Some(&ca), None)),
+        (
+            "the system's roots only",
+            tls_config(&url, None, Some((&client, &client_key))),
+        ),
+        ("plaintext to the TLS port", config(&plaintext)),
+        (
+            "a host name the certificate does not name",
+            tls_config(
+                &url.replace("127.0.0.1", "127.0.0.2"),
+                Some(&ca),
+                Some((&client, &client_key)),
+            ),
+        ),
+    ] {
+        let t = start(&config).await?;
+        let err = t
+            .kv("orders")
+            .get(pb::GetRequest { key: "k".into() })
+            .await
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("{}", case))?;
+        assert_eq!(err.code(), Code::Unavailable, "{case}: {err:?}");
+        assert!(
+            err.message().contains("Redis 'cache' at 127.0.0."),
+            "{case}: {}",
+            err.message()
+        );
+        t.stop().await?;
+    }
+    Ok(())
+}

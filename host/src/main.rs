@@ -202,7 +202,11 @@ fn init_logs(format: LogFormat, level: &str, tracer: Option<opentelemetry_sdk::t
     // Static directives only: the filter then decides once per callsite,
     // and the many disabled `trace!`s of h2 and hyper cost nothing per
     // request (a filter function would be asked at every one).
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // h2 warns once per connection it sends GOAWAY for a reset flood: a
+    // line an attacker can have written as often as it reconnects. Prism
+    // bounds its own refusal lines; RUST_LOG=h2=warn brings those back.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=error")));
     let filter = match format!("{span_target}=off").parse() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,

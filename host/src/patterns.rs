@@ -106,4 +106,74 @@ impl PatternStore {
         // written next, must never name a component a crash lost.
         std::fs::File::open(dir)?.sync_all()
     }
+
+    /// Forgets a component (its file too); absent is not an error.
+    pub fn remove(&self, digest: &str) -> std::io::Result<()> {
+        self.memory.write().remove(digest);
+        self.labels.write().remove(digest);
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        match std::fs::remove_file(dir.join(format!("{digest}.wasm"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// A file to receive an upload into, chunk by chunk, so an upload in
+    /// flight holds a chunk of memory rather than the whole component:
+    /// under `patterns/` (the same file system its final place is on), or
+    /// the system's temp dir without a state directory.
+    pub fn incoming(&self) -> std::io::Result<Incoming> {
+        let dir = match &self.dir {
+            Some(dir) => dir.clone(),
+            None => std::env::temp_dir(),
+        };
+        std::fs::create_dir_all(&dir)?;
+        let file = tempfile::Builder::new()
+            .prefix(".incoming-")
+            .suffix(".wasm")
+            .tempfile_in(&dir)?;
+        Ok(Incoming {
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+}
+
+/// An upload being received: written to a temporary file (removed unless
+/// read back) while its digest is computed.
+pub struct Incoming {
+    file: tempfile::NamedTempFile,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Incoming {
+    pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(chunk)?;
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The hex sha256 of what was written so far.
+    pub fn digest(&self) -> String {
+        self.hasher
+            .clone()
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The bytes, read back (the file is removed).
+    pub fn read(self) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.file.path())
+    }
 }

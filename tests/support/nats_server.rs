@@ -15,15 +15,22 @@ pub struct NatsServer {
     /// The HTTP monitoring port (`/subsz` and friends).
     monitor: u16,
     dir: tempfile::TempDir,
+    /// More command-line arguments (`--tls …`).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl NatsServer {
     pub async fn start() -> anyhow::Result<NatsServer> {
+        NatsServer::start_with(&[]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> anyhow::Result<NatsServer> {
         let mut server = NatsServer {
             port: free_port()?,
             monitor: free_port()?,
             dir: tempfile::tempdir()?,
+            extra: args.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         server.launch().await?;
@@ -79,6 +86,7 @@ impl NatsServer {
             .arg(self.monitor.to_string())
             .args(["-js", "-sd"])
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let port = self.port;

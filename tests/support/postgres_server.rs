@@ -32,6 +32,8 @@ pub struct PostgresServer {
     /// uid/gid to run the binaries as: Some when the tests run as root,
     /// which `initdb` and `postgres` refuse.
     run_as: Option<(u32, u32)>,
+    /// More `-c name=value` settings for the postmaster (`ssl=on`, …).
+    settings: Vec<String>,
     child: Option<tokio::process::Child>,
 }
 
@@ -52,6 +54,22 @@ impl From<anyhow::Error> for StartError {
 impl PostgresServer {
     /// A fresh cluster with database `prism`, accepting connections.
     pub async fn start() -> anyhow::Result<PostgresServer> {
+        PostgresServer::start_with_tls(None).await
+    }
+
+    /// A cluster with `ssl = on`, presenting this certificate (PEM chain +
+    /// key), where a TLS connection must also show a client certificate
+    /// `client_ca` signed; plaintext ones (the harness's own) still work.
+    /// It listens on 127.0.0.2 too: an address its certificate does not name.
+    pub async fn start_tls(
+        cert: &Path,
+        key: &Path,
+        client_ca: &Path,
+    ) -> anyhow::Result<PostgresServer> {
+        PostgresServer::start_with_tls(Some([cert, key, client_ca])).await
+    }
+
+    async fn start_with_tls(tls: Option<[&Path; 3]>) -> anyhow::Result<PostgresServer> {
         let bin = postgres_bin_dir()?;
         let run_as = postgres_run_as()?;
         let dir = tempfile::tempdir()?;
@@ -70,9 +88,13 @@ impl PostgresServer {
             dir,
             bin,
             run_as,
+            settings: Vec::new(),
             child: None,
         };
         server.initdb().await?;
+        if let Some(files) = tls {
+            server.install_tls(files)?;
+        }
         let mut last_err = None;
         for _ in 0..5 {
             server.port = free_port()?;
@@ -290,6 +312,7 @@ impl PostgresServer {
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             // Room for several Prism pools plus the tests' own clients.
             .args(["-c", "max_connections=200"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .spawn()
@@ -332,6 +355,43 @@ impl PostgresServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Copies the certificate, key and client CA into the data dir, owned
+    /// by the server's user (postgres refuses a key others can read), turns
+    /// `ssl` on, and puts a first pg_hba line that asks TLS connections for
+    /// a client certificate as well as the password.
+    fn install_tls(&mut self, [cert, key, client_ca]: [&Path; 3]) -> anyhow::Result<()> {
+        for (from, name, mode) in [
+            (cert, "server.crt", 0o644),
+            (key, "server.key", 0o600),
+            (client_ca, "root.crt", 0o644),
+        ] {
+            let to = self.data_dir().join(name);
+            std::fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
+            std::fs::set_permissions(&to, Permissions::from_mode(mode))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid))?;
+            }
+        }
+        let hba = self.data_dir().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).context("reading pg_hba.conf")?;
+        std::fs::write(
+            &hba,
+            format!("hostssl all all 127.0.0.0/8 scram-sha-256 clientcert=verify-ca\n{rules}"),
+        )
+        .context("writing pg_hba.conf")?;
+        self.settings.extend(
+            [
+                "ssl=on",
+                "ssl_cert_file=server.crt",
+                "ssl_key_file=server.key",
+                "ssl_ca_file=root.crt",
+                "listen_addresses=127.0.0.1,127.0.0.2",
+            ]
+            .map(String::from),
+        );
+        Ok(())
     }
 
     async fn create_database(&self) -> anyhow::Result<()> {

@@ -28,6 +28,7 @@ use crate::patterns::{UPLOADED, digest_of, is_digest};
 use crate::runtime::builtin;
 pub use reload::Reloaded;
 pub use state::{ControlState, NamespaceState, PatternMeta, RolloutState, StateError};
+pub use uploads::Scope;
 
 /// Why an Admin call was refused; each maps to one gRPC status.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,9 @@ pub enum AdminError {
     Invalid(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// An upload quota or the uploads-at-once limit.
+    #[error("{0}")]
+    Quota(String),
     /// The state directory could not be written: nothing was changed.
     #[error("{0}")]
     Storage(String),
@@ -123,6 +127,8 @@ pub struct Control {
     drain: Duration,
     /// Held while an upload compiles.
     compiling: tokio::sync::Mutex<()>,
+    /// Uploads being received (`[admin] max_concurrent_uploads`).
+    receiving: Arc<tokio::sync::Semaphore>,
     /// The config file's `[namespaces]` as last loaded (start-up or SIGHUP).
     config_namespaces: parking_lot::RwLock<BTreeMap<String, NamespaceConfig>>,
 }
@@ -203,6 +209,9 @@ impl Control {
             state_dir,
             state: tokio::sync::Mutex::new(state),
             compiling: tokio::sync::Mutex::new(()),
+            receiving: Arc::new(tokio::sync::Semaphore::new(
+                platform.config.admin.max_concurrent_uploads,
+            )),
             config_namespaces: parking_lot::RwLock::new(config.namespaces.clone()),
             platform,
         })

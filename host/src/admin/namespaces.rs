@@ -40,7 +40,7 @@ impl Control {
                 crate::text::shorten(name)
             )));
         }
-        ns.pattern = self.reference(&ns.pattern, &state)?;
+        ns.pattern = self.reference(&ns.pattern, &state, name)?;
         if ns.limits == LimitsConfig::default() {
             // Limits are the operator's (setting them needs '*:admin'): a
             // namespace created again without any gets back those it had,

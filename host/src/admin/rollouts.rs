@@ -26,7 +26,7 @@ impl Control {
         }
         let mut state = self.state.lock().await;
         let namespace = self.get(name)?;
-        let reference = self.reference(pattern, &state)?;
+        let reference = self.reference(pattern, &state, name)?;
         let current = namespace.deployment();
         let ns = NamespaceConfig {
             pattern: reference.clone(),

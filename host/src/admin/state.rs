@@ -62,6 +62,18 @@ pub struct PatternMeta {
     pub uploaded_at_ms: u64,
     #[serde(default)]
     pub imports: Vec<String>,
+    /// The namespaces whose admins uploaded it, which alone see and deploy
+    /// it; `*` for every namespace (an operator's upload, and uploads made
+    /// before uploads had owners).
+    #[serde(default = "every_namespace")]
+    pub scope: BTreeSet<String>,
+}
+
+/// The scope of an upload every namespace may use.
+pub const EVERY_NAMESPACE: &str = "*";
+
+fn every_namespace() -> BTreeSet<String> {
+    BTreeSet::from([EVERY_NAMESPACE.to_string()])
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::admin::{AdminError, Control, NamespaceView, PatternEntry};
+use crate::admin::{AdminError, Control, NamespaceView, PatternEntry, Scope};
 use crate::auth::{Access, Principal};
 use crate::config::{LimitsConfig, NamespaceConfig, NamespaceLimits};
 use crate::namespace::VersionInfo;
@@ -64,6 +64,20 @@ impl AdminService {
             .cloned()
             .map(Some)
             .ok_or_else(|| Status::unauthenticated("Admin calls need a bearer token"))
+    }
+
+    /// Whose uploads the caller acts on: the namespaces its admin grants
+    /// name, or every namespace (`*:admin`, or Admin open without auth).
+    fn scope<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
+        Ok(
+            match self
+                .principal(request)?
+                .and_then(|p| p.grants.admin_namespaces())
+            {
+                Some(namespaces) => Scope::Namespaces(namespaces),
+                None => Scope::Everyone,
+            },
+        )
     }
 
     fn authorize<T>(&self, request: &Request<T>, target: Target<'_>) -> Result<(), Status> {
@@ -237,6 +251,7 @@ fn pattern_info(p: PatternEntry) -> pb::PatternInfo {
         size: p.meta.size,
         uploaded_at_ms: p.meta.uploaded_at_ms,
         imports: p.meta.imports,
+        scope: p.meta.scope.into_iter().collect(),
     }
 }
 
@@ -390,29 +405,45 @@ impl Admin for AdminService {
         request: Request<Streaming<pb::UploadPatternChunk>>,
     ) -> Result<Response<pb::PatternInfo>, Status> {
         self.authorize(&request, Target::Server)?;
+        let scope = self.scope(&request)?;
+        let (_receiving, mut incoming) = self.control.receive_upload()?;
         let mut chunks = request.into_inner();
-        let mut bytes = Vec::new();
         let mut label = String::new();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             if label.is_empty() && !chunk.label.is_empty() {
-                label = chunk.label;
+                label = shorten(&chunk.label);
             }
-            if bytes.len() + chunk.data.len() > self.max_pattern_bytes {
+            if incoming.size() + chunk.data.len() as u64 > self.max_pattern_bytes as u64 {
                 return Err(Status::resource_exhausted(format!(
                     "the pattern is larger than [admin] max_pattern_bytes ({} bytes)",
                     self.max_pattern_bytes
                 )));
             }
-            bytes.extend_from_slice(&chunk.data);
+            incoming.write(&chunk.data).map_err(|e| {
+                Status::unavailable(format!(
+                    "cannot receive the upload: {e}; nothing was changed"
+                ))
+            })?;
         }
-        if bytes.is_empty() {
+        if incoming.size() == 0 {
             return Err(Status::invalid_argument(
                 "the upload carried no bytes; send the .wasm component in the chunks' data",
             ));
         }
-        let entry = self.control.upload(&label, bytes).await?;
+        let entry = self.control.upload(&label, incoming, &scope).await?;
         Ok(Response::new(pattern_info(entry)))
+    }
+
+    async fn delete_pattern(
+        &self,
+        request: Request<pb::DeletePatternRequest>,
+    ) -> Result<Response<pb::DeletePatternResponse>, Status> {
+        self.authorize(&request, Target::Server)?;
+        let scope = self.scope(&request)?;
+        let digest = required("digest", &request.get_ref().digest)?;
+        let removed = self.control.delete_pattern(digest, &scope).await?;
+        Ok(Response::new(pb::DeletePatternResponse { removed }))
     }
 
     async fn list_patterns(
@@ -420,9 +451,10 @@ impl Admin for AdminService {
         request: Request<pb::ListPatternsRequest>,
     ) -> Result<Response<pb::ListPatternsResponse>, Status> {
         self.authorize(&request, Target::Server)?;
+        let scope = self.scope(&request)?;
         let patterns = self
             .control
-            .patterns()
+            .patterns(&scope)
             .await
             .into_iter()
             .map(pattern_info)

@@ -84,6 +84,7 @@ impl From<AdminError> for Status {
             AdminError::AlreadyExists(m) => Status::already_exists(m),
             AdminError::Invalid(m) => Status::invalid_argument(m),
             AdminError::FailedPrecondition(m) => Status::failed_precondition(m),
+            AdminError::Quota(m) => Status::resource_exhausted(m),
             AdminError::Storage(m) => Status::unavailable(m),
             AdminError::Internal(m) => Status::internal(m),
         }

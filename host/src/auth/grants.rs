@@ -95,6 +95,21 @@ impl Grants {
         self.grants.iter().any(|g| g.admin && g.namespace.is_none())
     }
 
+    /// The namespaces named by admin grants; None for `*:admin` (every
+    /// namespace). What an upload is scoped to.
+    pub fn admin_namespaces(&self) -> Option<std::collections::BTreeSet<String>> {
+        if self.admin_everywhere() {
+            return None;
+        }
+        Some(
+            self.grants
+                .iter()
+                .filter(|g| g.admin)
+                .filter_map(|g| g.namespace.clone())
+                .collect(),
+        )
+    }
+
     /// The grants for messages: `orders:read, *:admin` or `none`.
     pub fn describe(&self) -> String {
         if self.spelt.is_empty() {

@@ -98,10 +98,7 @@ impl Backends {
         // Backends naming the same Redis URL share one multiplexed connection.
         let mut connections: BTreeMap<String, ::redis::aio::ConnectionManager> = BTreeMap::new();
         for (name, config) in configs {
-            let url_error = |e: redis::RedisConfigError| BackendBuildError {
-                field: format!("backends.{name}.url"),
-                message: e.to_string(),
-            };
+            let url_error = |e: redis::RedisConfigError| build_error(name, e.to_string());
             let backend = match config {
                 BackendConfig::Memstore(c) => Backend {
                     kv: Some(MemStore::new(name, c)),
@@ -131,10 +128,8 @@ impl Backends {
                     }
                 }
                 BackendConfig::Postgres(c) => {
-                    let db = postgres::Postgres::new(name, c).map_err(|e| BackendBuildError {
-                        field: format!("backends.{name}.url"),
-                        message: e.to_string(),
-                    })?;
+                    let db = postgres::Postgres::new(name, c)
+                        .map_err(|e| build_error(name, e.to_string()))?;
                     Backend {
                         kv: Some(postgres::kv::PgKv::new(db.clone())),
                         pubsub: None,
@@ -145,12 +140,8 @@ impl Backends {
                     kv: None,
                     registry: None,
                     pubsub: Some(Arc::new(
-                        nats::NatsBroker::new(name, c, MEMBROKER_BUFFER).map_err(|e| {
-                            BackendBuildError {
-                                field: format!("backends.{name}.url"),
-                                message: e.to_string(),
-                            }
-                        })?,
+                        nats::NatsBroker::new(name, c, MEMBROKER_BUFFER)
+                            .map_err(|e| build_error(name, e.to_string()))?,
                     )),
                 },
             };
@@ -218,5 +209,18 @@ impl Backends {
 
     pub fn registry(&self, name: &str) -> Option<Arc<dyn RegistryBackend>> {
         self.by_name.get(name).and_then(|b| b.registry.clone())
+    }
+}
+
+/// A backend that cannot be built, blamed on its TLS field when the message
+/// names one (`tls_ca: cannot read …`), else on its URL.
+fn build_error(name: &str, message: String) -> BackendBuildError {
+    let field = ["tls_ca", "tls_cert", "tls_key"]
+        .into_iter()
+        .find(|f| message.starts_with(&format!("{f}:")))
+        .unwrap_or("url");
+    BackendBuildError {
+        field: format!("backends.{name}.{field}"),
+        message,
     }
 }

@@ -19,6 +19,16 @@ pub struct AdminConfig {
     /// Largest pattern an upload may carry.
     #[serde(default = "default_max_pattern_bytes")]
     pub max_pattern_bytes: usize,
+    /// Uploads a namespace's admins may keep (an upload counts against
+    /// every namespace it is scoped to; `*:admin` uploads count against none).
+    #[serde(default = "default_max_uploads_per_namespace")]
+    pub max_uploads_per_namespace: usize,
+    /// Bytes of uploads a namespace's admins may keep.
+    #[serde(default = "default_max_upload_bytes_per_namespace")]
+    pub max_upload_bytes_per_namespace: u64,
+    /// Uploads received at once, server-wide (each streams to disk).
+    #[serde(default = "default_max_concurrent_uploads")]
+    pub max_concurrent_uploads: usize,
 }
 
 impl Default for AdminConfig {
@@ -27,10 +37,25 @@ impl Default for AdminConfig {
             allow_unauthenticated: false,
             state_dir: None,
             max_pattern_bytes: default_max_pattern_bytes(),
+            max_uploads_per_namespace: default_max_uploads_per_namespace(),
+            max_upload_bytes_per_namespace: default_max_upload_bytes_per_namespace(),
+            max_concurrent_uploads: default_max_concurrent_uploads(),
         }
     }
 }
 
 fn default_max_pattern_bytes() -> usize {
     64 << 20
+}
+
+fn default_max_uploads_per_namespace() -> usize {
+    16
+}
+
+fn default_max_upload_bytes_per_namespace() -> u64 {
+    256 << 20
+}
+
+fn default_max_concurrent_uploads() -> usize {
+    4
 }

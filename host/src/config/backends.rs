@@ -1,6 +1,7 @@
 //! `[backends.NAME]`: one table per backend, tagged by `type`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -22,6 +23,63 @@ impl BackendConfig {
             BackendConfig::Postgres(_) => &["kv", "registry"],
         }
     }
+
+    /// The backend's TLS settings (None for the embedded MemStore).
+    pub fn tls(&self) -> Option<BackendTls<'_>> {
+        match self {
+            BackendConfig::Memstore(_) => None,
+            BackendConfig::Redis(c) => Some(c.tls()),
+            BackendConfig::Nats(c) => Some(c.tls()),
+            BackendConfig::Postgres(c) => Some(c.tls()),
+        }
+    }
+
+    /// Resolves relative TLS file paths with `resolve` (from the config file's folder).
+    pub(super) fn resolve_tls_paths(&mut self, resolve: impl Fn(&PathBuf) -> PathBuf) {
+        let fields = match self {
+            BackendConfig::Memstore(_) => return,
+            BackendConfig::Redis(c) => [&mut c.tls_ca, &mut c.tls_cert, &mut c.tls_key],
+            BackendConfig::Nats(c) => [&mut c.tls_ca, &mut c.tls_cert, &mut c.tls_key],
+            BackendConfig::Postgres(c) => [&mut c.tls_ca, &mut c.tls_cert, &mut c.tls_key],
+        };
+        for path in fields.into_iter().flatten() {
+            *path = resolve(path);
+        }
+    }
+}
+
+/// TLS to a backend's server, from `tls_ca`, `tls_cert` and `tls_key` in
+/// its table: the CA that signed the server's certificate (default: the
+/// system's roots) and the client certificate (PEM chain + key) to present
+/// to a server that asks for one.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BackendTls<'a> {
+    pub ca: Option<&'a std::path::Path>,
+    pub cert: Option<&'a std::path::Path>,
+    pub key: Option<&'a std::path::Path>,
+}
+
+/// `tls()` for the config tables that have the three TLS fields.
+macro_rules! tls_fields {
+    ($($config:ty),*) => {$(
+        impl $config {
+            pub fn tls(&self) -> BackendTls<'_> {
+                BackendTls {
+                    ca: self.tls_ca.as_deref(),
+                    cert: self.tls_cert.as_deref(),
+                    key: self.tls_key.as_deref(),
+                }
+            }
+        }
+    )*};
+}
+tls_fields!(RedisConfig, NatsConfig, PostgresConfig);
+
+impl BackendTls<'_> {
+    /// Whether any TLS setting is made.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
 }
 
 /// The capability a slot name binds (`messaging` is the registry
@@ -40,7 +98,10 @@ pub fn slot_capability(slot: &str) -> Option<&'static str> {
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    /// `nats://[user:password@]host:port`; credentials never reach logs.
+    /// `nats://[user:password@]host:port`, or `tls://` to require TLS (the
+    /// certificate must chain to `tls_ca` or the system's roots and name
+    /// the host; `nats://` follows a server that requires TLS); credentials
+    /// never reach logs.
     pub url: String,
     /// Longest wait for a publish to be accepted (or a subscription set up).
     #[serde(default = "default_nats_timeout_ms")]
@@ -62,6 +123,15 @@ pub struct NatsConfig {
     /// `prism.`, so namespaces stay apart.
     #[serde(default)]
     pub subjects: BTreeMap<String, String>,
+    /// PEM file of the CA that signed the server's certificate (default:
+    /// the system's roots); relative to the config file.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for a server that asks for one.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -72,6 +142,9 @@ impl std::fmt::Debug for NatsConfig {
             .field("jetstream", &self.jetstream)
             .field("stream", &self.stream)
             .field("subjects", &self.subjects)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .finish()
     }
 }
@@ -79,7 +152,9 @@ impl std::fmt::Debug for NatsConfig {
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`; the password never reaches logs.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS
+    /// (the certificate must chain to `tls_ca` or the system's roots and
+    /// name the host); the password never reaches logs.
     pub url: String,
     /// Longest wait for one Redis command (or reconnect) before UNAVAILABLE.
     #[serde(default = "default_redis_timeout_ms")]
@@ -104,6 +179,15 @@ pub struct RedisConfig {
     /// Redis hear each other's messages unless their prefixes differ.
     #[serde(default)]
     pub channel_prefix: String,
+    /// PEM file of the CA that signed the server's certificate (default:
+    /// the system's roots); relative to the config file.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for a server that asks for one.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -116,6 +200,9 @@ impl std::fmt::Debug for RedisConfig {
             .field("channel_prefix", &self.channel_prefix)
             .field("max_len", &self.max_len)
             .field("ack_wait_ms", &self.ack_wait_ms)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .finish()
     }
 }
@@ -126,8 +213,11 @@ impl std::fmt::Debug for RedisConfig {
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// `postgres://user[:password]@host[:port]/database[?sslmode=disable]`;
-    /// the password never reaches logs.
+    /// `postgres://user[:password]@host[:port]/database[?sslmode=…]`; the
+    /// password never reaches logs. `sslmode` as libpq reads it: `disable`,
+    /// `prefer` (the default: TLS when the server offers it), `require`
+    /// (TLS or no connection), `verify-ca` (and the certificate chains to
+    /// `tls_ca` or the system's roots), `verify-full` (and names the host).
     pub url: String,
     /// Connections for transactions (batches under a quota, registry
     /// puts); single statements share up to 4 more, pipelined.
@@ -143,6 +233,15 @@ pub struct PostgresConfig {
     /// How often rows past their TTL are deleted (reads never return them).
     #[serde(default = "default_sweep_interval_ms")]
     pub sweep_interval_ms: u64,
+    /// PEM file of the CA that signed the server's certificate (default:
+    /// the system's roots); relative to the config file.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for a server that asks for one.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl PostgresConfig {
@@ -165,6 +264,9 @@ impl std::fmt::Debug for PostgresConfig {
             .field("timeout_ms", &self.timeout_ms)
             .field("table", &self.table)
             .field("sweep_interval_ms", &self.sweep_interval_ms)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .finish()
     }
 }

@@ -18,7 +18,8 @@ mod validate;
 pub use admin::AdminConfig;
 pub use auth::{AuthConfig, AuthMode, IssuerConfig, fetch_allowed};
 pub use backends::{
-    BackendConfig, MemStoreConfig, NatsConfig, PostgresConfig, RedisConfig, slot_capability,
+    BackendConfig, BackendTls, MemStoreConfig, NatsConfig, PostgresConfig, RedisConfig,
+    slot_capability,
 };
 pub use runtime::{InstanceLimits, LimitsConfig, NamespaceLimits, Quotas, RuntimeConfig};
 pub use server::ServerConfig;
@@ -169,6 +170,17 @@ impl Config {
             message: e.to_string(),
         })?;
         config.base_dir = base_dir;
+        // Backends read their TLS files when they are built, away from the config.
+        let base = config.base_dir.clone();
+        for backend in config.backends.values_mut() {
+            backend.resolve_tls_paths(|p| {
+                if p.is_absolute() {
+                    p.clone()
+                } else {
+                    base.join(p)
+                }
+            });
+        }
         config.validate(path)?;
         Ok(config)
     }

@@ -44,6 +44,11 @@ pub struct ServerConfig {
     pub max_connection_age_secs: u64,
     #[serde(default = "default_max_connection_age_grace_secs")]
     pub max_connection_age_grace_secs: u64,
+    /// A connection that has not sent its first bytes (HTTP/2 preface or
+    /// TLS ClientHello) this long after connecting is closed: silent
+    /// connections would otherwise hold `max_connections` places forever.
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
     /// PEM certificate chain and private key: the listener speaks TLS
     /// (relative paths are relative to the config file).
     #[serde(default)]
@@ -69,6 +74,7 @@ impl Default for ServerConfig {
             keepalive_timeout_secs: default_keepalive_timeout_secs(),
             max_connection_age_secs: 0,
             max_connection_age_grace_secs: default_max_connection_age_grace_secs(),
+            handshake_timeout_secs: default_handshake_timeout_secs(),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -117,4 +123,8 @@ fn default_keepalive_timeout_secs() -> u64 {
 
 fn default_max_connection_age_grace_secs() -> u64 {
     30
+}
+
+fn default_handshake_timeout_secs() -> u64 {
+    10
 }

@@ -32,6 +32,11 @@ impl Config {
         self.validate_telemetry(&invalid)?;
         self.validate_server(&invalid)?;
         for (name, backend) in &self.backends {
+            if let Some(tls) = backend.tls() {
+                check_backend_tls(backend, &tls).map_err(|(field, message)| {
+                    invalid(format!("backends.{name}.{field}"), message)
+                })?;
+            }
             match backend {
                 BackendConfig::Memstore(m) => {
                     if m.sweep_interval_ms == 0 || m.max_bytes == 0 || m.max_keys == 0 {
@@ -261,6 +266,23 @@ impl Config {
         &self,
         invalid: &impl Fn(String, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
+        let a = &self.admin;
+        for (field, value) in [
+            ("max_pattern_bytes", a.max_pattern_bytes as u64),
+            (
+                "max_uploads_per_namespace",
+                a.max_uploads_per_namespace as u64,
+            ),
+            (
+                "max_upload_bytes_per_namespace",
+                a.max_upload_bytes_per_namespace,
+            ),
+            ("max_concurrent_uploads", a.max_concurrent_uploads as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("admin.{field}"), "must be positive".into()));
+            }
+        }
         let s = &self.server;
         let at_least_one = [
             ("max_connections", s.max_connections as u64),
@@ -273,6 +295,7 @@ impl Config {
                 s.max_unauthenticated_streams as u64,
             ),
             ("max_reset_streams", s.max_reset_streams as u64),
+            ("handshake_timeout_secs", s.handshake_timeout_secs),
             ("max_message_bytes", s.max_message_bytes as u64),
         ];
         for (field, value) in at_least_one {
@@ -469,4 +492,36 @@ fn check_subject_prefixes(subjects: &BTreeMap<String, String>) -> Result<(), (St
         }
     }
     Ok(())
+}
+
+/// TLS settings that go together, and a URL that asks for TLS when they are set.
+fn check_backend_tls(
+    backend: &BackendConfig,
+    tls: &super::backends::BackendTls<'_>,
+) -> Result<(), (String, String)> {
+    if tls.cert.is_some() != tls.key.is_some() {
+        return Err((
+            "tls_cert".into(),
+            "tls_cert and tls_key go together (PEM client certificate chain and its private key); set both or neither".into(),
+        ));
+    }
+    if !tls.is_set() {
+        return Ok(());
+    }
+    let refused = match backend {
+        BackendConfig::Redis(r) if !r.url.starts_with("rediss://") => {
+            Some("TLS settings need a rediss:// URL (redis:// is plaintext)")
+        }
+        BackendConfig::Nats(n) if !n.url.starts_with("tls://") => {
+            Some("TLS settings need a tls:// URL (nats:// does not insist on TLS)")
+        }
+        BackendConfig::Postgres(p) if p.url.contains("sslmode=disable") => {
+            Some("TLS settings with sslmode=disable: drop one or the other")
+        }
+        _ => None,
+    };
+    match refused {
+        Some(message) => Err(("url".into(), message.into())),
+        None => Ok(()),
+    }
 }

@@ -15,6 +15,12 @@ use crate::capability::{Slots, SlotsView};
 /// How much of a guest's stderr (panic messages) is kept for the logs.
 const STDERR_CAPTURE_BYTES: usize = 4096;
 
+/// Host-side resources (WASI streams, pollables) one instance may hold at
+/// once. They live in host memory, outside `memory_limit_mib`; wasmtime's
+/// default allows a million. Patterns hold a handful (the capabilities
+/// have no resources); one that leaks them traps at this bound instead.
+const MAX_RESOURCES: usize = 1024;
+
 pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
@@ -39,9 +45,11 @@ impl InstanceState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         InstanceState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter {
                 limit: memory_bytes,
                 exceeded: false,
@@ -124,5 +132,21 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_holds_a_bounded_number_of_host_resources() {
+        let mut state = InstanceState::new(1 << 20, Slots::default());
+        assert_eq!(state.table.max_capacity(), MAX_RESOURCES);
+        for _ in 0..MAX_RESOURCES {
+            assert!(state.table.push(()).is_ok());
+        }
+        // One more is refused (wasmtime-wasi turns that into a trap).
+        assert!(state.table.push(()).is_err());
     }
 }

@@ -29,11 +29,19 @@ const OPEN_STREAMS: &[&str] = &[
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
+/// Bytes a client sends first: the HTTP/2 preface (a TLS ClientHello is
+/// longer). A connection must send them within the handshake timeout.
+const GREETING_BYTES: usize = 24;
+
 /// An accepted connection holding one of the listener's `max_connections`
 /// permits until it closes.
 pub struct Limited {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Until the client has greeted: the deadline, and the bytes read so
+    /// far. A connection that says nothing would otherwise hold its permit
+    /// forever (HTTP/2 keepalive starts only after the preface).
+    greeting: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 /// The listener's connections, at most `max` open at once: past that a new
@@ -41,9 +49,12 @@ pub struct Limited {
 /// so a flood of idle connections cannot exhaust file descriptors or the
 /// memory each HTTP/2 connection holds. Nagle is off on each (it would add
 /// tens of milliseconds to small responses).
+/// A connection that has not sent its first bytes (the HTTP/2 preface, or
+/// a TLS ClientHello) within `handshake` is closed.
 pub fn incoming(
     listener: TcpListener,
     max: usize,
+    handshake: std::time::Duration,
 ) -> impl Stream<Item = io::Result<Limited>> + Send + 'static {
     let permits = Arc::new(Semaphore::new(max));
     let refused = AtomicU64::new(0);
@@ -55,6 +66,7 @@ pub fn incoming(
                     Some(Ok(Limited {
                         stream,
                         _permit: permit,
+                        greeting: Some((Box::pin(tokio::time::sleep(handshake)), 0)),
                     }))
                 }
                 Err(_) => {
@@ -90,7 +102,23 @@ impl AsyncRead for Limited {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        if let Some((deadline, _)) = &mut self.greeting
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client sent no HTTP/2 preface within [server] handshake_timeout_secs",
+            )));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some((_, greeted))) = (&read, &mut self.greeting) {
+            *greeted += buf.filled().len() - before;
+            if *greeted >= GREETING_BYTES {
+                self.greeting = None;
+            }
+        }
+        read
     }
 }
 

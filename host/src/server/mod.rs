@@ -215,7 +215,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
 
-    let incoming = limits::incoming(listener, config.server.max_connections);
+    let incoming = limits::incoming(
+        listener,
+        config.server.max_connections,
+        Duration::from_secs(config.server.handshake_timeout_secs),
+    );
     let (shutdown, stop) = oneshot::channel::<()>();
     let auth = Authenticator::from_config(&config.auth).map_err(ServerError::Auth)?;
     match &auth {

@@ -55,6 +55,20 @@ impl NatsBroker {
         config: &NatsConfig,
         buffer: usize,
     ) -> Result<Arc<NatsBroker>, NatsConfigError> {
+        // The client reads these when it first connects (in the
+        // background): a wrong path is reported now instead.
+        let tls = config.tls();
+        for (field, path) in [
+            ("tls_ca", tls.ca),
+            ("tls_cert", tls.cert),
+            ("tls_key", tls.key),
+        ] {
+            if let Some(path) = path {
+                std::fs::File::open(path).map_err(|e| {
+                    NatsConfigError(format!("{field}: cannot read {}: {e}", path.display()))
+                })?;
+            }
+        }
         let addr: async_nats::ServerAddr = config
             .url
             .parse()
@@ -86,7 +100,18 @@ impl NatsBroker {
     async fn client(&self) -> Result<&async_nats::Client, BackendError> {
         self.client
             .get_or_try_init(|| async {
-                async_nats::ConnectOptions::new()
+                let tls = self.config.tls();
+                let mut options = async_nats::ConnectOptions::new();
+                if self.config.url.starts_with("tls://") {
+                    options = options.require_tls(true);
+                }
+                if let Some(ca) = tls.ca {
+                    options = options.add_root_certificates(ca.to_path_buf());
+                }
+                if let (Some(cert), Some(key)) = (tls.cert, tls.key) {
+                    options = options.add_client_certificate(cert.to_path_buf(), key.to_path_buf());
+                }
+                options
                     .retry_on_initial_connect()
                     .max_reconnects(None)
                     .connection_timeout(self.timeout)

@@ -10,6 +10,7 @@
 
 pub mod kv;
 pub mod registry;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,10 +18,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
+
+use self::tls::MakeRustls;
 
 use crate::backend::BackendError;
 use crate::config::PostgresConfig;
@@ -56,6 +59,7 @@ pub struct Postgres {
     shared: Vec<tokio::sync::Mutex<Option<Shared>>>,
     next: AtomicUsize,
     pg: tokio_postgres::Config,
+    tls: MakeRustls,
 }
 
 /// One shared connection and the statements prepared on it.
@@ -68,17 +72,17 @@ struct Shared {
 impl Postgres {
     /// The backend named `name`; starts its expiry sweeper (needs a tokio runtime).
     pub fn new(name: &str, config: &PostgresConfig) -> Result<Arc<Postgres>, PostgresConfigError> {
-        let pg: tokio_postgres::Config = config.url.parse().map_err(|_| {
+        let (url, verify) = tls::read_sslmode(&config.url, &config.tls());
+        let pg: tokio_postgres::Config = url.parse().map_err(|_| {
             PostgresConfigError(
-                "not a usable PostgreSQL URL (postgres://user[:password]@host[:port]/database)"
+                "not a usable PostgreSQL URL (postgres://user[:password]@host[:port]/database[?sslmode=disable|prefer|require|verify-ca|verify-full])"
                     .into(),
             )
         })?;
-        if pg.get_ssl_mode() == SslMode::Require {
-            return Err(PostgresConfigError(
-                "sslmode=require: TLS to PostgreSQL is not built in; reach the database over a trusted network or a local proxy and use sslmode=disable".into(),
-            ));
-        }
+        // One connector for every mode: with `disable` tokio-postgres never calls it.
+        let tls = MakeRustls::new(
+            tls::client_config(&config.tls(), verify).map_err(PostgresConfigError)?,
+        );
         let host = match pg.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             Some(Host::Unix(p)) => p.display().to_string(),
@@ -100,7 +104,7 @@ impl Postgres {
         ));
         let manager = Manager::from_config(
             pg.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -128,6 +132,7 @@ impl Postgres {
                 .collect(),
             next: AtomicUsize::new(0),
             pg,
+            tls,
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(sweep_forever(
@@ -208,7 +213,7 @@ impl Postgres {
         {
             return Ok((index, shared.clone()));
         }
-        let (client, connection) = self.bounded(self.pg.connect(NoTls)).await?;
+        let (client, connection) = self.bounded(self.pg.connect(self.tls.clone())).await?;
         let summary = self.summary.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -481,6 +486,9 @@ mod tests {
             timeout_ms: 200,
             table: None,
             sweep_interval_ms: 1000,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 
@@ -504,7 +512,12 @@ mod tests {
         );
         assert!(!err.contains("s3cret"), "{err}");
         assert_eq!(pg.kv_table, "\"prism_pg_kv\"");
-        assert!(Postgres::new("bad", &config("postgres://u@h/db?sslmode=require")).is_err());
+        // Every libpq sslmode parses; an unknown one does not.
+        for mode in ["disable", "prefer", "require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://u@h/db?sslmode={mode}");
+            assert!(Postgres::new("tls", &config(&url)).is_ok(), "{mode}");
+        }
+        assert!(Postgres::new("bad", &config("postgres://u@h/db?sslmode=allow-maybe")).is_err());
         assert!(Postgres::new("bad", &config("postgres://h:notaport/db")).is_err());
         Ok(())
     }

@@ -40,9 +40,7 @@ impl RedisKv {
 
     /// The managed connection for `config` (created lazily: nothing is dialled yet).
     pub fn connect(config: &RedisConfig) -> Result<ConnectionManager, RedisConfigError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            RedisConfigError(format!("not a usable Redis URL ({})", e.kind_description()))
-        })?;
+        let client = super::client(config)?;
         let timeout = Duration::from_millis(config.timeout_ms);
         // One quick connection attempt per request while Redis is down (no
         // backoff chain to wait behind); the manager reconnects on the next call.
@@ -67,9 +65,7 @@ impl RedisKv {
         config: &RedisConfig,
         conn: ConnectionManager,
     ) -> Result<Arc<RedisKv>, RedisConfigError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            RedisConfigError(format!("not a usable Redis URL ({})", e.kind_description()))
-        })?;
+        let client = super::client(config)?;
         let info = client.get_connection_info();
         let summary = format!(
             "Redis '{name}' at {}/{}",
@@ -386,6 +382,9 @@ mod tests {
             max_len: None,
             ack_wait_ms: 1000,
             channel_prefix: String::new(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 

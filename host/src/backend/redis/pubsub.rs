@@ -15,7 +15,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use super::kv::{KindDescription, RedisConfigError, RedisKv};
+use super::kv::{RedisConfigError, RedisKv};
 use crate::backend::BackendError;
 use crate::backend::envelope;
 use crate::backend::mem::broker::{MemBroker, Subscription};
@@ -49,9 +49,7 @@ impl RedisBroker {
         kv: Arc<RedisKv>,
         buffer: usize,
     ) -> Result<Arc<RedisBroker>, RedisConfigError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            RedisConfigError(format!("not a usable Redis URL ({})", e.kind_description()))
-        })?;
+        let client = super::client(config)?;
         Ok(Arc::new(RedisBroker {
             summary: crate::backend::KvBackend::summary(&*kv),
             kv,

@@ -69,9 +69,7 @@ impl RedisStreams {
         config: &RedisConfig,
         kv: Arc<RedisKv>,
     ) -> Result<Arc<RedisStreams>, RedisConfigError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            RedisConfigError(format!("not a usable Redis URL ({})", e.kind_description()))
-        })?;
+        let client = super::client(config)?;
         let trim = match config.max_len {
             Some(n) => Trim::MaxLen(n),
             None => Trim::MaxAge(Duration::from_secs(config.max_age_secs)),

@@ -54,8 +54,14 @@ enum AdminCommand {
         #[arg(long)]
         label: Option<String>,
     },
-    /// Built-in and uploaded patterns.
+    /// Built-in patterns and the uploads your namespaces may deploy.
     Patterns,
+    /// Take your namespaces out of an upload's scope (the component goes
+    /// once no namespace is left); refused while one of them deploys it.
+    DeletePattern {
+        /// sha256:<hex>, the hex digest, or a unique prefix of 8+ hex digits.
+        digest: String,
+    },
     /// Serve a namespace with a pattern: FILE.wasm (uploaded first), an
     /// uploaded pattern's digest, or a built-in name. Swaps with no failed
     /// request; in-flight calls finish on the old version.
@@ -270,6 +276,23 @@ async fn execute(args: AdminArgs) -> anyhow::Result<()> {
             let info = upload(&mut client, &file, label).await?;
             show_pattern(&info, json_out)?;
         }
+        AdminCommand::DeletePattern { digest } => {
+            let done = client
+                .delete_pattern(pb::DeletePatternRequest {
+                    digest: digest.clone(),
+                })
+                .await?
+                .into_inner();
+            if json_out {
+                println!("{}", json!({"pattern": digest, "removed": done.removed}));
+            } else if done.removed {
+                println!("deleted pattern {digest}");
+            } else {
+                println!(
+                    "pattern {digest} is no longer your namespaces' (other namespaces' admins uploaded it too, so it stays for them)"
+                );
+            }
+        }
         AdminCommand::Patterns => {
             let list = client
                 .list_patterns(pb::ListPatternsRequest {})
@@ -280,7 +303,7 @@ async fn execute(args: AdminArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 print_table(
-                    &["DIGEST", "LABEL", "WORLD", "SIZE", "UPLOADED"],
+                    &["DIGEST", "LABEL", "WORLD", "SIZE", "UPLOADED", "SCOPE"],
                     list.patterns.iter().map(|p| {
                         vec![
                             short(&p.digest).to_string(),
@@ -292,6 +315,7 @@ async fn execute(args: AdminArgs) -> anyhow::Result<()> {
                             } else {
                                 ago(p.uploaded_at_ms)
                             },
+                            p.scope.join(","),
                         ]
                     }),
                 );

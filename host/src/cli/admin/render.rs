@@ -80,6 +80,7 @@ pub(super) fn pattern_json(p: &pb::PatternInfo) -> Value {
         "size": p.size,
         "uploaded_at_ms": p.uploaded_at_ms,
         "imports": p.imports,
+        "scope": p.scope,
     })
 }
 
