@@ -1078,3 +1078,157 @@ async fn a_key_the_issuer_removed_stops_working_after_the_ttl() -> anyhow::Resul
     .await?;
     t.stop().await
 }
+
+/// Security cases of the second test audit (issue 36 D) on Admin: a data
+/// grant neither uploads nor lists patterns; a namespace's admin neither
+/// deploys, promotes nor rolls back another namespace, nor creates one
+/// with limits (and that refused create leaves nothing behind); an expired
+/// token is UNAUTHENTICATED on Admin as on data calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_by_the_wrong_principal_change_nothing() -> anyhow::Result<()> {
+    use prism::pb::admin_client::AdminClient;
+    let issuer = Issuer::start(None).await?;
+    let state = tempfile::tempdir()?;
+    let t = start(&format!(
+        "{}\n[admin]\nstate_dir = {:?}\n",
+        config(&issuer),
+        state.path().display().to_string()
+    ))
+    .await?;
+    let rs = issuer.key("RS256")?;
+    let token = |grants: &[&str]| mint(&rs, Algorithm::RS256, &rs.kid, &claims(&issuer, grants));
+    let orders_data = token(&["orders"])?;
+    let orders_admin = token(&["orders:admin"])?;
+    let fresh_admin = token(&["fresh:admin"])?;
+    let mut admin = AdminClient::new(t.channel());
+
+    let listed = admin
+        .list_patterns(admin_request(
+            pb::ListPatternsRequest {},
+            Some(&orders_data),
+        ))
+        .await
+        .map(drop);
+    expect(
+        listed,
+        Code::PermissionDenied,
+        "an admin grant",
+        &orders_data,
+        "data grant listing patterns",
+    );
+    let chunk = pb::UploadPatternChunk {
+        label: "x".into(),
+        data: std::fs::read(prism_acceptance::guest_component("test_faulty"))?,
+    };
+    let uploaded = admin
+        .upload_pattern(admin_request(
+            tokio_stream::iter(vec![chunk]),
+            Some(&orders_data),
+        ))
+        .await
+        .map(drop);
+    expect(
+        uploaded,
+        Code::PermissionDenied,
+        "an admin grant",
+        &orders_data,
+        "data grant uploading",
+    );
+
+    let deploy = pb::DeployPatternRequest {
+        namespace: "users".into(),
+        pattern: "keyvalue".into(),
+        canary_percent: 10,
+        shadow: false,
+    };
+    let deployed = admin
+        .deploy_pattern(admin_request(deploy, Some(&orders_admin)))
+        .await
+        .map(drop);
+    expect(
+        deployed,
+        Code::PermissionDenied,
+        "it needs 'users:admin'",
+        &orders_admin,
+        "deploying to another namespace",
+    );
+    let promoted = admin
+        .promote(admin_request(
+            pb::PromoteRequest {
+                namespace: "users".into(),
+            },
+            Some(&orders_admin),
+        ))
+        .await
+        .map(drop);
+    expect(
+        promoted,
+        Code::PermissionDenied,
+        "it needs 'users:admin'",
+        &orders_admin,
+        "promoting in another namespace",
+    );
+    let rolled = admin
+        .rollback(admin_request(
+            pb::RollbackRequest {
+                namespace: "users".into(),
+            },
+            Some(&orders_admin),
+        ))
+        .await
+        .map(drop);
+    expect(
+        rolled,
+        Code::PermissionDenied,
+        "it needs 'users:admin'",
+        &orders_admin,
+        "rolling back another namespace",
+    );
+
+    let create = pb::CreateNamespaceRequest {
+        name: "fresh".into(),
+        pattern: "keyvalue".into(),
+        slots: [("kv".to_string(), "mem".to_string())].into(),
+        settings: Default::default(),
+        limits: [("max_stored_keys".to_string(), "1000000".to_string())].into(),
+    };
+    let created = admin
+        .create_namespace(admin_request(create, Some(&fresh_admin)))
+        .await
+        .map(drop);
+    expect(
+        created,
+        Code::PermissionDenied,
+        "'*:admin' to set the limits of 'fresh'",
+        &fresh_admin,
+        "namespace admin creating with limits",
+    );
+    let absent = admin
+        .get_namespace(admin_request(
+            pb::GetNamespaceRequest {
+                name: "fresh".into(),
+            },
+            Some(&fresh_admin),
+        ))
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(
+        absent,
+        Some(Code::NotFound),
+        "the refused create left a namespace"
+    );
+
+    // Expired well past the 30 s leeway.
+    let mut old = claims(&issuer, &["*:admin"]);
+    old["iat"] = json!(now() - 900);
+    old["exp"] = json!(now() - 600);
+    let expired = mint(&rs, Algorithm::RS256, &rs.kid, &old)?;
+    let refused = admin
+        .list_namespaces(admin_request(pb::ListNamespacesRequest {}, Some(&expired)))
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(refused, Some(Code::Unauthenticated));
+    t.stop().await
+}

@@ -353,17 +353,23 @@ async fn storage_quota_is_exact_on_postgres() -> anyhow::Result<()> {
     ))
     .await?;
     let mut kv = t.kv("orders");
-    // Ten concurrent writers race for the last places: exactly 10 keys fit.
+    // Thirty concurrent writers race for ten places: exactly 10 keys fit.
     let attempts: Vec<_> = (0..30)
         .map(|i| {
             let mut kv = t.kv("orders");
-            tokio::spawn(async move { kv.set(set(&format!("k{i}"), b"v".to_vec(), None)).await })
+            tokio::spawn(
+                async move { (i, kv.set(set(&format!("k{i}"), b"v".to_vec(), None)).await) },
+            )
         })
         .collect();
-    let (mut stored, mut refused) = (0, 0);
+    let (mut stored, mut refused, mut a_stored_key) = (0, 0, None);
     for a in attempts {
-        match a.await? {
-            Ok(_) => stored += 1,
+        let (i, result) = a.await?;
+        match result {
+            Ok(_) => {
+                stored += 1;
+                a_stored_key = Some(format!("k{i}"));
+            }
             Err(s) if s.code() == Code::ResourceExhausted => {
                 assert!(s.message().contains("max_stored_keys"), "{}", s.message());
                 refused += 1
@@ -372,8 +378,10 @@ async fn storage_quota_is_exact_on_postgres() -> anyhow::Result<()> {
         }
     }
     assert_eq!((stored, refused), (10, 20));
-    // Overwrites fit; a batch that would go over writes nothing.
-    kv.set(set("k0", b"again".to_vec(), None)).await.ok();
+    // Overwriting a stored key fits at the limit; a batch that would go
+    // over writes nothing.
+    let key = a_stored_key.ok_or_else(|| anyhow::anyhow!("no key was stored"))?;
+    kv.set(set(&key, b"again".to_vec(), None)).await?;
     let over = kv.batch_set(batch(1, 2)).await;
     assert_eq!(over.err().map(|s| s.code()), Some(Code::ResourceExhausted));
     assert_eq!(batch_rows(&pg, 1).await?, 0);

@@ -188,8 +188,12 @@ async fn streams_are_trimmed_to_max_len() -> anyhow::Result<()> {
         .arg("prism-stream:events/firehose")
         .query_async(&mut native)
         .await?;
-    // MAXLEN ~ trims whole macro nodes: about the bound, never all 1000.
-    assert!((100..1000).contains(&len), "{len} entries kept");
+    // MAXLEN ~ trims whole macro nodes (100 entries each by default): at
+    // least the bound, and less than one node over it.
+    assert!(
+        (100..200).contains(&len),
+        "{len} entries kept of 1000, max_len 100"
+    );
     t.stop().await
 }
 

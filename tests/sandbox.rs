@@ -144,8 +144,13 @@ fn stats(t: &TestServer, ns: &str) -> anyhow::Result<prism::runtime::pool::PoolS
     Ok(t.namespaces().get(ns)?.keyvalue()?.pool().stats())
 }
 
+/// Faults that run until the host stops them: seen running before the
+/// healthy traffic starts, so the traffic provably overlaps them.
+const LASTING: &[&str] = &["fault:loop", "fault:sleep"];
+
 /// Starts `fault_key` in `namespace`, waits until the call is running in
-/// the pattern, measures healthy traffic until it ends; returns its status.
+/// the pattern (or, for a fault over at once, finished), measures healthy
+/// traffic until it ends and one call past it; returns its status.
 async fn fault_during_traffic(
     t: &TestServer,
     namespace: &str,
@@ -155,22 +160,32 @@ async fn fault_during_traffic(
     let mut faulty = t.kv(namespace);
     let key = fault_key.to_string();
     let call = tokio::spawn(async move { faulty.get(pb::GetRequest { key }).await });
-    // Provably overlapping: the fault holds an instance before we measure.
+    // The fault holds an instance before we measure, or is already over: a
+    // panic or a refused argument ends in microseconds, so only the faults
+    // that last (LASTING) are required to be seen running.
     let call_ref = &call;
+    let busy = || stats(t, namespace).is_ok_and(|s| s.busy > before.busy);
     let running = eventually(Duration::from_secs(10), || async move {
-        call_ref.is_finished() || stats(t, namespace).is_ok_and(|s| s.busy > before.busy)
+        busy() || (!LASTING.contains(&fault_key) && call_ref.is_finished())
     })
     .await;
-    anyhow::ensure!(running, "{fault_key}: the faulty call never started");
+    anyhow::ensure!(
+        running,
+        "{fault_key}: the faulty call was never seen running in the pattern"
+    );
     let traffic = Traffic::start(t.kv("healthy"));
     let outcome = call.await?;
     // At least one healthy round trip completes after the fault ends too.
     let seen = traffic.ok();
     let traffic_ref = &traffic;
-    eventually(Duration::from_secs(10), || async move {
+    let after = eventually(Duration::from_secs(10), || async move {
         traffic_ref.ok() > seen
     })
     .await;
+    anyhow::ensure!(
+        after,
+        "{fault_key}: no healthy call completed in the 10 s after the fault ended"
+    );
     traffic.finish(fault_key).await?;
     match outcome {
         Ok(response) => anyhow::bail!(

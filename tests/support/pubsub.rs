@@ -152,7 +152,8 @@ impl Sub {
         })
     }
 
-    /// The next message, None if none arrives within `wait` or the stream ended.
+    /// The next message, None if none arrives within `wait`; an error if the
+    /// stream ended.
     pub async fn next(&mut self, wait: Duration) -> anyhow::Result<Option<pb::Message>> {
         loop {
             if let Some(m) = self.buffered.pop_front() {
@@ -162,8 +163,13 @@ impl Sub {
                 Err(_) => return Ok(None),
                 Ok(frame) => frame?,
             };
-            match frame.and_then(|f| f.event) {
-                None => return Ok(None),
+            // An ended stream is not "nothing arrived": an absence check on
+            // a dead subscription must fail.
+            let Some(frame) = frame else {
+                bail!("the stream ended (the server closed it) while waiting for a message");
+            };
+            match frame.event {
+                None => continue,
                 Some(pb::subscribe_response::Event::Messages(batch)) => {
                     self.dropped += batch.dropped;
                     self.buffered.extend(batch.messages);

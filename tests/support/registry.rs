@@ -237,7 +237,8 @@ impl Inbox {
         })
     }
 
-    /// The next message, None if none arrives within `wait`.
+    /// The next message, None if none arrives within `wait`; an error if the
+    /// stream ended.
     pub async fn next(&mut self, wait: Duration) -> anyhow::Result<Option<pb::Message>> {
         loop {
             if let Some(m) = self.buffered.pop_front() {
@@ -247,8 +248,13 @@ impl Inbox {
                 Err(_) => return Ok(None),
                 Ok(frame) => frame?,
             };
-            match frame.and_then(|f| f.event) {
-                None => return Ok(None),
+            // An ended stream is not "nothing arrived": an absence check on
+            // a dead subscription must fail.
+            let Some(frame) = frame else {
+                bail!("the stream ended (the server closed it) while waiting for a message");
+            };
+            match frame.event {
+                None => continue,
                 Some(pb::listen_response::Event::Messages(batch)) => {
                     self.buffered.extend(batch.messages)
                 }
