@@ -433,7 +433,8 @@ async fn key_rotation_and_issuer_outages_need_no_restart() -> anyhow::Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_needs_no_token_and_streams_end_when_their_token_expires() -> anyhow::Result<()> {
+async fn health_and_reflection_need_no_token_and_streams_end_when_their_token_expires()
+-> anyhow::Result<()> {
     let issuer = Issuer::start(None).await?;
     let t = start(&config(&issuer)).await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(t.channel());
@@ -445,6 +446,31 @@ async fn health_needs_no_token_and_streams_end_when_their_token_expires() -> any
     assert_eq!(
         reply.into_inner().status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // Reflection needs no token either, with auth on.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(t.channel())
+        .server_reflection_info(tokio_stream::iter(vec![list]))
+        .await?
+        .into_inner();
+    let reply = replies.message().await?.and_then(|r| r.message_response);
+    let Some(MessageResponse::ListServicesResponse(services)) = reply else {
+        anyhow::bail!("reflection without a token did not list services: {reply:?}");
+    };
+    assert!(
+        services
+            .service
+            .iter()
+            .any(|s| s.name == "prism.v1.KeyValue"),
+        "{:?}",
+        services.service
     );
     // A subscription opened with a token that expires in 3 s ends then.
     let rs = issuer.key("RS256")?;
