@@ -79,9 +79,10 @@ async def test_token_with_every_grant_reads_and_writes(auth_addr: str, oidc_issu
     async with PrismClient(auth_addr, namespace="devices", token=token) as client:
         identity = unique("sensor")
         inbox = client.registry.listen(identity)
-        await client.registry.register(identity, {"type": "sensor"})
-        result = await client.registry.multicast({"type": "sensor"}, {"command": "read"})
-        assert result.delivered_count >= 1
+        await client.registry.register(identity, {"type": "sensor", "tag": identity})
+        # Only this identity carries its tag: exactly one target, one delivery.
+        result = await client.registry.multicast({"tag": identity}, {"command": "read"})
+        assert (result.target_count, result.delivered_count) == (1, 1)
         assert (await asyncio.wait_for(anext(inbox), 10)).json() == {"command": "read"}
         await inbox.aclose()
         await client.registry.unregister(identity)

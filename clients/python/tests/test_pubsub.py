@@ -108,7 +108,8 @@ async def test_roundtrip_binary_payload_metadata_id_timestamp(pubsub_client: Pri
     assert message.topic == "orders.created"
     assert message.metadata == {"user": "alice", "content-type": "application/octet-stream"}
     assert message.id == message_id
-    assert before_ms - 60_000 <= message.timestamp_ms <= int(time.time() * 1000) + 60_000
+    # Stamped by this machine's clock between the publish and its receipt.
+    assert before_ms <= message.timestamp_ms <= int(time.time() * 1000)
     assert message.delivery_attempt == 1
 
     empty = await receive(sub)
