@@ -578,8 +578,18 @@ async fn registry_every_method_and_typed_errors() -> anyhow::Result<()> {
         leased.ttl == Some(Duration::from_millis(600)) && leased.expires_at.is_some(),
         "{leased:?}"
     );
+    // Time passes (well inside the TTL), so a renewal moves the expiry by
+    // about as much; one that renews nothing leaves it where it was.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let renewed = devices.heartbeat("lease-1").await?;
-    ensure!(renewed.expires_at >= leased.expires_at, "{renewed:?}");
+    let moved = match (leased.expires_at, renewed.expires_at) {
+        (Some(before), Some(after)) => after.duration_since(before).unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
+    ensure!(
+        moved >= Duration::from_millis(20),
+        "the heartbeat moved the expiry by {moved:?}: {renewed:?}"
+    );
     ensure!(
         eventually(WAIT, || {
             let devices = devices.clone();
