@@ -1258,3 +1258,88 @@ async fn admin_calls_by_the_wrong_principal_change_nothing() -> anyhow::Result<(
     assert_eq!(refused, Some(Code::Unauthenticated));
     t.stop().await
 }
+
+/// A grant names a whole namespace (`order` and `*s` are not `orders`); a
+/// token counts only as `authorization: Bearer …`, not under another
+/// metadata key nor with another scheme; every refused call writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_name_whole_namespaces_and_only_a_bearer_token_counts() -> anyhow::Result<()> {
+    let issuer = Issuer::start(None).await?;
+    let t = start(&config(&issuer)).await?;
+    let rs = issuer.key("RS256")?;
+    let valid = mint(
+        &rs,
+        Algorithm::RS256,
+        &rs.kid,
+        &claims(&issuer, &["orders"]),
+    )?;
+    let near = mint(
+        &rs,
+        Algorithm::RS256,
+        &rs.kid,
+        &claims(&issuer, &["order", "orders2", "*s", "Orders"]),
+    )?;
+    expect(
+        set(&t, "orders", Some(&near), "near-miss").await,
+        Code::PermissionDenied,
+        "may not write namespace 'orders'",
+        &near,
+        "grants that only resemble 'orders'",
+    );
+
+    let with_metadata = |key: &'static str, value: String| {
+        let mut r = request(
+            pb::SetRequest {
+                key: format!("via-{key}"),
+                value: b"v".to_vec(),
+                ttl_ms: None,
+            },
+            "orders",
+            None,
+        );
+        if let Ok(value) = value.parse() {
+            r.metadata_mut().insert(key, value);
+        }
+        r
+    };
+    let mut kv = KeyValueClient::new(t.channel());
+    for (case, key, value, reason) in [
+        (
+            "a token under another metadata key",
+            "x-authorization",
+            format!("Bearer {valid}"),
+            "no credentials",
+        ),
+        (
+            "a token with another scheme",
+            "authorization",
+            format!("Token {valid}"),
+            "not 'Bearer <token>'",
+        ),
+        (
+            "a bare token",
+            "authorization",
+            valid.clone(),
+            "not 'Bearer <token>'",
+        ),
+    ] {
+        expect(
+            kv.set(with_metadata(key, value)).await.map(drop),
+            Code::Unauthenticated,
+            reason,
+            &valid,
+            case,
+        );
+    }
+    // Nothing was written by any of them; the token itself works.
+    for key in ["near-miss", "via-x-authorization", "via-authorization"] {
+        let written = get(&t, "orders", Some(&valid), key).await;
+        assert_eq!(
+            written.err().map(|s| s.code()),
+            Some(Code::NotFound),
+            "{key} was written"
+        );
+    }
+    set(&t, "orders", Some(&valid), "bearer").await?;
+    t.stop().await
+}
