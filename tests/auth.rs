@@ -448,29 +448,10 @@ async fn health_and_reflection_need_no_token_and_streams_end_when_their_token_ex
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     // Reflection needs no token either, with auth on.
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let list = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = ServerReflectionClient::new(t.channel())
-        .server_reflection_info(tokio_stream::iter(vec![list]))
-        .await?
-        .into_inner();
-    let reply = replies.message().await?.and_then(|r| r.message_response);
-    let Some(MessageResponse::ListServicesResponse(services)) = reply else {
-        anyhow::bail!("reflection without a token did not list services: {reply:?}");
-    };
+    let names = prism_acceptance::reflected_services(t.channel()).await?;
     assert!(
-        services
-            .service
-            .iter()
-            .any(|s| s.name == "prism.v1.KeyValue"),
-        "{:?}",
-        services.service
+        names.contains(&"prism.v1.KeyValue".to_string()),
+        "{names:?}"
     );
     // A subscription opened with a token that expires in 3 s ends then.
     let rs = issuer.key("RS256")?;
@@ -508,6 +489,19 @@ async fn health_and_reflection_need_no_token_and_streams_end_when_their_token_ex
     t.stop().await
 }
 
+/// Prism with auth on and Admin keeping its state in a temp dir (returned:
+/// it must outlive the server).
+async fn start_with_admin(issuer: &Issuer) -> anyhow::Result<(TestServer, tempfile::TempDir)> {
+    let state = tempfile::tempdir()?;
+    let t = start(&format!(
+        "{}\n[admin]\nstate_dir = {:?}\n",
+        config(issuer),
+        state.path().display().to_string()
+    ))
+    .await?;
+    Ok((t, state))
+}
+
 /// An Admin request carrying `token`.
 fn admin_request<T>(message: T, token: Option<&str>) -> Request<T> {
     let mut r = Request::new(message);
@@ -523,13 +517,7 @@ fn admin_request<T>(message: T, token: Option<&str>) -> Request<T> {
 async fn admin_calls_need_an_admin_grant_on_their_namespace() -> anyhow::Result<()> {
     use prism::pb::admin_client::AdminClient;
     let issuer = Issuer::start(None).await?;
-    let state = tempfile::tempdir()?;
-    let t = start(&format!(
-        "{}\n[admin]\nstate_dir = {:?}\n",
-        config(&issuer),
-        state.path().display().to_string()
-    ))
-    .await?;
+    let (t, _state) = start_with_admin(&issuer).await?;
     let rs = issuer.key("RS256")?;
     let token = |grants: &[&str]| mint(&rs, Algorithm::RS256, &rs.kid, &claims(&issuer, grants));
     let orders_admin = token(&["orders:admin"])?;
@@ -1114,13 +1102,7 @@ async fn a_key_the_issuer_removed_stops_working_after_the_ttl() -> anyhow::Resul
 async fn admin_calls_by_the_wrong_principal_change_nothing() -> anyhow::Result<()> {
     use prism::pb::admin_client::AdminClient;
     let issuer = Issuer::start(None).await?;
-    let state = tempfile::tempdir()?;
-    let t = start(&format!(
-        "{}\n[admin]\nstate_dir = {:?}\n",
-        config(&issuer),
-        state.path().display().to_string()
-    ))
-    .await?;
+    let (t, _state) = start_with_admin(&issuer).await?;
     let rs = issuer.key("RS256")?;
     let token = |grants: &[&str]| mint(&rs, Algorithm::RS256, &rs.kid, &claims(&issuer, grants));
     let orders_data = token(&["orders"])?;

@@ -179,23 +179,7 @@ async fn health_and_reflection_are_served() -> anyhow::Result<()> {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let list = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = ServerReflectionClient::new(t.channel())
-        .server_reflection_info(tokio_stream::iter(vec![list]))
-        .await?
-        .into_inner();
-    let reply = replies.message().await?.and_then(|r| r.message_response);
-    let Some(MessageResponse::ListServicesResponse(services)) = reply else {
-        anyhow::bail!("reflection did not list services: {reply:?}");
-    };
-    let names: Vec<String> = services.service.into_iter().map(|s| s.name).collect();
+    let names = prism_acceptance::reflected_services(t.channel()).await?;
     assert!(
         names.contains(&"prism.v1.KeyValue".to_string()),
         "{names:?}"

@@ -84,24 +84,21 @@ impl PatternStore {
         std::fs::read(path).ok().map(Arc::from)
     }
 
-    /// Keeps a component (already checked) under its digest. The file is
-    /// written whole and renamed into place, so a crash never leaves half
-    /// a component under a digest.
-    pub fn put(&self, digest: &str, bytes: Arc<[u8]>) -> std::io::Result<()> {
+    /// Keeps a component (already checked) under its digest: the received
+    /// file itself, synced and renamed into place (so a crash never leaves
+    /// half a component under a digest), or its bytes in memory without a
+    /// state directory.
+    pub fn put(&self, digest: &str, incoming: Incoming, bytes: Arc<[u8]>) -> std::io::Result<()> {
         let Some(dir) = &self.dir else {
             self.memory.write().insert(digest.to_string(), bytes);
             return Ok(());
         };
-        std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{digest}.wasm"));
         if path.exists() {
             return Ok(());
         }
-        let tmp = dir.join(format!(".{digest}.{}.tmp", std::process::id()));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        incoming.file.as_file().sync_all()?;
+        incoming.file.persist(&path).map_err(|e| e.error)?;
         // The rename is durable only once the directory is: state.json,
         // written next, must never name a component a crash lost.
         std::fs::File::open(dir)?.sync_all()
@@ -142,8 +139,9 @@ impl PatternStore {
     }
 }
 
-/// An upload being received: written to a temporary file (removed unless
-/// read back) while its digest is computed.
+/// An upload being received: written to a temporary file while its digest
+/// is computed; the file is removed on drop unless [`PatternStore::put`]
+/// keeps it.
 pub struct Incoming {
     file: tempfile::NamedTempFile,
     hasher: Sha256,
@@ -172,8 +170,8 @@ impl Incoming {
             .collect()
     }
 
-    /// The bytes, read back (the file is removed).
-    pub fn read(self) -> std::io::Result<Vec<u8>> {
+    /// The bytes, read back.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
         std::fs::read(self.file.path())
     }
 }

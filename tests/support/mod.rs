@@ -38,6 +38,27 @@ pub fn guest_component(name: &str) -> PathBuf {
     prism::runtime::builtin::artifact_dir().join(format!("{name}.wasm"))
 }
 
+/// The services the server lists through gRPC reflection (no token sent).
+pub async fn reflected_services(channel: tonic::transport::Channel) -> anyhow::Result<Vec<String>> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![list]))
+        .await?
+        .into_inner();
+    let reply = replies.message().await?.and_then(|r| r.message_response);
+    let Some(MessageResponse::ListServicesResponse(services)) = reply else {
+        anyhow::bail!("reflection did not list services: {reply:?}");
+    };
+    Ok(services.service.into_iter().map(|s| s.name).collect())
+}
+
 /// Polls `check` until it returns true or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where

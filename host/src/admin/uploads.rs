@@ -124,11 +124,14 @@ impl Control {
         };
         let mut state = self.state.lock().await;
         self.check_quota(&state, scope, &digest, size)?;
-        self.platform.patterns.put(&digest, bytes).map_err(|e| {
-            AdminError::Storage(format!(
-                "cannot keep the uploaded pattern: {e}; nothing was changed"
-            ))
-        })?;
+        self.platform
+            .patterns
+            .put(&digest, incoming, bytes)
+            .map_err(|e| {
+                AdminError::Storage(format!(
+                    "cannot keep the uploaded pattern: {e}; nothing was changed"
+                ))
+            })?;
         let mut next = state.clone();
         next.patterns.insert(digest.clone(), meta.clone());
         self.save(&next)?;

@@ -171,16 +171,11 @@ impl Config {
         })?;
         config.base_dir = base_dir;
         // Backends read their TLS files when they are built, away from the config.
-        let base = config.base_dir.clone();
-        for backend in config.backends.values_mut() {
-            backend.resolve_tls_paths(|p| {
-                if p.is_absolute() {
-                    p.clone()
-                } else {
-                    base.join(p)
-                }
-            });
+        let mut backends = std::mem::take(&mut config.backends);
+        for backend in backends.values_mut() {
+            backend.resolve_tls_paths(|p| config.resolve_path(p));
         }
+        config.backends = backends;
         config.validate(path)?;
         Ok(config)
     }

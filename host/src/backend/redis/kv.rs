@@ -65,8 +65,11 @@ impl RedisKv {
         config: &RedisConfig,
         conn: ConnectionManager,
     ) -> Result<Arc<RedisKv>, RedisConfigError> {
-        let client = super::client(config)?;
-        let info = client.get_connection_info();
+        // The address for messages only: no client (and no TLS files read) for it.
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map_err(|e| {
+                RedisConfigError(format!("not a usable Redis URL ({})", e.kind_description()))
+            })?;
         let summary = format!(
             "Redis '{name}' at {}/{}",
             info.addr(),
