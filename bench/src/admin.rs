@@ -28,7 +28,7 @@ const SWAP_EVERY: Duration = Duration::from_millis(20);
 /// The built-in KeyValue component with a custom section naming `n`: the
 /// same code under a new digest, so Prism has never compiled it (a typical
 /// pattern, as a new build of it would be).
-fn variant(base: &[u8], n: u32) -> Vec<u8> {
+pub(crate) fn variant(base: &[u8], n: u32) -> Vec<u8> {
     fn leb(mut v: u32, out: &mut Vec<u8>) {
         loop {
             let byte = (v & 0x7f) as u8;
@@ -53,7 +53,10 @@ fn variant(base: &[u8], n: u32) -> Vec<u8> {
     out
 }
 
-async fn upload(admin: &mut AdminClient<Channel>, bytes: Vec<u8>) -> anyhow::Result<String> {
+pub(crate) async fn upload(
+    admin: &mut AdminClient<Channel>,
+    bytes: Vec<u8>,
+) -> anyhow::Result<String> {
     let chunks: Vec<pb::UploadPatternChunk> = bytes
         .chunks(256 << 10)
         .map(|data| pb::UploadPatternChunk {

@@ -34,6 +34,7 @@
 mod admin;
 mod auth;
 mod echo;
+mod fleet;
 mod guard;
 mod inprocess;
 mod kv;
@@ -72,7 +73,7 @@ struct Args {
     /// Fail when a row named in this file is worse than its bound (see guard.rs).
     #[arg(long)]
     guard: Option<std::path::PathBuf>,
-    /// Run only these sections (comma-separated: kv, auth, security, pubsub, registry, tenancy, admin, inprocess).
+    /// Run only these sections (comma-separated: kv, auth, security, pubsub, registry, tenancy, admin, fleet, inprocess).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Value size in bytes for GET/SET.
@@ -159,6 +160,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     if run("admin") {
         admin::rows(&mut report, &payload, measure.max(Duration::from_secs(1))).await?;
+    }
+    if run("fleet") {
+        fleet::rows(&mut report, args.quick).await?;
     }
     if run("inprocess") {
         inprocess::rows(&mut report, &payload).await?;

@@ -104,6 +104,19 @@ impl PatternStore {
         std::fs::File::open(dir)?.sync_all()
     }
 
+    /// Keeps a component fetched from elsewhere (a control store; the
+    /// caller checked its digest): written to a temporary file, synced and
+    /// renamed into place.
+    pub fn put_bytes(&self, digest: &str, bytes: Arc<[u8]>) -> std::io::Result<()> {
+        if self.dir.is_none() {
+            self.memory.write().insert(digest.to_string(), bytes);
+            return Ok(());
+        }
+        let mut incoming = self.incoming()?;
+        incoming.write(&bytes)?;
+        self.put(digest, incoming, bytes)
+    }
+
     /// Forgets a component (its file too); absent is not an error.
     pub fn remove(&self, digest: &str) -> std::io::Result<()> {
         self.memory.write().remove(digest);

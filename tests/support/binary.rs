@@ -51,6 +51,8 @@ pub async fn run(args: &[&str], within: Duration) -> anyhow::Result<Finished> {
 pub struct PrismProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// Its `/metrics` URL, when started with `--metrics-listen`.
+    pub metrics: Option<String>,
     /// What it has written to stderr so far (drained by a task of its own).
     stderr: Arc<Mutex<String>>,
     stderr_drain: Option<JoinHandle<()>>,
@@ -86,6 +88,17 @@ impl PrismProcess {
             bail!("unexpected first line from prism: {line}");
         };
         let addr = addr.trim().parse()?;
+        // With --metrics-listen the next line says where.
+        let metrics = if args.contains(&"--metrics-listen") {
+            match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
+                Ok(Ok(Some(line))) => line
+                    .strip_prefix("prism: metrics on ")
+                    .map(|url| url.trim().to_string()),
+                _ => None,
+            }
+        } else {
+            None
+        };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         // stderr is drained too, so logging can never block the server; it
         // is kept for tests of what the server logs.
@@ -104,6 +117,7 @@ impl PrismProcess {
         Ok(PrismProcess {
             child,
             addr,
+            metrics,
             stderr: collected,
             stderr_drain,
         })

@@ -583,13 +583,17 @@ async def test_every_dashboard_query_names_series_and_labels_prism_exposes(
     assert not problems, "\n".join(problems)
 
 
-def test_the_shipped_config_starts_prism(tmp_path: Path, prism_config: dict[str, Any]) -> None:
+def test_the_shipped_config_starts_prism(tmp_path: Path, prism_config: dict[str, Any], nats_server: NatsServer) -> None:
     # As shipped (tracing keys included), with the state directory in a temp
-    # dir and the collector on a closed local port instead of a compose name.
+    # dir, the collector on a closed local port instead of a compose name,
+    # and NATS a real local server: the control store is read at start.
+    store = prism_config["backends"][prism_config["admin"]["store"]]
+    assert store["type"] == "nats" and store["jetstream"] is True
     text = compose_config_for_tests(
         {
             prism_config["admin"]["state_dir"]: str(tmp_path / "state"),
             prism_config["telemetry"]["otlp_endpoint"]: f"http://127.0.0.1:{_free_port()}",
+            store["url"]: nats_server.url,
         }
     )
     prism = PrismProcess(tmp_path, text, metrics=True)

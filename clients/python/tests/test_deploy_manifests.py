@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, PrismProcess
+from conftest import REPO, NatsServer, PrismProcess
 
 BASE = REPO / "deploy" / "k8s" / "base"
 
@@ -116,11 +116,16 @@ def test_the_image_runs_as_the_user_the_pod_expects() -> None:
     assert "EXPOSE 8980" in dockerfile
 
 
-def test_the_shipped_config_starts_prism(resources: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+def test_the_shipped_config_starts_prism(resources: dict[str, dict[str, Any]], tmp_path: Path, nats_server: NatsServer) -> None:
     text, config = shipped_config(resources)
-    # Only the state directory moves (to a temp dir): the rest is as shipped.
+    # Only the state directory moves (to a temp dir) and the control store
+    # is a real local NATS (it is read at start): the rest is as shipped.
     state_dir = config["admin"]["state_dir"]
     text = text.replace(f'state_dir = "{state_dir}"', f'state_dir = "{tmp_path / "state"}"')
+    store = config["backends"][config["admin"]["store"]]
+    assert store["type"] == "nats" and store["jetstream"] is True
+    assert f'url = "{store["url"]}"' in text
+    text = text.replace(f'url = "{store["url"]}"', f'url = "{nats_server.url}"')
     prism = PrismProcess(tmp_path, text, metrics=True)
     assert prism.addr and prism.metrics_url.endswith("/metrics")
     prism.stop()

@@ -5,6 +5,7 @@
 //! directory, then swapped in — so a refused change leaves everything as it
 //! was, and what was accepted survives a restart.
 
+mod fleet;
 mod namespaces;
 mod reload;
 mod rollouts;
@@ -14,6 +15,7 @@ mod uploads;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::clock::now_ms;
@@ -26,6 +28,7 @@ use crate::namespace::{
 };
 use crate::patterns::{UPLOADED, digest_of, is_digest};
 use crate::runtime::builtin;
+pub use fleet::{Loaded, open};
 pub use reload::Reloaded;
 pub use state::{ControlState, NamespaceState, PatternMeta, RolloutState, StateError};
 pub use uploads::Scope;
@@ -44,9 +47,14 @@ pub enum AdminError {
     /// An upload quota or the uploads-at-once limit.
     #[error("{0}")]
     Quota(String),
-    /// The state directory could not be written: nothing was changed.
+    /// The state directory or the control store could not be written:
+    /// nothing was changed.
     #[error("{0}")]
     Storage(String),
+    /// Another replica changed the same document first: nothing was
+    /// changed, and a retry reads the winner's change.
+    #[error("{0}")]
+    Aborted(String),
     /// A bug in Prism (a task that panicked).
     #[error("{0}")]
     Internal(String),
@@ -131,28 +139,71 @@ pub struct Control {
     receiving: Arc<tokio::sync::Semaphore>,
     /// The config file's `[namespaces]` as last loaded (start-up or SIGHUP).
     config_namespaces: parking_lot::RwLock<BTreeMap<String, NamespaceConfig>>,
+    /// The fleet's control store (`[admin] store`), if any.
+    store: Option<Arc<dyn crate::backend::control::ControlStore>>,
+    /// Serving a snapshot: the store does not answer.
+    stale: AtomicBool,
+    /// A change from the store did not apply here; the follower retries.
+    diverged: AtomicBool,
+    /// Counts the store's changes applied here (a losing writer waits on it).
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Control {
     /// Starts every namespace (config, then Admin's layer with its rollouts).
     pub async fn start(
         platform: Arc<Platform>,
-        state: ControlState,
+        loaded: Loaded,
         subscriptions: Arc<Subscriptions>,
     ) -> Result<Control, StartupError> {
+        let Loaded {
+            state,
+            store,
+            stale,
+        } = loaded;
         let config = &platform.config;
         let state_dir = config.state_dir();
+        let kept_in = match (&store, &state_dir) {
+            (Some(store), _) => Some(format!("the control store ({})", store.summary())),
+            (None, Some(dir)) => Some(dir.join(state::STATE_FILE).display().to_string()),
+            (None, None) => None,
+        };
         let in_state = |field: String, name: &str| -> String {
-            match (&state_dir, state.namespaces.contains_key(name)) {
-                (Some(dir), true) => format!(
-                    "{field} (as changed through Admin; kept in {})",
-                    dir.join("state.json").display()
-                ),
+            match (&kept_in, state.namespaces.contains_key(name)) {
+                (Some(place), true) => {
+                    format!("{field} (as changed through Admin; kept in {place})")
+                }
                 _ => field,
             }
         };
         for (digest, meta) in &state.patterns {
             platform.patterns.set_label(digest, &meta.label);
+        }
+        let (applied, _) = tokio::sync::watch::channel(0);
+        let control = Control {
+            drain: Duration::from_millis(config.server.shutdown_grace_ms),
+            namespaces: Arc::new(Namespaces::new(Vec::new())),
+            subscriptions,
+            state_dir: state_dir.clone(),
+            state: tokio::sync::Mutex::new(ControlState::default()),
+            compiling: tokio::sync::Mutex::new(()),
+            receiving: Arc::new(tokio::sync::Semaphore::new(
+                platform.config.admin.max_concurrent_uploads,
+            )),
+            config_namespaces: parking_lot::RwLock::new(config.namespaces.clone()),
+            platform: platform.clone(),
+            store,
+            stale: AtomicBool::new(stale),
+            diverged: AtomicBool::new(false),
+            applied,
+        };
+        // With a store, uploads this replica has not seen yet are fetched
+        // (and compiled) before anything starts.
+        for digest in state.patterns.keys() {
+            control
+                .fetch(&format!("{UPLOADED}{digest}"))
+                .await
+                .map_err(|e| StartupError::new(format!("pattern sha256:{digest}"), e))?;
         }
         let mut started = Vec::new();
         let mut dropped_rollouts = Vec::new();
@@ -196,25 +247,22 @@ impl Control {
                     kept.rollout = None;
                 }
             }
-            if let Some(dir) = &state_dir
+            // A store's rollout stays: other replicas may start it.
+            if control.store.is_none()
+                && let Some(dir) = &state_dir
                 && let Err(e) = state.save(dir)
             {
                 tracing::warn!(error = %e, "cannot record the dropped rollouts; they are dropped again at the next start");
             }
         }
-        Ok(Control {
-            drain: Duration::from_millis(config.server.shutdown_grace_ms),
-            namespaces: Arc::new(Namespaces::new(started)),
-            subscriptions,
-            state_dir,
-            state: tokio::sync::Mutex::new(state),
-            compiling: tokio::sync::Mutex::new(()),
-            receiving: Arc::new(tokio::sync::Semaphore::new(
-                platform.config.admin.max_concurrent_uploads,
-            )),
-            config_namespaces: parking_lot::RwLock::new(config.namespaces.clone()),
-            platform,
-        })
+        if control.store.is_some() {
+            control.write_snapshot(&state);
+        }
+        for namespace in started {
+            control.namespaces.insert(namespace);
+        }
+        *control.state.lock().await = state;
+        Ok(control)
     }
 
     pub fn namespaces(&self) -> &Arc<Namespaces> {

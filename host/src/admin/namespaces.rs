@@ -69,7 +69,7 @@ impl Control {
                 rollout: None,
             },
         );
-        self.save(&next)?;
+        self.commit(&state, &mut next).await?;
         *state = next;
         self.namespaces.insert(namespace);
         tracing::info!(namespace = name, "namespace created through Admin");
@@ -77,11 +77,32 @@ impl Control {
     }
 
     /// Replaces the namespace's definition with `change(current)`: a new
-    /// namespace (instances configured) is started, then swapped in.
+    /// namespace (instances configured) is started, then swapped in. A
+    /// change is a read-modify-write: one that loses a race with another
+    /// replica's is applied again over the winner's (a few times at most).
     pub async fn update(
         &self,
         name: &str,
-        change: impl FnOnce(&mut NamespaceConfig) -> Result<(), AdminError>,
+        change: impl Fn(&mut NamespaceConfig) -> Result<(), AdminError>,
+    ) -> Result<NamespaceView, AdminError> {
+        let mut attempts = 0;
+        loop {
+            let seen = *self.applied.borrow();
+            match self.update_once(name, &change).await {
+                Err(AdminError::Aborted(why)) if attempts < 8 => {
+                    attempts += 1;
+                    tracing::debug!(namespace = name, attempts, reason = %why, "update lost a race; applying it again over the winner's");
+                    self.await_applied(seen, Duration::from_secs(2)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn update_once(
+        &self,
+        name: &str,
+        change: &impl Fn(&mut NamespaceConfig) -> Result<(), AdminError>,
     ) -> Result<NamespaceView, AdminError> {
         let mut state = self.state.lock().await;
         let current = self.get(name)?;
@@ -119,7 +140,7 @@ impl Control {
                 rollout: None,
             },
         );
-        self.save(&next)?;
+        self.commit(&state, &mut next).await?;
         *state = next;
         let rebound = ns.slots != current.config.slots;
         self.namespaces.insert(replacement);
@@ -152,7 +173,7 @@ impl Control {
         if limits != LimitsConfig::default() {
             next.kept_limits.insert(name.to_string(), limits);
         }
-        self.save(&next)?;
+        self.commit(&state, &mut next).await?;
         *state = next;
         // Out of the routing map before the lock goes, and the lock is held
         // through the drain and purge: no create, deploy or update of the

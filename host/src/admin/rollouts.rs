@@ -81,7 +81,7 @@ impl Control {
                 rollout: None,
             }
         };
-        self.switch(&mut state, &namespace, deployment)?;
+        self.switch(&mut state, &namespace, deployment).await?;
         tracing::info!(
             namespace = name,
             pattern = %reference,
@@ -95,7 +95,7 @@ impl Control {
 
     /// Records `deployment` in the state file, then swaps it in: a save
     /// that fails leaves the namespace serving as before.
-    fn switch(
+    async fn switch(
         &self,
         state: &mut ControlState,
         namespace: &Namespace,
@@ -104,7 +104,7 @@ impl Control {
         let mut next = state.clone();
         next.namespaces
             .insert(namespace.name.clone(), kept(namespace, &deployment));
-        self.save(&next)?;
+        self.commit(&state, &mut next).await?;
         *state = next;
         namespace.swap(deployment);
         Ok(())
@@ -145,7 +145,7 @@ impl Control {
             previous: Some(current.primary.info.clone()),
             rollout: None,
         };
-        self.switch(&mut state, &namespace, deployment)?;
+        self.switch(&mut state, &namespace, deployment).await?;
         tracing::info!(namespace = name, "rollout promoted");
         Ok(self.view(namespace, &state))
     }
@@ -186,7 +186,7 @@ impl Control {
                 rollout: None,
             }
         };
-        self.switch(&mut state, &namespace, deployment)?;
+        self.switch(&mut state, &namespace, deployment).await?;
         tracing::info!(namespace = name, "rolled back");
         Ok(self.view(namespace, &state))
     }

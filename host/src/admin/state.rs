@@ -34,6 +34,46 @@ pub struct ControlState {
     /// may delete and create, not set limits) cannot shed the operator's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub kept_limits: BTreeMap<String, LimitsConfig>,
+    /// With a control store: the store's revision of each document this
+    /// state holds (what a write expects to replace).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revisions: BTreeMap<String, u64>,
+}
+
+/// What one namespace's document in a control store holds: the parts of
+/// [`ControlState`] under its name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct NamespaceDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<NamespaceState>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kept_limits: Option<LimitsConfig>,
+}
+
+/// What a control store document is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocKey<'a> {
+    Namespace(&'a str),
+    Pattern(&'a str),
+}
+
+impl<'a> DocKey<'a> {
+    pub fn parse(key: &'a str) -> Option<DocKey<'a>> {
+        if let Some(name) = key.strip_prefix("ns.") {
+            Some(DocKey::Namespace(name))
+        } else {
+            key.strip_prefix("pattern.").map(DocKey::Pattern)
+        }
+    }
+
+    pub fn key(self) -> String {
+        match self {
+            DocKey::Namespace(name) => format!("ns.{name}"),
+            DocKey::Pattern(digest) => format!("pattern.{digest}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,16 +132,114 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The control store cannot be read and no snapshot of it is kept here.
+    #[error("[admin] store: {0}")]
+    Store(String),
 }
 
+/// The file of the state in `state_dir` without a control store.
+pub const STATE_FILE: &str = "state.json";
+/// With a control store: the last state this replica applied, which it
+/// serves if it restarts while the store is down.
+pub const SNAPSHOT_FILE: &str = "snapshot.json";
+
 impl ControlState {
-    fn file(dir: &Path) -> PathBuf {
-        dir.join("state.json")
+    /// The documents of a control store this state consists of.
+    pub fn keys(&self) -> BTreeSet<String> {
+        let names = self
+            .namespaces
+            .keys()
+            .chain(&self.deleted)
+            .chain(self.kept_limits.keys());
+        names
+            .map(|n| DocKey::Namespace(n).key())
+            .chain(self.patterns.keys().map(|d| DocKey::Pattern(d).key()))
+            .collect()
+    }
+
+    fn namespace_doc(&self, name: &str) -> Option<NamespaceDoc> {
+        let doc = NamespaceDoc {
+            state: self.namespaces.get(name).cloned(),
+            deleted: self.deleted.contains(name),
+            kept_limits: self.kept_limits.get(name).cloned(),
+        };
+        (doc != NamespaceDoc::default()).then_some(doc)
+    }
+
+    /// The document under `key` (None: nothing, a tombstone in the store).
+    pub fn document(&self, key: &str) -> Option<Vec<u8>> {
+        let bytes = match DocKey::parse(key)? {
+            DocKey::Namespace(name) => serde_json::to_vec(&self.namespace_doc(name)?),
+            DocKey::Pattern(digest) => serde_json::to_vec(self.patterns.get(digest)?),
+        };
+        bytes.ok()
+    }
+
+    /// The documents `next` changes, with their new contents.
+    pub fn changes(&self, next: &ControlState) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut keys = self.keys();
+        keys.extend(next.keys());
+        keys.into_iter()
+            .filter(|key| match DocKey::parse(key) {
+                Some(DocKey::Namespace(n)) => self.namespace_doc(n) != next.namespace_doc(n),
+                Some(DocKey::Pattern(d)) => self.patterns.get(d) != next.patterns.get(d),
+                None => false,
+            })
+            .map(|key| {
+                let value = next.document(&key);
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Takes in a store's document (None: a tombstone).
+    pub fn set_document(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        match DocKey::parse(key) {
+            Some(DocKey::Namespace(name)) => {
+                let doc: NamespaceDoc = match value {
+                    Some(bytes) => serde_json::from_slice(bytes).map_err(|e| e.to_string())?,
+                    None => NamespaceDoc::default(),
+                };
+                let name = name.to_string();
+                match doc.state {
+                    Some(state) => self.namespaces.insert(name.clone(), state),
+                    None => self.namespaces.remove(&name),
+                };
+                if doc.deleted {
+                    self.deleted.insert(name.clone());
+                } else {
+                    self.deleted.remove(&name);
+                }
+                match doc.kept_limits {
+                    Some(limits) => self.kept_limits.insert(name, limits),
+                    None => self.kept_limits.remove(&name),
+                };
+            }
+            Some(DocKey::Pattern(digest)) => {
+                match value {
+                    Some(bytes) => {
+                        let meta: PatternMeta =
+                            serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                        self.patterns.insert(digest.to_string(), meta);
+                    }
+                    None => {
+                        self.patterns.remove(digest);
+                    }
+                };
+            }
+            None => return Err("not a document Prism writes".into()),
+        }
+        Ok(())
     }
 
     /// The state kept in `dir`; empty when nothing was ever written.
     pub fn load(dir: &Path) -> Result<ControlState, StateError> {
-        let path = ControlState::file(dir);
+        ControlState::load_file(&dir.join(STATE_FILE))
+    }
+
+    /// The state in file `path`; empty when there is none.
+    pub fn load_file(path: &Path) -> Result<ControlState, StateError> {
+        let path = path.to_path_buf();
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -127,10 +265,15 @@ impl ControlState {
 
     /// Writes the state to `dir` atomically (temporary file, fsync, rename).
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let path = ControlState::file(dir);
+        self.save_as(dir, STATE_FILE)
+    }
+
+    /// Writes the state to `dir/name` atomically.
+    pub fn save_as(&self, dir: &Path, name: &str) -> Result<(), StateError> {
+        let path = dir.join(name);
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".state.{}.tmp", std::process::id()));
+            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
             let state = ControlState {
                 format: FORMAT,
                 ..self.clone()

@@ -124,6 +124,14 @@ impl Control {
         };
         let mut state = self.state.lock().await;
         self.check_quota(&state, scope, &digest, size)?;
+        if let Some(store) = &self.store {
+            // The bytes first: a replica that sees the document fetches them.
+            store.put_blob(&digest, bytes.clone()).await.map_err(|e| {
+                AdminError::Storage(format!(
+                    "cannot keep the uploaded pattern in the control store: {e}; nothing was changed"
+                ))
+            })?;
+        }
         self.platform
             .patterns
             .put(&digest, incoming, bytes)
@@ -134,7 +142,7 @@ impl Control {
             })?;
         let mut next = state.clone();
         next.patterns.insert(digest.clone(), meta.clone());
-        self.save(&next)?;
+        self.commit(&state, &mut next).await?;
         *state = next;
         self.platform.patterns.set_label(&digest, &meta.label);
         tracing::info!(digest = %digest, world, size = meta.size, "pattern uploaded");
@@ -162,7 +170,7 @@ impl Control {
             if let Some(kept) = next.patterns.get_mut(digest) {
                 kept.scope = widened.clone();
             }
-            self.save(&next)?;
+            self.commit(&state, &mut next).await?;
             *state = next;
         }
         Ok(Some(PatternEntry {
@@ -309,12 +317,17 @@ impl Control {
         } else if let Some(meta) = next.patterns.get_mut(&digest) {
             meta.scope = remaining;
         }
-        self.save(&next)?;
+        self.commit(&state, &mut next).await?;
         *state = next;
         if gone {
             // The state no longer names it: a file left behind is only disk.
             if let Err(e) = self.platform.patterns.remove(&digest) {
                 tracing::warn!(digest = %digest, error = %e, "cannot remove a deleted pattern's file");
+            }
+            if let Some(store) = &self.store
+                && let Err(e) = store.delete_blob(&digest).await
+            {
+                tracing::warn!(digest = %digest, error = %e, "cannot remove a deleted pattern's component from the control store");
             }
             tracing::info!(digest = %digest, "pattern deleted");
         }

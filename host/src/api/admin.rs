@@ -369,20 +369,20 @@ impl Admin for AdminService {
             .control
             .update(&name, |ns| {
                 if r.replace_slots {
-                    ns.slots = r.slots.into_iter().collect();
+                    ns.slots = r.slots.clone().into_iter().collect();
                 } else {
-                    ns.slots.extend(r.slots);
+                    ns.slots.extend(r.slots.clone());
                 }
-                let new_settings = settings(r.settings);
+                let new_settings = settings(r.settings.clone());
                 if r.replace_settings {
                     ns.settings = new_settings;
                 } else {
                     ns.settings.extend(new_settings);
                 }
                 if r.replace_limits {
-                    ns.limits = new_limits;
+                    ns.limits = new_limits.clone();
                 } else {
-                    merge_limits(&mut ns.limits, new_limits);
+                    merge_limits(&mut ns.limits, new_limits.clone());
                 }
                 Ok(())
             })

@@ -86,6 +86,7 @@ impl From<AdminError> for Status {
             AdminError::FailedPrecondition(m) => Status::failed_precondition(m),
             AdminError::Quota(m) => Status::resource_exhausted(m),
             AdminError::Storage(m) => Status::unavailable(m),
+            AdminError::Aborted(m) => Status::aborted(m),
             AdminError::Internal(m) => Status::internal(m),
         }
     }

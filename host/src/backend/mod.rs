@@ -4,6 +4,7 @@
 //! [`redis`], [`nats`], [`postgres`]); [`Backends::build`] makes them from
 //! config (the one place that names them all).
 
+pub mod control;
 pub mod envelope;
 pub mod kv;
 pub mod mem;

@@ -16,6 +16,11 @@ pub struct AdminConfig {
     /// kept across restarts; default `$XDG_STATE_HOME/prism/<config>` (or
     /// `~/.local/state/prism/...`). Nothing is written until a change is made.
     pub state_dir: Option<PathBuf>,
+    /// The backend that keeps Admin's documents and uploads for a fleet
+    /// (see [`STORE_TYPES`]); every replica naming it serves the same
+    /// namespaces. None: `state_dir` alone (one process).
+    #[serde(default)]
+    pub store: Option<String>,
     /// Largest pattern an upload may carry.
     #[serde(default = "default_max_pattern_bytes")]
     pub max_pattern_bytes: usize,
@@ -36,6 +41,7 @@ impl Default for AdminConfig {
         AdminConfig {
             allow_unauthenticated: false,
             state_dir: None,
+            store: None,
             max_pattern_bytes: default_max_pattern_bytes(),
             max_uploads_per_namespace: default_max_uploads_per_namespace(),
             max_upload_bytes_per_namespace: default_max_upload_bytes_per_namespace(),
@@ -43,6 +49,9 @@ impl Default for AdminConfig {
         }
     }
 }
+
+/// The backend types `[admin] store` may name.
+pub const STORE_TYPES: &str = "a postgres backend, or a nats backend with jetstream = true";
 
 fn default_max_pattern_bytes() -> usize {
     64 << 20

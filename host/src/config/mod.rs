@@ -15,7 +15,7 @@ mod server;
 mod telemetry;
 mod validate;
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, STORE_TYPES};
 pub use auth::{AuthConfig, AuthMode, IssuerConfig, fetch_allowed};
 pub use backends::{
     BackendConfig, BackendTls, MemStoreConfig, NatsConfig, PostgresConfig, RedisConfig,
@@ -254,6 +254,29 @@ mod tests {
             Some("1024")
         );
         Ok(())
+    }
+
+    #[test]
+    fn a_control_store_must_be_postgres_or_jetstream() {
+        let with = |backend: &str, store: &str| {
+            parse(&format!(
+                "[backends.mem]\ntype = \"memstore\"\n{backend}\n[admin]\nstore = \"{store}\"\n"
+            ))
+        };
+        assert!(with("[backends.pg]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"", "pg").is_ok());
+        assert!(with("[backends.js]\ntype = \"nats\"\nurl = \"nats://h:4222\"\njetstream = true", "js").is_ok());
+        for (backend, store, kind) in [
+            ("", "mem", "a memstore backend"),
+            ("[backends.r]\ntype = \"redis\"\nurl = \"redis://h\"", "r", "a redis backend"),
+            ("[backends.n]\ntype = \"nats\"\nurl = \"nats://h:4222\"", "n", "without jetstream"),
+            ("", "absent", "not configured"),
+        ] {
+            let err = with(backend, store).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains("admin.store") && err.contains(kind) && err.contains(STORE_TYPES),
+                "{store}: {err}"
+            );
+        }
     }
 
     fn postgres_error(backends: &str) -> String {

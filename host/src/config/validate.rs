@@ -15,10 +15,13 @@ impl Config {
             field,
             message,
         };
-        if self.namespaces.is_empty() && self.admin.state_dir.is_none() {
+        if self.namespaces.is_empty()
+            && self.admin.state_dir.is_none()
+            && self.admin.store.is_none()
+        {
             return Err(invalid(
                 "namespaces".into(),
-                "no namespace is configured; add a [namespaces.NAME] table (or set [admin] state_dir and create them through the Admin API)".into(),
+                "no namespace is configured; add a [namespaces.NAME] table (or set [admin] state_dir or store and create them through the Admin API)".into(),
             ));
         }
         for name in self.backends.keys() {
@@ -267,6 +270,36 @@ impl Config {
         invalid: &impl Fn(String, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
         let a = &self.admin;
+        if let Some(store) = &a.store {
+            let kind = match self.backends.get(store) {
+                None => {
+                    return Err(invalid(
+                        "admin.store".into(),
+                        format!(
+                            "names backend '{}', which is not configured; it must name {}",
+                            crate::text::shorten(store),
+                            STORE_TYPES
+                        ),
+                    ));
+                }
+                Some(BackendConfig::Postgres(_)) => None,
+                Some(BackendConfig::Nats(n)) if n.jetstream => None,
+                Some(BackendConfig::Nats(_)) => Some("a nats backend without jetstream = true"),
+                Some(BackendConfig::Redis(_)) => Some("a redis backend"),
+                Some(BackendConfig::Memstore(_)) => {
+                    Some("a memstore backend (it lives in one process)")
+                }
+            };
+            if let Some(kind) = kind {
+                return Err(invalid(
+                    "admin.store".into(),
+                    format!(
+                        "backend '{store}' is {kind}; a control store is {}",
+                        STORE_TYPES
+                    ),
+                ));
+            }
+        }
         for (field, value) in [
             ("max_pattern_bytes", a.max_pattern_bytes as u64),
             (

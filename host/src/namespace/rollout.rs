@@ -82,6 +82,15 @@ impl Rollout {
     }
 }
 
+/// Whether call `n` is the canary's: call `n` of each hundred is when
+/// `⌊(k+1)·p/100⌋` passes `⌊k·p/100⌋` (k = n mod 100) — `p` turns per
+/// hundred, at most one apart from an even spread, so a canary of 50 takes
+/// every other call instead of fifty in a row.
+pub fn canary_turn(n: u64, percent: u32) -> bool {
+    let (k, p) = (n % 100, u64::from(percent.min(100)));
+    (k + 1) * p / 100 > k * p / 100
+}
+
 /// The version one call runs on, and the shadow to mirror it to (reads).
 pub struct Route {
     pub version: Arc<Version>,
@@ -89,13 +98,12 @@ pub struct Route {
 }
 
 impl Deployment {
-    /// Chooses the version for call number `n` of the namespace: the
-    /// canary's share by `n % 100`, so the split is exact over every 100 calls.
+    /// Chooses the version for call number `n` of the namespace: exactly
+    /// `canary_percent` of every 100 calls go to the canary, spread evenly
+    /// through them (see [`canary_turn`]) rather than the first N in a row.
     pub fn route(&self, n: u64) -> Route {
         match &self.rollout {
-            Some(r)
-                if !r.shadow && r.canary_percent > 0 && (n % 100) < u64::from(r.canary_percent) =>
-            {
+            Some(r) if !r.shadow && canary_turn(n, r.canary_percent) => {
                 r.calls.fetch_add(1, Ordering::Relaxed);
                 Route {
                     version: r.candidate.clone(),
@@ -158,5 +166,45 @@ impl Route {
                 rollout.diverged(format!("{what}: primary {expected}, shadow {got}"));
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canary_turn;
+
+    #[test]
+    fn a_canary_takes_exactly_its_share_of_each_hundred_spread_evenly() {
+        for percent in 0..=100u32 {
+            for hundred in 0..3u64 {
+                let turns: Vec<u64> = (hundred * 100..hundred * 100 + 100)
+                    .filter(|n| canary_turn(*n, percent))
+                    .collect();
+                assert_eq!(turns.len() as u32, percent, "share of {percent}%");
+                // Never more in a row than an even spread needs.
+                let longest = longest_run(hundred * 100, percent);
+                let allowed = if percent == 0 {
+                    0
+                } else {
+                    u64::from(percent).div_ceil(100 - u64::from(percent).min(99))
+                };
+                assert!(
+                    longest <= allowed.max(1) || percent == 100,
+                    "{percent}%: {longest} canary calls in a row"
+                );
+            }
+        }
+        // The case the issue reported: 50 % alternates.
+        let fifty: Vec<bool> = (0..6).map(|n| canary_turn(n, 50)).collect();
+        assert_eq!(fifty, [false, true, false, true, false, true]);
+    }
+
+    fn longest_run(start: u64, percent: u32) -> u64 {
+        let (mut longest, mut run) = (0, 0);
+        for n in start..start + 100 {
+            run = if canary_turn(n, percent) { run + 1 } else { 0 };
+            longest = longest.max(run);
+        }
+        longest
     }
 }

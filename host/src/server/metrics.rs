@@ -24,6 +24,7 @@ pub struct Sources {
     pub subscriptions: Arc<Subscriptions>,
     pub backends: Backends,
     pub started: SystemTime,
+    pub control: Arc<crate::admin::Control>,
 }
 
 impl Sources {
@@ -334,6 +335,18 @@ impl Sources {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
         );
+        if let Some(store) = &self.control.config().admin.store {
+            out.family(
+                "prism_control_stale",
+                Kind::Gauge,
+                "1 while this replica serves Admin state it could not confirm with the control store (the store is away, or a change from it did not apply here).",
+            );
+            out.sample(
+                "prism_control_stale",
+                &[("store", store.as_str())],
+                if self.control.stale() { 1.0 } else { 0.0 },
+            );
+        }
         if let Some(rss) = resident_bytes() {
             out.family(
                 "process_resident_memory_bytes",

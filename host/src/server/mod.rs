@@ -149,8 +149,8 @@ impl RunningServer {
 /// Starts everything the config describes and begins serving.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     // Admin's layer is read first: its namespaces' memory limits size the engine.
-    let state = crate::admin::load_state(&config)?;
-    let max_memory = crate::admin::max_memory_bytes(&config, &state);
+    let loaded = crate::admin::open(&config).await?;
+    let max_memory = crate::admin::max_memory_bytes(&config, &loaded.state);
     let runtime = Arc::new(Runtime::new(&config.runtime, max_memory)?);
     let backends = Backends::build(&config.backends)?;
     let platform = Arc::new(Platform {
@@ -161,7 +161,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         prepared: Default::default(),
     });
     let subscriptions = Arc::new(Subscriptions::default());
-    let control = Arc::new(Control::start(platform.clone(), state, subscriptions.clone()).await?);
+    let control = Arc::new(Control::start(platform.clone(), loaded, subscriptions.clone()).await?);
+    // A fleet's replicas follow the control store from here on.
+    control.follow();
     let namespaces = control.namespaces().clone();
     let config = &platform.config;
 
@@ -252,6 +254,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
                 subscriptions: subscriptions.clone(),
                 backends: backends.clone(),
                 started: std::time::SystemTime::now(),
+                control: control.clone(),
             });
             tracing::info!(metrics = %format!("http://{bound}/metrics"), "serving Prometheus metrics");
             Some((bound, tokio::spawn(metrics_http::serve(listener, sources))))

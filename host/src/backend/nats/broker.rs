@@ -223,7 +223,16 @@ impl NatsBroker {
         Ok((context, stream))
     }
 
-    async fn bounded<T, E: std::fmt::Display>(
+    /// A JetStream context on the connected client (the control store's way in).
+    pub(crate) async fn context(&self) -> Result<jetstream::Context, BackendError> {
+        Ok(jetstream::new(self.connected().await?.clone()))
+    }
+
+    pub(crate) fn summary_line(&self) -> &str {
+        &self.summary
+    }
+
+    pub(crate) async fn bounded<T, E: std::fmt::Display>(
         &self,
         what: &str,
         call: impl std::future::Future<Output = Result<T, E>>,

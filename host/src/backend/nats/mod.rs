@@ -2,6 +2,7 @@
 //! JetStream (at-least-once).
 
 pub mod broker;
+pub mod control;
 mod fanout;
 pub mod wire;
 

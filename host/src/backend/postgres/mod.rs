@@ -8,6 +8,7 @@
 //! processes meeting an empty database at once would otherwise race on
 //! `CREATE TABLE IF NOT EXISTS` (it is not atomic against itself).
 
+pub mod control;
 pub mod kv;
 pub mod registry;
 mod tls;
@@ -72,6 +73,22 @@ struct Shared {
 impl Postgres {
     /// The backend named `name`; starts its expiry sweeper (needs a tokio runtime).
     pub fn new(name: &str, config: &PostgresConfig) -> Result<Arc<Postgres>, PostgresConfigError> {
+        let backend = Postgres::connector(name, config)?;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(sweep_forever(
+                Arc::downgrade(&backend),
+                Duration::from_millis(config.sweep_interval_ms),
+            ));
+        }
+        Ok(backend)
+    }
+
+    /// The database's pool and settings, without the expiry sweeper (the
+    /// control store shares the database, not the data tables).
+    pub(crate) fn connector(
+        name: &str,
+        config: &PostgresConfig,
+    ) -> Result<Arc<Postgres>, PostgresConfigError> {
         let (url, verify) = tls::read_sslmode(&config.url, &config.tls());
         let pg: tokio_postgres::Config = url.parse().map_err(|_| {
             PostgresConfigError(
@@ -134,12 +151,6 @@ impl Postgres {
             pg,
             tls,
         });
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(sweep_forever(
-                Arc::downgrade(&backend),
-                Duration::from_millis(config.sweep_interval_ms),
-            ));
-        }
         Ok(backend)
     }
 

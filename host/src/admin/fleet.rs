@@ -1,0 +1,419 @@
+//! A fleet's control plane (`[admin] store = "NAME"`): Admin's layer lives
+//! in a control store every replica reads at start and then follows.
+//!
+//! A change made through one replica is checked and started there first,
+//! then written as a compare-and-set on its document's revision (the loser
+//! of a race gets ABORTED and nothing of its change is kept), then swapped
+//! in. Every replica — the writer too, if its caller went away between the
+//! write and the swap — applies each document newer than the one it holds,
+//! in revision order, by making its running namespaces match it. With the
+//! store away a replica serves the last state it applied (kept in
+//! `<state_dir>/snapshot.json`, so a restart serves it as well) and
+//! refuses changes; when the store is back it reads everything newer.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use futures::StreamExt;
+
+use super::state::{DocKey, SNAPSHOT_FILE};
+use super::*;
+use crate::backend::BackendError;
+use crate::backend::control::{ControlError, ControlStore, Document};
+
+/// How long a watch may be quiet before the follower checks whether a
+/// change it could not apply should be tried again.
+const RETRY_QUIET: Duration = Duration::from_secs(5);
+
+/// What start-up read: Admin's layer and where it came from.
+pub struct Loaded {
+    pub state: ControlState,
+    pub store: Option<Arc<dyn ControlStore>>,
+    /// Read from this replica's snapshot: the store did not answer.
+    pub stale: bool,
+}
+
+/// Admin's layer of `config`: the control store's documents, or (the
+/// store not answering) this replica's snapshot of them, or without a
+/// store the state file.
+pub async fn open(config: &Config) -> Result<Loaded, StateError> {
+    let Some(name) = &config.admin.store else {
+        return Ok(Loaded {
+            state: load_state(config)?,
+            store: None,
+            stale: false,
+        });
+    };
+    let backend = config.backends.get(name).ok_or_else(|| {
+        StateError::Store(format!("names backend '{name}', which is not configured"))
+    })?;
+    let store = crate::backend::control::open(name, backend).map_err(StateError::Store)?;
+    match store.load().await {
+        Ok((docs, _)) => {
+            let mut state = ControlState::default();
+            for doc in docs {
+                if let Err(e) = state.set_document(&doc.key, doc.value.as_deref()) {
+                    tracing::warn!(key = %doc.key, error = %e, "a control store document this Prism cannot read is skipped");
+                }
+                state.revisions.insert(doc.key, doc.revision);
+            }
+            Ok(Loaded {
+                state,
+                store: Some(store),
+                stale: false,
+            })
+        }
+        Err(e) => {
+            let snapshot = config.state_dir().map(|dir| dir.join(SNAPSHOT_FILE));
+            match snapshot {
+                Some(path) if path.is_file() => {
+                    tracing::warn!(store = %store.summary(), error = %e, snapshot = %path.display(), "the control store does not answer: serving this replica's snapshot of it until it does");
+                    Ok(Loaded {
+                        state: ControlState::load_file(&path)?,
+                        store: Some(store),
+                        stale: true,
+                    })
+                }
+                _ => Err(StateError::Store(format!(
+                    "{e}; this replica has no snapshot of it to serve from, so it cannot start until the store answers"
+                ))),
+            }
+        }
+    }
+}
+
+/// A document's subject, for people.
+fn describe(key: &str) -> String {
+    match DocKey::parse(key) {
+        Some(DocKey::Namespace(name)) => format!("namespace '{name}'"),
+        Some(DocKey::Pattern(digest)) => format!("uploaded pattern sha256:{digest}"),
+        None => format!("document '{key}'"),
+    }
+}
+
+impl Control {
+    /// Persists `next` (changed from `current`): the state file, or with a
+    /// store each changed document as a compare-and-set on the revision
+    /// `current` holds; the new revisions go into `next`.
+    pub(super) async fn commit(
+        &self,
+        current: &ControlState,
+        next: &mut ControlState,
+    ) -> Result<(), AdminError> {
+        let Some(store) = &self.store else {
+            return self.save(next);
+        };
+        for (key, value) in current.changes(next) {
+            let expected = current.revisions.get(&key).copied().unwrap_or(0);
+            match store.put(&key, value, expected).await {
+                Ok(revision) => {
+                    next.revisions.insert(key, revision);
+                }
+                Err(ControlError::Conflict { current: at, .. }) => {
+                    return Err(AdminError::Aborted(format!(
+                        "{} was changed through another replica at the same moment (the store has revision {at}, this replica had {expected}); nothing was changed: retry",
+                        describe(&key)
+                    )));
+                }
+                Err(ControlError::Store(e)) => {
+                    return Err(AdminError::Storage(format!(
+                        "the control store is unavailable ({e}); nothing was changed: retry once it answers"
+                    )));
+                }
+            }
+        }
+        self.write_snapshot(next);
+        Ok(())
+    }
+
+    /// Keeps the state this replica applied, for a restart while the store is away.
+    pub(super) fn write_snapshot(&self, state: &ControlState) {
+        if let Some(dir) = &self.state_dir
+            && let Err(e) = state.save_as(dir, SNAPSHOT_FILE)
+        {
+            tracing::warn!(error = %e, "cannot keep a snapshot of the control state; a restart while the store is away will not serve it");
+        }
+    }
+
+    /// Whether this replica serves a state it could not confirm with the
+    /// store (it is away, or a change from it did not apply here).
+    pub fn stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed) || self.diverged.load(Ordering::Relaxed)
+    }
+
+    /// The control store's summary, if there is one.
+    pub fn store(&self) -> Option<String> {
+        self.store.as_ref().map(|s| s.summary())
+    }
+
+    /// With a store: follows it for as long as this control plane lives.
+    pub fn follow(self: &Arc<Self>) {
+        if let Some(store) = self.store.clone() {
+            tokio::spawn(follow(Arc::downgrade(self), store));
+        }
+    }
+
+    /// Waits (up to `limit`) for the follower to apply a change newer than
+    /// the `seen`th: a writer that lost a race waits for the winner's change.
+    pub(super) async fn await_applied(&self, seen: u64, limit: Duration) {
+        let mut applied = self.applied.subscribe();
+        let _ = tokio::time::timeout(limit, applied.wait_for(|n| *n > seen)).await;
+    }
+
+    /// Reads every document and applies those newer than this replica's;
+    /// returns the revision to watch from.
+    async fn resync(&self, store: &dyn ControlStore) -> Result<u64, BackendError> {
+        let (docs, cursor) = store.load().await?;
+        for doc in docs {
+            self.apply(doc).await;
+        }
+        Ok(cursor)
+    }
+
+    /// Applies one document, if it is newer than what this replica holds.
+    async fn apply(&self, doc: Document) {
+        let mut state = self.state.lock().await;
+        if doc.revision <= state.revisions.get(&doc.key).copied().unwrap_or(0) {
+            return;
+        }
+        let mut next = state.clone();
+        if let Err(e) = next.set_document(&doc.key, doc.value.as_deref()) {
+            tracing::warn!(key = %doc.key, error = %e, "a control store document this Prism cannot read is skipped");
+            state.revisions.insert(doc.key, doc.revision);
+            return;
+        }
+        next.revisions.insert(doc.key.clone(), doc.revision);
+        let applied = match DocKey::parse(&doc.key) {
+            Some(DocKey::Pattern(digest)) => self.take_pattern(digest, &next).await,
+            Some(DocKey::Namespace(name)) => self.converge(name, &next).await,
+            None => Ok(()),
+        };
+        match applied {
+            Ok(()) => {
+                tracing::info!(document = %describe(&doc.key), revision = doc.revision, "applied a change from the control store");
+                self.write_snapshot(&next);
+                *state = next;
+                self.applied.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                tracing::warn!(document = %describe(&doc.key), revision = doc.revision, error = %e, "cannot apply a change from the control store here; serving what this replica had and trying again");
+                self.diverged.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// An upload's document: its component fetched (and compiled) here
+    /// too, or (a tombstone) its local copy dropped.
+    async fn take_pattern(&self, digest: &str, state: &ControlState) -> Result<(), String> {
+        match state.patterns.get(digest) {
+            Some(meta) => {
+                self.platform.patterns.set_label(digest, &meta.label);
+                self.fetch(&format!("{UPLOADED}{digest}")).await
+            }
+            None => {
+                if let Err(e) = self.platform.patterns.remove(digest) {
+                    tracing::warn!(digest, error = %e, "cannot remove a deleted pattern's file");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes sure an uploaded component `reference` names is here: fetched
+    /// from the store, its digest checked, kept, then compiled off the
+    /// request threads (so starting it hits the cache).
+    pub(super) async fn fetch(&self, reference: &str) -> Result<(), String> {
+        let Some(digest) = reference.strip_prefix(UPLOADED) else {
+            return Ok(());
+        };
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        if !self.platform.patterns.contains(digest) {
+            let bytes = store
+                .get_blob(digest)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("the control store has no component sha256:{digest}"))?;
+            if digest_of(&bytes) != digest {
+                return Err(format!(
+                    "the control store's component under sha256:{digest} has another digest; it is not used"
+                ));
+            }
+            self.platform
+                .patterns
+                .put_bytes(digest, Arc::from(bytes))
+                .map_err(|e| format!("cannot keep component sha256:{digest}: {e}"))?;
+        }
+        let (platform, reference) = (self.platform.clone(), reference.to_string());
+        tokio::task::spawn_blocking(move || world_of(&reference, &platform))
+            .await
+            .map_err(|e| format!("compiling the component failed: {e}"))?
+            .map(|_| ())
+    }
+
+    /// Makes namespace `name` serve what `state` says of it: retired,
+    /// started, or its versions and rollout switched (reusing the versions
+    /// it already runs).
+    async fn converge(&self, name: &str, state: &ControlState) -> Result<(), String> {
+        let wanted = layered(&self.config_namespaces.read().clone(), state).remove(name);
+        let running = self.namespaces.get(name).ok();
+        let Some(ns) = wanted else {
+            if let Some(namespace) = running {
+                self.retire(&namespace, "was deleted").await;
+            }
+            return Ok(());
+        };
+        let kept = state.namespaces.get(name);
+        let previous = kept.and_then(|k| k.previous.clone());
+        let wanted_rollout = kept.and_then(|k| k.rollout.clone());
+        self.fetch(&ns.pattern).await?;
+        if let Some(r) = &wanted_rollout {
+            self.fetch(&r.pattern).await?;
+        }
+        let unpatterned = |c: &NamespaceConfig| NamespaceConfig {
+            pattern: String::new(),
+            ..c.clone()
+        };
+        match running {
+            Some(current) if unpatterned(&current.config) == unpatterned(&ns) => {
+                let now = current.deployment();
+                let primary = if now.primary.info.reference == ns.pattern {
+                    now.primary.clone()
+                } else if let Some(r) = now
+                    .rollout
+                    .as_ref()
+                    .filter(|r| !r.shadow && r.candidate.info.reference == ns.pattern)
+                {
+                    r.candidate.clone()
+                } else {
+                    let version = Version::start(name, &ns, &self.platform, Writes::Live)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    version.warm(name, now.primary.live_instances()).await;
+                    Arc::new(version)
+                };
+                let rollout = match wanted_rollout {
+                    None => None,
+                    Some(r) => {
+                        let same = now.rollout.as_ref().filter(|c| {
+                            c.candidate.info.reference == r.pattern && c.shadow == r.shadow
+                        });
+                        let candidate = match same {
+                            Some(c) => c.candidate.clone(),
+                            None => Arc::new(
+                                rollouts::candidate(name, &ns, &r.pattern, r.shadow, &self.platform)
+                                    .await
+                                    .map_err(|e| e.to_string())?,
+                            ),
+                        };
+                        Some(Arc::new(Rollout::new(candidate, r.canary_percent, r.shadow)))
+                    }
+                };
+                current.swap(Deployment {
+                    primary,
+                    previous,
+                    rollout,
+                });
+            }
+            running => {
+                self.check(name, &ns).map_err(|e| e.to_string())?;
+                let namespace = Namespace::start(name, &ns, &self.platform)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let rollout = match wanted_rollout {
+                    Some(r) => Some(Arc::new(Rollout::new(
+                        Arc::new(
+                            rollouts::candidate(name, &ns, &r.pattern, r.shadow, &self.platform)
+                                .await
+                                .map_err(|e| e.to_string())?,
+                        ),
+                        r.canary_percent,
+                        r.shadow,
+                    ))),
+                    None => None,
+                };
+                if let Some(current) = &running {
+                    namespace
+                        .deployment()
+                        .primary
+                        .warm(name, current.deployment().primary.live_instances())
+                        .await;
+                }
+                namespace.swap(Deployment {
+                    primary: namespace.deployment().primary.clone(),
+                    previous,
+                    rollout,
+                });
+                let rebound = running.as_ref().is_some_and(|c| c.config.slots != ns.slots);
+                self.namespaces.insert(namespace);
+                if rebound {
+                    self.subscriptions.end_namespace(
+                        name,
+                        &tonic::Status::unavailable(format!(
+                            "namespace '{name}' was reconfigured onto other backends; subscribe again"
+                        )),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The follower: reads the whole store, then watches it; when the watch
+/// ends (the store went away) it marks the replica stale, backs off and
+/// starts over — so a replica catches up after an outage without a restart.
+async fn follow(control: Weak<Control>, store: Arc<dyn ControlStore>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut reported = false;
+    loop {
+        let Some(me) = control.upgrade() else {
+            return;
+        };
+        let watched = match me.resync(&*store).await {
+            Ok(cursor) => store.watch(cursor).await,
+            Err(e) => Err(e),
+        };
+        match watched {
+            Ok(mut changes) => {
+                if me.stale.swap(false, Ordering::Relaxed) || reported {
+                    tracing::info!(store = %store.summary(), "following the control store again");
+                }
+                reported = false;
+                backoff = Duration::from_millis(100);
+                drop(me);
+                loop {
+                    let next = tokio::time::timeout(RETRY_QUIET, changes.next()).await;
+                    let Some(me) = control.upgrade() else {
+                        return;
+                    };
+                    match next {
+                        Ok(Some(Ok(doc))) => me.apply(doc).await,
+                        Ok(Some(Err(e))) => {
+                            tracing::warn!(store = %store.summary(), error = %e, "lost the control store; serving the last state applied");
+                            reported = true;
+                            break;
+                        }
+                        Ok(None) => break,
+                        // Quiet: a change that did not apply is tried again
+                        // by reading the store whole.
+                        Err(_) if me.diverged.swap(false, Ordering::Relaxed) => break,
+                        Err(_) => {}
+                    }
+                }
+            }
+            Err(e) => {
+                if !reported {
+                    tracing::warn!(store = %store.summary(), error = %e, "cannot read the control store; serving the last state applied, retrying");
+                    reported = true;
+                }
+            }
+        }
+        if let Some(me) = control.upgrade() {
+            me.stale.store(true, Ordering::Relaxed);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

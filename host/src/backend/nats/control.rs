@@ -1,0 +1,267 @@
+//! The control store on NATS JetStream: documents in the KV bucket
+//! `prism_control` (a document's revision is its message's stream
+//! sequence, store-wide and increasing; a write is an update expecting the
+//! key's last sequence, so two writers cannot both win), followed with a
+//! KV watch; components in the object store `prism_control_blobs` by digest.
+//! A tombstone is an empty value (documents are never empty), so removals
+//! are ordinary revisions a watcher sees in order.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, kv, object_store};
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::io::AsyncReadExt;
+use tokio::sync::OnceCell;
+
+use super::NatsBroker;
+use crate::backend::BackendError;
+use crate::backend::control::{ControlError, ControlStore, Document};
+use crate::config::NatsConfig;
+
+const BUCKET: &str = "prism_control";
+const BLOBS: &str = "prism_control_blobs";
+
+pub struct NatsControl {
+    nats: Arc<NatsBroker>,
+    replicas: usize,
+    kv: OnceCell<kv::Store>,
+    blobs: OnceCell<object_store::ObjectStore>,
+}
+
+impl NatsControl {
+    pub fn new(name: &str, config: &NatsConfig) -> Result<NatsControl, String> {
+        Ok(NatsControl {
+            nats: NatsBroker::new(name, config, 16).map_err(|e| e.to_string())?,
+            replicas: 1,
+            kv: OnceCell::new(),
+            blobs: OnceCell::new(),
+        })
+    }
+
+    fn unavailable(&self, what: &str, e: impl std::fmt::Display) -> BackendError {
+        BackendError::Unavailable {
+            backend: self.nats.summary_line().to_string(),
+            reason: format!("{what}: {e}"),
+        }
+    }
+
+    async fn kv(&self) -> Result<&kv::Store, BackendError> {
+        self.kv
+            .get_or_try_init(|| async {
+                let context = self.nats.context().await?;
+                // The bucket's stream as a KV bucket's is made (history 1,
+                // rollups, no deletes, direct gets), created directly:
+                // `create_key_value` first asks for account details that
+                // servers before 2.10 answer in a shape it cannot read.
+                let config = jetstream::stream::Config {
+                    name: format!("KV_{BUCKET}"),
+                    description: Some("Prism's Admin documents (namespaces, uploads)".into()),
+                    subjects: vec![format!("$KV.{BUCKET}.>")],
+                    max_messages_per_subject: 1,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: self.replicas,
+                    discard: jetstream::stream::DiscardPolicy::New,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    ..Default::default()
+                };
+                self.nats
+                    .bounded("opening the control bucket", async {
+                        context
+                            .get_or_create_stream(config)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        context
+                            .get_key_value(BUCKET)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+            })
+            .await
+    }
+
+    async fn blobs(&self) -> Result<&object_store::ObjectStore, BackendError> {
+        self.blobs
+            .get_or_try_init(|| async {
+                let context = self.nats.context().await?;
+                let config = object_store::Config {
+                    bucket: BLOBS.into(),
+                    description: Some("Prism's uploaded pattern components by digest".into()),
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: self.replicas,
+                    ..Default::default()
+                };
+                self.nats
+                    .bounded("opening the control object store", async {
+                        match context.get_object_store(BLOBS).await {
+                            Ok(store) => Ok(store),
+                            Err(_) => context
+                                .create_object_store(config)
+                                .await
+                                .map_err(|e| e.to_string()),
+                        }
+                    })
+                    .await
+            })
+            .await
+    }
+
+    /// The bucket's last revision, asked of the server (not a cached info).
+    async fn last_revision(&self) -> Result<u64, BackendError> {
+        let context = self.nats.context().await?;
+        let mut stream = self
+            .nats
+            .bounded("reading the control bucket", context.get_stream(format!("KV_{BUCKET}")))
+            .await?;
+        let info = self
+            .nats
+            .bounded("reading the control bucket", stream.info())
+            .await?;
+        Ok(info.state.last_sequence)
+    }
+}
+
+fn document(entry: kv::Entry) -> Document {
+    let value = match entry.operation {
+        kv::Operation::Put if !entry.value.is_empty() => Some(entry.value.to_vec()),
+        _ => None,
+    };
+    Document {
+        key: entry.key,
+        revision: entry.revision,
+        value,
+    }
+}
+
+#[async_trait]
+impl ControlStore for NatsControl {
+    fn summary(&self) -> String {
+        self.nats.summary_line().to_string()
+    }
+
+    async fn load(&self) -> Result<(Vec<Document>, u64), BackendError> {
+        let kv = self.kv().await?;
+        let last = self.last_revision().await?;
+        if last == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        // The bucket keeps one message per key: reading it from the start
+        // up to its last revision is every document.
+        let mut watch = self
+            .nats
+            .bounded("reading the control bucket", kv.watch_all_from_revision(1))
+            .await?;
+        let mut docs = Vec::new();
+        let mut cursor = 0;
+        while cursor < last {
+            let next = self
+                .nats
+                .bounded("reading the control bucket", async {
+                    Ok::<_, String>(watch.next().await)
+                })
+                .await?;
+            let entry = match next {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => return Err(self.unavailable("reading the control bucket", e)),
+                None => break,
+            };
+            cursor = entry.revision;
+            docs.push(document(entry));
+        }
+        Ok((docs, cursor))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        expected: u64,
+    ) -> Result<u64, ControlError> {
+        let kv = self.kv().await?;
+        let bytes = bytes::Bytes::from(value.unwrap_or_default());
+        let written = self
+            .nats
+            .bounded("writing the control bucket", async {
+                Ok::<_, String>(kv.update(key, bytes, expected).await)
+            })
+            .await?;
+        match written {
+            Ok(revision) => Ok(revision),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                let current = self
+                    .nats
+                    .bounded("reading the control bucket", kv.entry(key))
+                    .await?
+                    .map_or(0, |e| e.revision);
+                Err(ControlError::Conflict {
+                    key: key.to_string(),
+                    expected,
+                    current,
+                })
+            }
+            Err(e) => Err(self.unavailable("writing the control bucket", e).into()),
+        }
+    }
+
+    async fn watch(
+        &self,
+        after: u64,
+    ) -> Result<BoxStream<'static, Result<Document, BackendError>>, BackendError> {
+        let kv = self.kv().await?;
+        let watch = self
+            .nats
+            .bounded(
+                "watching the control bucket",
+                kv.watch_all_from_revision(after + 1),
+            )
+            .await?;
+        let summary = self.summary();
+        Ok(watch
+            .map(move |entry| {
+                entry.map(document).map_err(|e| BackendError::Unavailable {
+                    backend: summary.clone(),
+                    reason: format!("watching the control bucket: {e}"),
+                })
+            })
+            .boxed())
+    }
+
+    async fn put_blob(&self, digest: &str, bytes: Arc<[u8]>) -> Result<(), BackendError> {
+        let blobs = self.blobs().await?;
+        if blobs.info(digest).await.is_ok() {
+            return Ok(());
+        }
+        let mut reader: &[u8] = &bytes;
+        self.nats
+            .bounded("storing the component", blobs.put(digest, &mut reader))
+            .await?;
+        Ok(())
+    }
+
+    async fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let blobs = self.blobs().await?;
+        let mut object = match blobs.get(digest).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.unavailable("reading the component", e)),
+        };
+        let mut bytes = Vec::new();
+        self.nats
+            .bounded("reading the component", object.read_to_end(&mut bytes))
+            .await?;
+        Ok(Some(bytes))
+    }
+
+    async fn delete_blob(&self, digest: &str) -> Result<(), BackendError> {
+        let blobs = self.blobs().await?;
+        match blobs.delete(digest).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.unavailable("deleting the component", e)),
+        }
+    }
+}
