@@ -20,6 +20,9 @@ fn main() -> BuildResult {
 
 fn compile_protos(root: &Path, out_dir: &Path) -> BuildResult {
     let proto_dir = root.join("proto");
+    // The guests' rerun lines below would otherwise be the only ones: a
+    // changed .proto must regenerate the code too.
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
     let protos = [
         proto_dir.join("prism/v1/keyvalue.proto"),
         proto_dir.join("prism/v1/pubsub.proto"),

@@ -279,6 +279,20 @@ async fn lifecycle(fleet: &Fleet, v1: &str, v2: &str) -> anyhow::Result<()> {
         })
         .await?;
 
+    // Every replica reports the revision it serves; namespace get on any
+    // of them shows all three at the deploy's.
+    fleet
+        .converged("a status listing every replica at one revision", |i| async move {
+            let info = fleet.info(i, "t1").await?;
+            Ok(info.revision > 0
+                && info.replicas.len() == 3
+                && info
+                    .replicas
+                    .iter()
+                    .all(|r| r.revision == info.revision && !r.address.is_empty() && !r.stale))
+        })
+        .await?;
+
     // Rollback (through replica 0) returns every replica to 0.1.0.
     fleet
         .admin(0)?

@@ -38,9 +38,12 @@ impl Fleet {
         let state = tempfile::tempdir()?;
         let (mut replicas, mut channels) = (Vec::new(), Vec::new());
         for i in 0..REPLICAS {
+            // A cache of its own: the uncached deploy must compile.
             let toml = format!(
-                "[backends.mem]\ntype = \"memstore\"\n{store_toml}\n\
+                "[runtime]\ncache_dir = {:?}\n\
+                 [backends.mem]\ntype = \"memstore\"\n{store_toml}\n\
                  [admin]\nallow_unauthenticated = true\nstore = \"control\"\nstate_dir = {:?}\n",
+                state.path().join(format!("cache{i}")).display().to_string(),
                 state.path().join(format!("r{i}")).display().to_string()
             );
             let server = Server::prism(&toml).await?;
@@ -88,8 +91,8 @@ impl Fleet {
     }
 }
 
-/// Whether replica `i` refuses a value of `limit + 1` bytes and takes one
-/// of `limit` (the update that set `max_value_bytes = limit` is served there).
+/// Whether replica `i` refuses a value of `limit + 1` bytes (the update
+/// that set `max_value_bytes = limit`, below the last one, is served there).
 async fn enforces(fleet: &Fleet, i: usize, limit: usize) -> bool {
     let mut kv = fleet.kv(i);
     let over = kv
@@ -142,12 +145,20 @@ async fn postgres_round_trips(pg: &PostgresServer, rounds: usize) -> anyhow::Res
 async fn nats_round_trips(nats: &NatsServer, rounds: usize) -> anyhow::Result<Vec<f64>> {
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client);
-    let kv = js
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: "bench_round_trip".into(),
-            ..Default::default()
-        })
-        .await?;
+    // The bucket's stream made directly (as Prism's control store does:
+    // `create_key_value` cannot read a pre-2.10 server's account answer).
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "KV_bench_round_trip".into(),
+        subjects: vec!["$KV.bench_round_trip.>".into()],
+        max_messages_per_subject: 1,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await?;
+    let kv = js.get_key_value("bench_round_trip").await?;
     let mut watch = kv.watch_all().await?;
     let mut out = Vec::new();
     for n in 0..rounds {
@@ -194,7 +205,9 @@ async fn store_rows(
         .await?;
     let mut visible = Vec::new();
     for round in 0..rounds {
-        let limit = 1000 + round;
+        // Each limit one below the last: a value one byte over it was
+        // taken until the replica applied this update.
+        let limit = 5000 - round;
         fleet
             .admin(round % REPLICAS)
             .update_namespace(pb::UpdateNamespaceRequest {

@@ -21,9 +21,56 @@ use super::*;
 use crate::backend::BackendError;
 use crate::backend::control::{ControlError, ControlStore, Document};
 
+use serde::{Deserialize, Serialize};
+
 /// How long a watch may be quiet before the follower checks whether a
 /// change it could not apply should be tried again.
 const RETRY_QUIET: Duration = Duration::from_secs(5);
+
+/// How often a replica reports what it serves.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// What one replica serves, as it reports it to the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReplicaReport {
+    replica: String,
+    address: String,
+    at_ms: u64,
+    #[serde(default)]
+    stale: bool,
+    /// The revision of each namespace's document it serves.
+    #[serde(default)]
+    namespaces: BTreeMap<String, u64>,
+}
+
+/// A namespace across the fleet: the revision of its document this
+/// replica serves, and what every replica that reported lately serves.
+#[derive(Debug, Clone, Default)]
+pub struct FleetStatus {
+    pub revision: u64,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicaStatus {
+    pub replica: String,
+    pub address: String,
+    /// The revision of the namespace's document it serves (0: none).
+    pub revision: u64,
+    pub stale: bool,
+    pub reported_at_ms: u64,
+}
+
+/// This process's name in the fleet: host name and process id.
+pub(super) fn replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "prism".into());
+    format!("{}/{}", crate::text::shorten(&host), std::process::id())
+}
 
 /// What start-up read: Admin's layer and where it came from.
 pub struct Loaded {
@@ -146,11 +193,74 @@ impl Control {
         self.store.as_ref().map(|s| s.summary())
     }
 
-    /// With a store: follows it for as long as this control plane lives.
+    /// With a store: follows it, and reports what this replica serves, for
+    /// as long as this control plane lives.
     pub fn follow(self: &Arc<Self>) {
         if let Some(store) = self.store.clone() {
-            tokio::spawn(follow(Arc::downgrade(self), store));
+            tokio::spawn(follow(Arc::downgrade(self), store.clone()));
+            tokio::spawn(report_forever(Arc::downgrade(self), store));
         }
+    }
+
+    /// The address this replica serves on, for the fleet's status.
+    pub fn set_address(&self, address: std::net::SocketAddr) {
+        *self.address.lock() = address.to_string();
+    }
+
+    async fn report(&self, store: &dyn ControlStore) -> Result<(), BackendError> {
+        let namespaces = {
+            let state = self.state.lock().await;
+            state
+                .revisions
+                .iter()
+                .filter_map(|(key, revision)| match DocKey::parse(key) {
+                    Some(DocKey::Namespace(name)) => Some((name.to_string(), *revision)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let report = ReplicaReport {
+            replica: self.replica.clone(),
+            address: self.address.lock().clone(),
+            at_ms: now_ms(),
+            stale: self.stale(),
+            namespaces,
+        };
+        let bytes = serde_json::to_vec(&report)
+            .map_err(|e| BackendError::Internal(format!("cannot encode a report: {e}")))?;
+        store.report(&self.replica, bytes).await
+    }
+
+    /// With a store: namespace `name` across the fleet (None without a
+    /// store; no replicas listed while the store does not answer).
+    pub async fn fleet(&self, name: &str) -> Option<FleetStatus> {
+        let store = self.store.as_ref()?;
+        let key = DocKey::Namespace(name).key();
+        let revision = self
+            .state
+            .lock()
+            .await
+            .revisions
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        let reports = match tokio::time::timeout(Duration::from_secs(2), store.reports()).await {
+            Ok(Ok(reports)) => reports,
+            _ => Vec::new(),
+        };
+        let mut replicas: Vec<ReplicaStatus> = reports
+            .iter()
+            .filter_map(|bytes| serde_json::from_slice::<ReplicaReport>(bytes).ok())
+            .map(|r| ReplicaStatus {
+                revision: r.namespaces.get(name).copied().unwrap_or(0),
+                replica: r.replica,
+                address: r.address,
+                stale: r.stale,
+                reported_at_ms: r.at_ms,
+            })
+            .collect();
+        replicas.sort_by(|a, b| a.replica.cmp(&b.replica));
+        Some(FleetStatus { revision, replicas })
     }
 
     /// Waits (up to `limit`) for the follower to apply a change newer than
@@ -415,5 +525,19 @@ async fn follow(control: Weak<Control>, store: Arc<dyn ControlStore>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Reports what this replica serves every [`REPORT_EVERY`].
+async fn report_forever(control: Weak<Control>, store: Arc<dyn ControlStore>) {
+    loop {
+        let Some(me) = control.upgrade() else {
+            return;
+        };
+        if let Err(e) = me.report(&*store).await {
+            tracing::debug!(store = %store.summary(), error = %e, "cannot report to the control store");
+        }
+        drop(me);
+        tokio::time::sleep(REPORT_EVERY).await;
     }
 }

@@ -28,7 +28,7 @@ use crate::namespace::{
 };
 use crate::patterns::{UPLOADED, digest_of, is_digest};
 use crate::runtime::builtin;
-pub use fleet::{Loaded, open};
+pub use fleet::{FleetStatus, Loaded, ReplicaStatus, open};
 pub use reload::Reloaded;
 pub use state::{ControlState, NamespaceState, PatternMeta, RolloutState, StateError};
 pub use uploads::Scope;
@@ -147,6 +147,9 @@ pub struct Control {
     diverged: AtomicBool,
     /// Counts the store's changes applied here (a losing writer waits on it).
     applied: tokio::sync::watch::Sender<u64>,
+    /// This replica's name and address in the fleet's status.
+    replica: String,
+    address: parking_lot::Mutex<String>,
 }
 
 impl Control {
@@ -196,6 +199,8 @@ impl Control {
             stale: AtomicBool::new(stale),
             diverged: AtomicBool::new(false),
             applied,
+            replica: fleet::replica_id(),
+            address: parking_lot::Mutex::new(String::new()),
         };
         // With a store, uploads this replica has not seen yet are fetched
         // (and compiled) before anything starts.

@@ -240,7 +240,29 @@ async fn namespace_info(
         calls: ns.calls(),
         traps: stats.iter().map(|s| s.discarded).sum(),
         in_flight: ns.admission.load().0,
+        revision: 0,
+        replicas: Vec::new(),
     }
+}
+
+/// `info` with the namespace's state across the fleet (a store round trip:
+/// single-namespace answers only, not listings).
+async fn with_fleet(control: &Control, mut info: pb::NamespaceInfo, operator: bool) -> pb::NamespaceInfo {
+    if let Some(fleet) = control.fleet(&info.name).await {
+        info.revision = fleet.revision;
+        info.replicas = fleet
+            .replicas
+            .into_iter()
+            .map(|r| pb::ReplicaState {
+                replica: r.replica,
+                address: if operator { r.address } else { String::new() },
+                revision: r.revision,
+                stale: r.stale,
+                reported_at_ms: r.reported_at_ms,
+            })
+            .collect();
+    }
+    info
 }
 
 fn pattern_info(p: PatternEntry) -> pb::PatternInfo {
@@ -328,7 +350,8 @@ impl Admin for AdminService {
         self.authorize(&request, Target::Namespace(&name))?;
         let operator = self.operator(&request);
         let view = self.control.namespace(&name).await?;
-        Ok(Response::new(self.info(view, operator).await))
+        let info = self.info(view, operator).await;
+        Ok(Response::new(with_fleet(&self.control, info, operator).await))
     }
 
     async fn create_namespace(

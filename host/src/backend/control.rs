@@ -76,7 +76,18 @@ pub trait ControlStore: Send + Sync {
 
     /// Forgets a component's bytes; absent is not an error.
     async fn delete_blob(&self, digest: &str) -> Result<(), BackendError>;
+
+    /// Records what replica `replica` serves (its report replaces the last
+    /// one); a report older than [`REPORT_TTL`] no longer counts.
+    async fn report(&self, replica: &str, report: Vec<u8>) -> Result<(), BackendError>;
+
+    /// The replicas' reports made within [`REPORT_TTL`].
+    async fn reports(&self) -> Result<Vec<Vec<u8>>, BackendError>;
 }
+
+/// How long a replica's report counts: a replica that stopped reporting
+/// (killed, cut off) leaves the fleet's status after this.
+pub const REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The control store on backend `name` (its own connections: Admin
 /// traffic never queues behind data calls). Connects lazily.

@@ -177,6 +177,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         addr: config.server.listen,
         source,
     })?;
+    control.set_address(addr);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

@@ -7,27 +7,31 @@
 //! are ordinary revisions a watcher sees in order.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store};
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use futures::stream::BoxStream;
 use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
 use super::NatsBroker;
 use crate::backend::BackendError;
-use crate::backend::control::{ControlError, ControlStore, Document};
+use crate::backend::control::{ControlError, ControlStore, Document, REPORT_TTL};
 use crate::config::NatsConfig;
 
 const BUCKET: &str = "prism_control";
 const BLOBS: &str = "prism_control_blobs";
+/// Replicas' reports; the bucket's max age drops those not renewed.
+const REPORTS: &str = "prism_control_replicas";
 
 pub struct NatsControl {
     nats: Arc<NatsBroker>,
     replicas: usize,
     kv: OnceCell<kv::Store>,
     blobs: OnceCell<object_store::ObjectStore>,
+    reports: OnceCell<kv::Store>,
 }
 
 impl NatsControl {
@@ -37,6 +41,7 @@ impl NatsControl {
             replicas: 1,
             kv: OnceCell::new(),
             blobs: OnceCell::new(),
+            reports: OnceCell::new(),
         })
     }
 
@@ -49,37 +54,56 @@ impl NatsControl {
 
     async fn kv(&self) -> Result<&kv::Store, BackendError> {
         self.kv
-            .get_or_try_init(|| async {
-                let context = self.nats.context().await?;
-                // The bucket's stream as a KV bucket's is made (history 1,
-                // rollups, no deletes, direct gets), created directly:
-                // `create_key_value` first asks for account details that
-                // servers before 2.10 answer in a shape it cannot read.
-                let config = jetstream::stream::Config {
-                    name: format!("KV_{BUCKET}"),
-                    description: Some("Prism's Admin documents (namespaces, uploads)".into()),
-                    subjects: vec![format!("$KV.{BUCKET}.>")],
-                    max_messages_per_subject: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: self.replicas,
-                    discard: jetstream::stream::DiscardPolicy::New,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    ..Default::default()
-                };
-                self.nats
-                    .bounded("opening the control bucket", async {
-                        context
-                            .get_or_create_stream(config)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        context
-                            .get_key_value(BUCKET)
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
+            .get_or_try_init(|| {
+                self.bucket(
+                    BUCKET,
+                    "Prism's Admin documents (namespaces, uploads)",
+                    Duration::ZERO,
+                )
+            })
+            .await
+    }
+
+    async fn reports_bucket(&self) -> Result<&kv::Store, BackendError> {
+        self.reports
+            .get_or_try_init(|| {
+                self.bucket(REPORTS, "What each Prism replica serves", REPORT_TTL)
+            })
+            .await
+    }
+
+    /// A KV bucket: its stream made as a KV bucket's is (history 1,
+    /// rollups, no deletes, direct gets), created directly because
+    /// `create_key_value` first asks for account details that servers
+    /// before 2.10 answer in a shape it cannot read.
+    async fn bucket(
+        &self,
+        name: &str,
+        description: &str,
+        max_age: Duration,
+    ) -> Result<kv::Store, BackendError> {
+        let context = self.nats.context().await?;
+        let config = jetstream::stream::Config {
+            name: format!("KV_{name}"),
+            description: Some(description.into()),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: self.replicas,
+            discard: jetstream::stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            ..Default::default()
+        };
+        self.nats
+            .bounded("opening the control bucket", async {
+                context
+                    .get_or_create_stream(config)
                     .await
+                    .map_err(|e| e.to_string())?;
+                context.get_key_value(name).await.map_err(|e| e.to_string())
             })
             .await
     }
@@ -254,6 +278,40 @@ impl ControlStore for NatsControl {
             .bounded("reading the component", object.read_to_end(&mut bytes))
             .await?;
         Ok(Some(bytes))
+    }
+
+    async fn report(&self, replica: &str, report: Vec<u8>) -> Result<(), BackendError> {
+        let reports = self.reports_bucket().await?;
+        // A replica id is free text: keys are its hex.
+        let key: String = replica.bytes().map(|b| format!("{b:02x}")).collect();
+        self.nats
+            .bounded("reporting to the control store", reports.put(key, report.into()))
+            .await?;
+        Ok(())
+    }
+
+    async fn reports(&self) -> Result<Vec<Vec<u8>>, BackendError> {
+        let reports = self.reports_bucket().await?;
+        let keys: Vec<String> = self
+            .nats
+            .bounded("reading the replicas' reports", async {
+                let keys = reports.keys().await.map_err(|e| e.to_string())?;
+                keys.try_collect::<Vec<String>>()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        let mut out = Vec::new();
+        for key in keys {
+            if let Some(value) = self
+                .nats
+                .bounded("reading the replicas' reports", reports.get(key))
+                .await?
+            {
+                out.push(value.to_vec());
+            }
+        }
+        Ok(out)
     }
 
     async fn delete_blob(&self, digest: &str) -> Result<(), BackendError> {

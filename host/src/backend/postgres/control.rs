@@ -16,7 +16,7 @@ use futures::stream::BoxStream;
 
 use super::Postgres;
 use crate::backend::BackendError;
-use crate::backend::control::{ControlError, ControlStore, Document};
+use crate::backend::control::{ControlError, ControlStore, Document, REPORT_TTL};
 use crate::config::PostgresConfig;
 
 /// How often a watcher asks for changes when no NOTIFY came (a
@@ -30,6 +30,7 @@ pub struct PgControl {
     db: Arc<Postgres>,
     table: String,
     blobs: String,
+    replicas: String,
     sequence: String,
     /// The NOTIFY channel (also the advisory lock's name).
     channel: String,
@@ -45,6 +46,7 @@ impl PgControl {
             db,
             table: format!("\"{prefix}_control\""),
             blobs: format!("\"{prefix}_control_blobs\""),
+            replicas: format!("\"{prefix}_control_replicas\""),
             sequence: format!("\"{prefix}_control_revision\""),
             channel: format!("{prefix}_control"),
             ready: AtomicBool::new(false),
@@ -60,7 +62,7 @@ impl PgControl {
         }
         let _creating = self.creating.lock().await;
         if !self.ready.load(Ordering::Acquire) {
-            let (t, b, s) = (&self.table, &self.blobs, &self.sequence);
+            let (t, b, s, r) = (&self.table, &self.blobs, &self.sequence, &self.replicas);
             let ddl = format!(
                 "CREATE SEQUENCE IF NOT EXISTS {s};
                 CREATE TABLE IF NOT EXISTS {t} (
@@ -72,6 +74,11 @@ impl PgControl {
                 CREATE TABLE IF NOT EXISTS {b} (
                     digest text PRIMARY KEY,
                     bytes bytea NOT NULL
+                );
+                CREATE TABLE IF NOT EXISTS {r} (
+                    replica text PRIMARY KEY,
+                    report bytea NOT NULL,
+                    at timestamptz NOT NULL
                 );",
                 self.channel
             );
@@ -274,6 +281,7 @@ impl ControlStore for PgControl {
             db: self.db.clone(),
             table: self.table.clone(),
             blobs: self.blobs.clone(),
+            replicas: self.replicas.clone(),
             sequence: self.sequence.clone(),
             channel: self.channel.clone(),
             ready: AtomicBool::new(true),
@@ -309,5 +317,29 @@ impl ControlStore for PgControl {
         let sql = format!("DELETE FROM {} WHERE digest = $1", self.blobs);
         self.db.bounded(conn.execute(&sql, &[&digest])).await?;
         Ok(())
+    }
+
+    async fn report(&self, replica: &str, report: Vec<u8>) -> Result<(), BackendError> {
+        let conn = self.conn().await?;
+        let r = &self.replicas;
+        // Reports of replicas long gone are dropped as they are written.
+        let sql = format!(
+            "WITH gone AS (DELETE FROM {r} WHERE at < now() - interval '1 hour')
+             INSERT INTO {r} (replica, report, at) VALUES ($1, $2, now())
+             ON CONFLICT (replica) DO UPDATE SET report = EXCLUDED.report, at = EXCLUDED.at"
+        );
+        self.db.bounded(conn.execute(&sql, &[&replica, &report])).await?;
+        Ok(())
+    }
+
+    async fn reports(&self) -> Result<Vec<Vec<u8>>, BackendError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT report FROM {} WHERE at > now() - make_interval(secs => $1) ORDER BY replica",
+            self.replicas
+        );
+        let ttl = REPORT_TTL.as_secs_f64();
+        let rows = self.db.bounded(conn.query(&sql, &[&ttl])).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }

@@ -60,6 +60,11 @@ pub(super) fn namespace_json(n: &pb::NamespaceInfo) -> Value {
         "calls": n.calls,
         "traps": n.traps,
         "in_flight": n.in_flight,
+        "revision": n.revision,
+        "replicas": n.replicas.iter().map(|r| json!({
+            "replica": r.replica, "address": r.address, "revision": r.revision,
+            "stale": r.stale, "reported_at_ms": r.reported_at_ms,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -144,6 +149,25 @@ pub(super) fn show_namespace(n: &pb::NamespaceInfo, json_out: bool) -> anyhow::R
         "instances  {} live ({} idle); calls {}; traps {}; in flight {}",
         n.live_instances, n.idle_instances, n.calls, n.traps, n.in_flight
     );
+    if n.revision > 0 || !n.replicas.is_empty() {
+        let newest = n.replicas.iter().map(|r| r.revision).max().unwrap_or(0).max(n.revision);
+        println!("revision   {} (this replica)", n.revision);
+        for r in &n.replicas {
+            let place = if r.address.is_empty() {
+                String::new()
+            } else {
+                format!(" at {}", r.address)
+            };
+            let behind = if r.revision < newest { "  BEHIND" } else { "" };
+            let stale = if r.stale { "  STALE" } else { "" };
+            println!(
+                "replica    {}{place}: revision {} ({}){behind}{stale}",
+                r.replica,
+                r.revision,
+                ago(r.reported_at_ms)
+            );
+        }
+    }
     Ok(())
 }
 
