@@ -1,8 +1,10 @@
 """Asyncio client for the Prism data access gateway."""
 
+from .admin import Admin, NamespaceInfo, PatternInfo, PatternVersion, ReplicaState, Rollout, Slot
 from .auth import DeviceAuthorization, DeviceLogin, OidcTokenProvider, TokenProvider, TokenSet, TokenStore
 from .client import PrismClient
 from .errors import (
+    AbortedError,
     AlreadyExistsError,
     AuthError,
     DeadlineExceededError,
@@ -25,6 +27,8 @@ from .pubsub import Message, PubSub, Subscription
 from .registry import Identity, Inbox, InboxMessage, MulticastResult, Registry
 
 __all__ = [
+    "AbortedError",
+    "Admin",
     "AlreadyExistsError",
     "AuthError",
     "DeadlineExceededError",
@@ -40,17 +44,23 @@ __all__ = [
     "KeyValue",
     "LoginRequiredError",
     "Message",
+    "NamespaceInfo",
     "MulticastResult",
     "NamespaceNotFoundError",
     "NotFoundError",
     "OAuthError",
     "OidcTokenProvider",
+    "PatternInfo",
+    "PatternVersion",
     "PermissionDeniedError",
     "PrismClient",
     "PrismError",
     "PubSub",
     "Registry",
+    "ReplicaState",
     "ResourceExhaustedError",
+    "Rollout",
+    "Slot",
     "Subscription",
     "TokenProvider",
     "TokenSet",

@@ -10,10 +10,12 @@ from types import TracebackType
 
 import grpc
 
+from ._pb.admin_pb2_grpc import AdminStub
 from ._pb.keyvalue_pb2_grpc import KeyValueStub
 from ._pb.pubsub_pb2_grpc import PubSubStub
 from ._pb.registry_pb2_grpc import RegistryStub
 from ._rpc import NAMESPACE_METADATA, Calls
+from .admin import Admin
 from .auth import DEFAULT_REFRESH_MARGIN, Credentials, TokenSource
 from .errors import InvalidArgumentError
 from .keyvalue import KeyValue
@@ -149,6 +151,8 @@ class PrismClient:
         self.pubsub = PubSub(pubsub_stub, self._calls)
         registry_stub = RegistryStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
         self.registry = Registry(registry_stub, self._calls)
+        admin_stub = AdminStub(self._channel)  # type: ignore[no-untyped-call]  # generated, untyped
+        self.admin = Admin(admin_stub, self._calls)
 
     async def close(self) -> None:
         """Closes open subscriptions and inboxes and releases the channel; calls after this fail."""

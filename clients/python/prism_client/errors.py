@@ -94,6 +94,11 @@ class InternalError(PrismError):
     """The namespace's pattern failed (trapped) while serving the request."""
 
 
+class AbortedError(PrismError):
+    """Another writer changed the same thing at the same moment (an Admin
+    change racing another replica's): nothing was changed; send it again."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[PrismError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
@@ -106,6 +111,7 @@ _BY_CODE: dict[grpc.StatusCode, type[PrismError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.ABORTED: AbortedError,
 }
 
 

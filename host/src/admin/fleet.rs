@@ -231,19 +231,24 @@ impl Control {
         store.report(&self.replica, bytes).await
     }
 
-    /// With a store: namespace `name` across the fleet (None without a
-    /// store; no replicas listed while the store does not answer).
-    pub async fn fleet(&self, name: &str) -> Option<FleetStatus> {
-        let store = self.store.as_ref()?;
+    /// The store's revision of namespace `name`'s document this replica
+    /// serves (0: no store, or the config file's definition alone).
+    pub async fn revision(&self, name: &str) -> u64 {
         let key = DocKey::Namespace(name).key();
-        let revision = self
-            .state
+        self.state
             .lock()
             .await
             .revisions
             .get(&key)
             .copied()
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// With a store: namespace `name` across the fleet (None without a
+    /// store; no replicas listed while the store does not answer).
+    pub async fn fleet(&self, name: &str) -> Option<FleetStatus> {
+        let store = self.store.as_ref()?;
+        let revision = self.revision(name).await;
         let reports = match tokio::time::timeout(Duration::from_secs(2), store.reports()).await {
             Ok(Ok(reports)) => reports,
             _ => Vec::new(),

@@ -240,7 +240,7 @@ async fn namespace_info(
         calls: ns.calls(),
         traps: stats.iter().map(|s| s.discarded).sum(),
         in_flight: ns.admission.load().0,
-        revision: 0,
+        revision: control.revision(&ns.name).await,
         replicas: Vec::new(),
     }
 }
@@ -249,7 +249,6 @@ async fn namespace_info(
 /// single-namespace answers only, not listings).
 async fn with_fleet(control: &Control, mut info: pb::NamespaceInfo, operator: bool) -> pb::NamespaceInfo {
     if let Some(fleet) = control.fleet(&info.name).await {
-        info.revision = fleet.revision;
         info.replicas = fleet
             .replicas
             .into_iter()
