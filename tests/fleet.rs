@@ -150,7 +150,11 @@ impl Fleet {
         for i in self.running() {
             let ok = eventually(CONVERGE, || async { check(i).await.unwrap_or(false) }).await;
             if !ok {
-                let why = check(i).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
+                let why = check(i)
+                    .await
+                    .err()
+                    .map(|e| format!("{e:#}"))
+                    .unwrap_or_default();
                 bail!(
                     "replica {i} does not serve {what} after {CONVERGE:?} ({why}); its log:\n{}",
                     self.replica(i).map(|r| r.stderr()).unwrap_or_default()
@@ -272,7 +276,10 @@ async fn lifecycle(fleet: &Fleet, v1: &str, v2: &str) -> anyhow::Result<()> {
         .await?;
 
     // Deploy (through replica 2).
-    fleet.admin(2)?.deploy_pattern(deploy("t1", v2, 0, false)).await?;
+    fleet
+        .admin(2)?
+        .deploy_pattern(deploy("t1", v2, 0, false))
+        .await?;
     fleet
         .converged("the deploy of 0.2.0", |i| async move {
             Ok(fleet.versions(i, "t1", 3).await? == ["0.2.0", "0.2.0", "0.2.0"])
@@ -282,15 +289,18 @@ async fn lifecycle(fleet: &Fleet, v1: &str, v2: &str) -> anyhow::Result<()> {
     // Every replica reports the revision it serves; namespace get on any
     // of them shows all three at the deploy's.
     fleet
-        .converged("a status listing every replica at one revision", |i| async move {
-            let info = fleet.info(i, "t1").await?;
-            Ok(info.revision > 0
-                && info.replicas.len() == 3
-                && info
-                    .replicas
-                    .iter()
-                    .all(|r| r.revision == info.revision && !r.address.is_empty() && !r.stale))
-        })
+        .converged(
+            "a status listing every replica at one revision",
+            |i| async move {
+                let info = fleet.info(i, "t1").await?;
+                Ok(info.revision > 0
+                    && info.replicas.len() == 3
+                    && info
+                        .replicas
+                        .iter()
+                        .all(|r| r.revision == info.revision && !r.address.is_empty() && !r.stale))
+            },
+        )
         .await?;
 
     // Rollback (through replica 0) returns every replica to 0.1.0.
@@ -307,7 +317,10 @@ async fn lifecycle(fleet: &Fleet, v1: &str, v2: &str) -> anyhow::Result<()> {
         .await?;
 
     // A canary of 50 (through replica 1): every replica alternates.
-    fleet.admin(1)?.deploy_pattern(deploy("t1", v2, 50, false)).await?;
+    fleet
+        .admin(1)?
+        .deploy_pattern(deploy("t1", v2, 50, false))
+        .await?;
     fleet
         .converged("a canary of 50 %", |i| async move {
             let seen = fleet.versions(i, "t1", 4).await?;
@@ -325,13 +338,20 @@ async fn lifecycle(fleet: &Fleet, v1: &str, v2: &str) -> anyhow::Result<()> {
         .await?;
     fleet
         .converged("the promoted canary", |i| async move {
-            Ok(fleet.versions(i, "t1", 4).await?.iter().all(|v| v == "0.2.0"))
+            Ok(fleet
+                .versions(i, "t1", 4)
+                .await?
+                .iter()
+                .all(|v| v == "0.2.0"))
         })
         .await?;
 
     // A shadow (through replica 0): reads answered by the primary and
     // mirrored to the shadow on every replica.
-    fleet.admin(0)?.deploy_pattern(deploy("t1", v1, 0, true)).await?;
+    fleet
+        .admin(0)?
+        .deploy_pattern(deploy("t1", v1, 0, true))
+        .await?;
     fleet
         .converged("a shadow taking mirrored reads", |i| async move {
             let answers = fleet.versions(i, "t1", 3).await?;
@@ -373,7 +393,10 @@ async fn lifecycle(fleet: &Fleet, v1: &str, v2: &str) -> anyhow::Result<()> {
 
 /// Two admins on two replicas, 100 read-modify-writes each on one namespace.
 async fn race(fleet: &Fleet, v1: &str) -> anyhow::Result<()> {
-    fleet.admin(0)?.create_namespace(create("raced", v1)).await?;
+    fleet
+        .admin(0)?
+        .create_namespace(create("raced", v1))
+        .await?;
     fleet
         .converged("the raced namespace", |i| async move {
             Ok(fleet.info(i, "raced").await.is_ok())
@@ -386,7 +409,10 @@ async fn race(fleet: &Fleet, v1: &str) -> anyhow::Result<()> {
             let mut retried = 0u32;
             for n in 0..100 {
                 loop {
-                    match admin.update_namespace(tag_update("raced", &format!("tag_{side}{n}"))).await {
+                    match admin
+                        .update_namespace(tag_update("raced", &format!("tag_{side}{n}")))
+                        .await
+                    {
                         Ok(_) => break,
                         // The server re-applies a lost race a few times; one
                         // that still loses is ABORTED, retryable.
@@ -450,7 +476,10 @@ async fn store_outage(
 ) -> anyhow::Result<()> {
     {
         let fleet: &Fleet = fleet;
-        fleet.admin(1)?.create_namespace(create("steady", v1)).await?;
+        fleet
+            .admin(1)?
+            .create_namespace(create("steady", v1))
+            .await?;
         fleet
             .converged("namespace steady", |i| async move {
                 Ok(fleet.version(i, "steady").await? == "0.1.0")
@@ -482,7 +511,10 @@ async fn store_outage(
         refused.code(),
         refused.message()
     );
-    ensure!(failed.is_empty(), "data calls failed in the outage: {failed:?}");
+    ensure!(
+        failed.is_empty(),
+        "data calls failed in the outage: {failed:?}"
+    );
     ensure!(
         refused.code() == Code::Unavailable && refused.message().contains("control store"),
         "create during the outage: {refused:?}"
@@ -495,7 +527,10 @@ async fn store_outage(
         fleet.version(0, "steady").await? == "0.1.0",
         "a replica restarted in the outage does not serve its snapshot"
     );
-    ensure!(fleet.stale(0).await? == 1.0, "a replica serving its snapshot is not marked stale");
+    ensure!(
+        fleet.stale(0).await? == 1.0,
+        "a replica serving its snapshot is not marked stale"
+    );
     restart.await?;
     let fleet: &Fleet = fleet;
     fleet
@@ -511,7 +546,10 @@ async fn store_outage(
         }
     })
     .await;
-    ensure!(created, "no namespace could be created after the store came back");
+    ensure!(
+        created,
+        "no namespace could be created after the store came back"
+    );
     fleet
         .converged("a namespace created after the outage", |i| async move {
             Ok(fleet.version(i, "after").await? == "0.1.0")
@@ -573,7 +611,9 @@ async fn fleet_is_one_service(
     let mut fleet = Fleet::start(store_toml, 3).await?;
     // Uploaded through replica 0; the others fetch them from the store.
     let mut admin = fleet.admin(0)?;
-    let v1 = upload_bytes(&mut admin, v1_bytes.clone(), "v1").await?.digest;
+    let v1 = upload_bytes(&mut admin, v1_bytes.clone(), "v1")
+        .await?
+        .digest;
     let v2 = upload_bytes(&mut admin, v2_bytes, "v2").await?.digest;
     lifecycle(&fleet, &v1, &v2).await.context("lifecycle")?;
     race(&fleet, &v1).await.context("race")?;
@@ -583,14 +623,17 @@ async fn fleet_is_one_service(
     store_outage(&mut fleet, &v1, kill, restart)
         .await
         .context("store outage")?;
-    late_joiner(&mut fleet, &v1_bytes).await.context("late joiner")
+    late_joiner(&mut fleet, &v1_bytes)
+        .await
+        .context("late joiner")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_postgresql_is_one_service() -> anyhow::Result<()> {
     let pg = std::sync::Arc::new(tokio::sync::Mutex::new(PostgresServer::start().await?));
     let url = pg.lock().await.url();
-    let store = format!("[backends.control]\ntype = \"postgres\"\nurl = \"{url}\"\ntimeout_ms = 1000\n");
+    let store =
+        format!("[backends.control]\ntype = \"postgres\"\nurl = \"{url}\"\ntimeout_ms = 1000\n");
     let (a, b) = (pg.clone(), pg.clone());
     fleet_is_one_service(
         store,

@@ -700,3 +700,99 @@ async fn bearer_tokens_authenticate_and_grants_apply() -> anyhow::Result<()> {
     );
     t.stop().await
 }
+
+/// `Client::admin`: every Admin RPC from Rust, its answers read back, and
+/// the typed errors of refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_every_method_and_typed_errors() -> anyhow::Result<()> {
+    let state = tempfile::tempdir()?;
+    let t = start(&format!(
+        "{CONFIG}\n[admin]\nallow_unauthenticated = true\nstate_dir = {:?}\n",
+        state.path().display().to_string()
+    ))
+    .await?;
+    let client = client(&t).await?;
+    let admin = client.admin();
+
+    let created = admin
+        .create_namespace(
+            "made",
+            "keyvalue",
+            [("kv", "mem")],
+            [("max_value_bytes", "8")],
+        )
+        .await?;
+    ensure!(created.name == "made" && created.source == "admin");
+    ensure!(created.settings.get("max_value_bytes").map(String::as_str) == Some("8"));
+    let kv = client.key_value("made");
+    ensure!(matches!(
+        kv.set("k", "123456789").await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    kv.set("k", "12345678").await?;
+    ensure!(matches!(
+        admin
+            .create_namespace("made", "keyvalue", [("kv", "mem")], [])
+            .await,
+        Err(Error::AlreadyExists { .. })
+    ));
+
+    let updated = admin
+        .update_namespace(prism_client::pb::UpdateNamespaceRequest {
+            name: "made".into(),
+            settings: [("max_value_bytes".to_string(), "16".to_string())].into(),
+            ..Default::default()
+        })
+        .await?;
+    ensure!(updated.settings.get("max_value_bytes").map(String::as_str) == Some("16"));
+    kv.set("k", "123456789").await?;
+    let read = admin.namespace("made").await?;
+    ensure!(read.settings == updated.settings);
+    let names: Vec<String> = admin
+        .list_namespaces()
+        .await?
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    ensure!(names.contains(&"made".to_string()) && names.contains(&"kv".to_string()));
+
+    // Upload (another digest of the built-in component), canary, promote, rollback.
+    let mut component = std::fs::read(prism_acceptance::guest_component("keyvalue"))?;
+    component.extend_from_slice(&[0, 6, 4, b'r', b'u', b's', b't', 1]);
+    let uploaded = admin.upload_pattern(component, "rust.wasm").await?;
+    ensure!(uploaded.digest.len() == 64 && uploaded.world == "keyvalue");
+    ensure!(
+        admin
+            .patterns()
+            .await?
+            .iter()
+            .any(|p| p.digest == uploaded.digest && p.label == "rust.wasm")
+    );
+    let canary = admin.deploy("made", &uploaded.digest, 50, false).await?;
+    let rollout = canary.rollout.unwrap_or_default();
+    ensure!(rollout.canary_percent == 50 && !rollout.shadow);
+    ensure!(matches!(
+        admin.delete_pattern(&uploaded.digest).await,
+        Err(Error::FailedPrecondition { .. })
+    ));
+    let promoted = admin.promote("made").await?;
+    ensure!(promoted.pattern.map(|p| p.digest) == Some(uploaded.digest.clone()));
+    let rolled = admin.rollback("made").await?;
+    ensure!(rolled.previous.map(|p| p.digest) == Some(uploaded.digest.clone()));
+    ensure!(matches!(
+        admin.promote("made").await,
+        Err(Error::FailedPrecondition { .. })
+    ));
+
+    ensure!(admin.delete_namespace("made", true).await? == 1);
+    ensure!(matches!(
+        admin.namespace("made").await,
+        Err(Error::NamespaceNotFound { .. })
+    ));
+    ensure!(admin.delete_pattern(&uploaded.digest).await?);
+    ensure!(matches!(
+        admin.upload_pattern(Vec::new(), "empty").await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    Ok(())
+}

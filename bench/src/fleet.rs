@@ -130,7 +130,10 @@ async fn postgres_round_trips(pg: &PostgresServer, rounds: usize) -> anyhow::Res
     for n in 0..rounds {
         let sent = Instant::now();
         notifier
-            .execute("SELECT pg_notify('bench_round_trip', $1)", &[&n.to_string()])
+            .execute(
+                "SELECT pg_notify('bench_round_trip', $1)",
+                &[&n.to_string()],
+            )
             .await?;
         let got = tokio::time::timeout(GIVE_UP, rx.recv())
             .await
@@ -264,9 +267,8 @@ async fn store_rows(
                         name: "default".into(),
                     })
                     .await;
-                let serving = info.is_ok_and(|r| {
-                    r.into_inner().pattern.is_some_and(|p| &p.digest == digest)
-                });
+                let serving =
+                    info.is_ok_and(|r| r.into_inner().pattern.is_some_and(|p| &p.digest == digest));
                 serving
                     && fleet
                         .kv(i)

@@ -1,5 +1,5 @@
 //! Build script: generates client-only gRPC stubs from the repository's
-//! `proto/` (KeyValue, PubSub, Registry), so this crate needs neither the
+//! `proto/` (KeyValue, PubSub, Registry, Admin), so this crate needs neither the
 //! `prism` host crate nor a system `protoc`.
 
 use std::env;
@@ -12,7 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         proto_dir.join("prism/v1/keyvalue.proto"),
         proto_dir.join("prism/v1/pubsub.proto"),
         proto_dir.join("prism/v1/registry.proto"),
+        proto_dir.join("prism/v1/admin.proto"),
     ];
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
     let mut config = tonic_prost_build::Config::new();
     // A vendored protoc keeps "only Rust installed" enough to build; PROTOC overrides it.
     let protoc = match env::var_os("PROTOC") {

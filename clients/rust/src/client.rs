@@ -8,6 +8,7 @@ use std::time::Duration;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::admin::Admin;
 use crate::call::{Calls, Settings};
 use crate::error::{Error, Result};
 use crate::keyvalue::KeyValue;
@@ -139,6 +140,24 @@ impl Client {
         Registry::new(
             self.channel.clone(),
             self.calls(namespace),
+            self.max_message_bytes,
+        )
+    }
+
+    /// The Admin API: namespaces, uploads and rollouts (the token needs
+    /// admin grants when auth is on).
+    ///
+    /// ```no_run
+    /// # async fn example(client: prism_client::Client) -> Result<(), prism_client::Error> {
+    /// let info = client.admin().namespace("orders").await?;
+    /// println!("orders serves revision {}", info.revision);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn admin(&self) -> Admin {
+        Admin::new(
+            self.channel.clone(),
+            self.calls("default"),
             self.max_message_bytes,
         )
     }

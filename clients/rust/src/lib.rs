@@ -65,6 +65,7 @@
 //! never retried: a second attempt could deliver or create twice, or
 //! answer differently.
 
+mod admin;
 mod call;
 mod client;
 mod error;
@@ -85,6 +86,7 @@ pub mod pb {
 
 pub use bytes::Bytes;
 
+pub use admin::Admin;
 pub use call::{AUTHORIZATION_METADATA, NAMESPACE_METADATA};
 pub use client::{Builder, Client};
 pub use error::{Error, Result};

@@ -417,12 +417,22 @@ impl Control {
                         let candidate = match same {
                             Some(c) => c.candidate.clone(),
                             None => Arc::new(
-                                rollouts::candidate(name, &ns, &r.pattern, r.shadow, &self.platform)
-                                    .await
-                                    .map_err(|e| e.to_string())?,
+                                rollouts::candidate(
+                                    name,
+                                    &ns,
+                                    &r.pattern,
+                                    r.shadow,
+                                    &self.platform,
+                                )
+                                .await
+                                .map_err(|e| e.to_string())?,
                             ),
                         };
-                        Some(Arc::new(Rollout::new(candidate, r.canary_percent, r.shadow)))
+                        Some(Arc::new(Rollout::new(
+                            candidate,
+                            r.canary_percent,
+                            r.shadow,
+                        )))
                     }
                 };
                 current.swap(Deployment {

@@ -247,7 +247,11 @@ async fn namespace_info(
 
 /// `info` with the namespace's state across the fleet (a store round trip:
 /// single-namespace answers only, not listings).
-async fn with_fleet(control: &Control, mut info: pb::NamespaceInfo, operator: bool) -> pb::NamespaceInfo {
+async fn with_fleet(
+    control: &Control,
+    mut info: pb::NamespaceInfo,
+    operator: bool,
+) -> pb::NamespaceInfo {
     if let Some(fleet) = control.fleet(&info.name).await {
         info.replicas = fleet
             .replicas
@@ -350,7 +354,9 @@ impl Admin for AdminService {
         let operator = self.operator(&request);
         let view = self.control.namespace(&name).await?;
         let info = self.info(view, operator).await;
-        Ok(Response::new(with_fleet(&self.control, info, operator).await))
+        Ok(Response::new(
+            with_fleet(&self.control, info, operator).await,
+        ))
     }
 
     async fn create_namespace(

@@ -93,12 +93,12 @@ pub const REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 /// traffic never queues behind data calls). Connects lazily.
 pub fn open(name: &str, config: &BackendConfig) -> Result<Arc<dyn ControlStore>, String> {
     match config {
-        BackendConfig::Postgres(c) => Ok(Arc::new(super::postgres::control::PgControl::new(
-            name, c,
-        )?)),
-        BackendConfig::Nats(c) if c.jetstream => Ok(Arc::new(
-            super::nats::control::NatsControl::new(name, c)?,
-        )),
+        BackendConfig::Postgres(c) => {
+            Ok(Arc::new(super::postgres::control::PgControl::new(name, c)?))
+        }
+        BackendConfig::Nats(c) if c.jetstream => {
+            Ok(Arc::new(super::nats::control::NatsControl::new(name, c)?))
+        }
         _ => Err(format!(
             "backend '{name}' cannot be a control store; it must be {}",
             crate::config::STORE_TYPES

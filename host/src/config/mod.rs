@@ -263,15 +263,38 @@ mod tests {
                 "[backends.mem]\ntype = \"memstore\"\n{backend}\n[admin]\nstore = \"{store}\"\n"
             ))
         };
-        assert!(with("[backends.pg]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"", "pg").is_ok());
-        assert!(with("[backends.js]\ntype = \"nats\"\nurl = \"nats://h:4222\"\njetstream = true", "js").is_ok());
+        assert!(
+            with(
+                "[backends.pg]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"",
+                "pg"
+            )
+            .is_ok()
+        );
+        assert!(
+            with(
+                "[backends.js]\ntype = \"nats\"\nurl = \"nats://h:4222\"\njetstream = true",
+                "js"
+            )
+            .is_ok()
+        );
         for (backend, store, kind) in [
             ("", "mem", "a memstore backend"),
-            ("[backends.r]\ntype = \"redis\"\nurl = \"redis://h\"", "r", "a redis backend"),
-            ("[backends.n]\ntype = \"nats\"\nurl = \"nats://h:4222\"", "n", "without jetstream"),
+            (
+                "[backends.r]\ntype = \"redis\"\nurl = \"redis://h\"",
+                "r",
+                "a redis backend",
+            ),
+            (
+                "[backends.n]\ntype = \"nats\"\nurl = \"nats://h:4222\"",
+                "n",
+                "without jetstream",
+            ),
             ("", "absent", "not configured"),
         ] {
-            let err = with(backend, store).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = with(backend, store)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(
                 err.contains("admin.store") && err.contains(kind) && err.contains(STORE_TYPES),
                 "{store}: {err}"

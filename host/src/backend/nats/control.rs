@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store};
 use async_trait::async_trait;
-use futures::{StreamExt, TryStreamExt};
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::sync::OnceCell;
 
@@ -66,9 +66,7 @@ impl NatsControl {
 
     async fn reports_bucket(&self) -> Result<&kv::Store, BackendError> {
         self.reports
-            .get_or_try_init(|| {
-                self.bucket(REPORTS, "What each Prism replica serves", REPORT_TTL)
-            })
+            .get_or_try_init(|| self.bucket(REPORTS, "What each Prism replica serves", REPORT_TTL))
             .await
     }
 
@@ -139,7 +137,10 @@ impl NatsControl {
         let context = self.nats.context().await?;
         let mut stream = self
             .nats
-            .bounded("reading the control bucket", context.get_stream(format!("KV_{BUCKET}")))
+            .bounded(
+                "reading the control bucket",
+                context.get_stream(format!("KV_{BUCKET}")),
+            )
             .await?;
         let info = self
             .nats
@@ -285,7 +286,10 @@ impl ControlStore for NatsControl {
         // A replica id is free text: keys are its hex.
         let key: String = replica.bytes().map(|b| format!("{b:02x}")).collect();
         self.nats
-            .bounded("reporting to the control store", reports.put(key, report.into()))
+            .bounded(
+                "reporting to the control store",
+                reports.put(key, report.into()),
+            )
             .await?;
         Ok(())
     }

@@ -99,11 +99,7 @@ impl PgControl {
         Ok(conn)
     }
 
-    async fn rows_after(
-        &self,
-        after: u64,
-        limit: i64,
-    ) -> Result<Vec<Document>, BackendError> {
+    async fn rows_after(&self, after: u64, limit: i64) -> Result<Vec<Document>, BackendError> {
         let conn = self.conn().await?;
         let sql = format!(
             "SELECT key, revision, value FROM {} WHERE revision > $1 ORDER BY revision LIMIT $2",
@@ -128,11 +124,14 @@ impl PgControl {
         mut after: u64,
         out: tokio::sync::mpsc::Sender<Result<Document, BackendError>>,
     ) -> BackendError {
-        let (client, mut connection) =
-            match self.db.bounded(self.db.pg.connect(self.db.tls.clone())).await {
-                Ok(pair) => pair,
-                Err(e) => return e,
-            };
+        let (client, mut connection) = match self
+            .db
+            .bounded(self.db.pg.connect(self.db.tls.clone()))
+            .await
+        {
+            Ok(pair) => pair,
+            Err(e) => return e,
+        };
         // The connection's messages: notifications wake the reader below.
         let wake = Arc::new(tokio::sync::Notify::new());
         let (woken, summary) = (wake.clone(), self.db.summary.clone());
@@ -301,7 +300,9 @@ impl ControlStore for PgControl {
             self.blobs
         );
         let bytes: &[u8] = &bytes;
-        self.db.bounded(conn.execute(&sql, &[&digest, &bytes])).await?;
+        self.db
+            .bounded(conn.execute(&sql, &[&digest, &bytes]))
+            .await?;
         Ok(())
     }
 
@@ -328,7 +329,9 @@ impl ControlStore for PgControl {
              INSERT INTO {r} (replica, report, at) VALUES ($1, $2, now())
              ON CONFLICT (replica) DO UPDATE SET report = EXCLUDED.report, at = EXCLUDED.at"
         );
-        self.db.bounded(conn.execute(&sql, &[&replica, &report])).await?;
+        self.db
+            .bounded(conn.execute(&sql, &[&replica, &report]))
+            .await?;
         Ok(())
     }
 

@@ -150,7 +150,13 @@ pub(super) fn show_namespace(n: &pb::NamespaceInfo, json_out: bool) -> anyhow::R
         n.live_instances, n.idle_instances, n.calls, n.traps, n.in_flight
     );
     if n.revision > 0 || !n.replicas.is_empty() {
-        let newest = n.replicas.iter().map(|r| r.revision).max().unwrap_or(0).max(n.revision);
+        let newest = n
+            .replicas
+            .iter()
+            .map(|r| r.revision)
+            .max()
+            .unwrap_or(0)
+            .max(n.revision);
         println!("revision   {} (this replica)", n.revision);
         for r in &n.replicas {
             let place = if r.address.is_empty() {
