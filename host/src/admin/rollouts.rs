@@ -104,7 +104,7 @@ impl Control {
         let mut next = state.clone();
         next.namespaces
             .insert(namespace.name.clone(), kept(namespace, &deployment));
-        self.commit(&state, &mut next).await?;
+        self.commit(state, &mut next).await?;
         *state = next;
         namespace.swap(deployment);
         Ok(())
