@@ -473,12 +473,7 @@ impl Control {
                 let rebound = running.as_ref().is_some_and(|c| c.config.slots != ns.slots);
                 self.namespaces.insert(namespace);
                 if rebound {
-                    self.subscriptions.end_namespace(
-                        name,
-                        &tonic::Status::unavailable(format!(
-                            "namespace '{name}' was reconfigured onto other backends; subscribe again"
-                        )),
-                    );
+                    self.end_rebound_streams(name);
                 }
             }
         }

@@ -145,14 +145,7 @@ impl Control {
         let rebound = ns.slots != current.config.slots;
         self.namespaces.insert(replacement);
         if rebound {
-            // Streams hold the old backends: end them so clients resubscribe
-            // on the new ones.
-            self.subscriptions.end_namespace(
-                name,
-                &tonic::Status::unavailable(format!(
-                    "namespace '{name}' was reconfigured onto other backends; subscribe again"
-                )),
-            );
+            self.end_rebound_streams(name);
         }
         tracing::info!(namespace = name, rebound, "namespace updated through Admin");
         Ok(self.view(self.get(name)?, &state))
@@ -198,6 +191,17 @@ impl Control {
             "namespace deleted through Admin"
         );
         Ok(purged)
+    }
+
+    /// Streams hold the old backends of a namespace moved onto others: end
+    /// them so clients resubscribe on the new ones.
+    pub(super) fn end_rebound_streams(&self, name: &str) {
+        self.subscriptions.end_namespace(
+            name,
+            &tonic::Status::unavailable(format!(
+                "namespace '{name}' was reconfigured onto other backends; subscribe again"
+            )),
+        );
     }
 
     /// Takes a namespace out of service: new calls get NOT_FOUND at once,

@@ -113,12 +113,7 @@ impl Control {
                     let rebound = ns.slots != current.config.slots;
                     self.namespaces.insert(replacement);
                     if rebound {
-                        self.subscriptions.end_namespace(
-                            &name,
-                            &tonic::Status::unavailable(format!(
-                                "namespace '{name}' was reconfigured onto other backends; subscribe again"
-                            )),
-                        );
+                        self.end_rebound_streams(&name);
                     }
                     report.changed.push(name);
                 }

@@ -82,18 +82,9 @@ impl PgControl {
                 );",
                 self.channel
             );
-            let lock = format!("prism-schema:{}", self.channel);
-            let work = async {
-                let tx = conn.transaction().await?;
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    &[&lock],
-                )
+            self.db
+                .create_locked(&mut conn, &format!("prism-schema:{}", self.channel), &ddl)
                 .await?;
-                tx.batch_execute(&ddl).await?;
-                tx.commit().await
-            };
-            self.db.bounded(work).await?;
             self.ready.store(true, Ordering::Release);
         }
         Ok(conn)

@@ -296,7 +296,21 @@ impl Postgres {
                 ),
             });
         }
-        let lock = format!("prism-schema:{p}");
+        self.create_locked(conn, &format!("prism-schema:{p}"), &ddl)
+            .await?;
+        tracing::info!(backend = %self.summary, tables = %format!("{p}_kv, {p}_registry"), "PostgreSQL tables ready");
+        Ok(())
+    }
+
+    /// Runs `ddl` in one transaction holding the advisory lock `lock`: two
+    /// Prisms meeting an empty database at once would otherwise race on
+    /// `CREATE ... IF NOT EXISTS` (it is not atomic against itself).
+    pub(crate) async fn create_locked(
+        &self,
+        conn: &mut Object,
+        lock: &str,
+        ddl: &str,
+    ) -> Result<(), BackendError> {
         let work = async {
             let tx = conn.transaction().await?;
             tx.execute(
@@ -304,12 +318,10 @@ impl Postgres {
                 &[&lock],
             )
             .await?;
-            tx.batch_execute(&ddl).await?;
+            tx.batch_execute(ddl).await?;
             tx.commit().await
         };
-        self.bounded(work).await?;
-        tracing::info!(backend = %self.summary, tables = %format!("{p}_kv, {p}_registry"), "PostgreSQL tables ready");
-        Ok(())
+        self.bounded(work).await
     }
 
     /// Runs one database call within the backend timeout, mapping its errors.
