@@ -796,3 +796,68 @@ async fn admin_every_method_and_typed_errors() -> anyhow::Result<()> {
     ));
     Ok(())
 }
+
+/// A token provider keeps a client working past each short-lived token's
+/// expiry (2 s tokens, no leeway), asked again only near each expiry;
+/// the same first token held fixed is refused once it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_provider_keeps_a_client_working_past_each_tokens_expiry() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let issuer = Arc::new(Issuer::start(Some(2)).await?);
+    let t = start(&format!(
+        "[auth]\nmode = \"jwt\"\nissuer = \"{}\"\naudience = \"prism\"\nleeway_secs = 0\n\
+         [backends.mem]\ntype = \"memstore\"\n\
+         [namespaces.orders]\npattern = \"keyvalue\"\nslots = {{ kv = \"mem\" }}\n",
+        issuer.url
+    ))
+    .await?;
+    let address = format!("http://{}", t.addr());
+    let asked = Arc::new(AtomicU32::new(0));
+    let provider = {
+        let (issuer, asked) = (issuer.clone(), asked.clone());
+        move || {
+            let (issuer, asked) = (issuer.clone(), asked.clone());
+            async move {
+                asked.fetch_add(1, Ordering::SeqCst);
+                issuer
+                    .token("prism-test-all", "urn:prism")
+                    .await
+                    .map_err(|e| Error::Unauthenticated {
+                        message: e.to_string(),
+                    })
+            }
+        }
+    };
+    let provided = Client::builder()
+        .endpoint(address.clone())
+        .token_provider(provider)
+        .connect()
+        .await?;
+    let fixed = Client::builder()
+        .endpoint(address)
+        .token(issuer.token("prism-test-all", "urn:prism").await?)
+        .connect()
+        .await?;
+    let (kv, fixed_kv) = (provided.key_value("orders"), fixed.key_value("orders"));
+    kv.set("k", "v").await?;
+    ensure!(fixed_kv.get("k").await? == "v");
+    let started = Instant::now();
+    let mut calls = 0u32;
+    while started.elapsed() < Duration::from_millis(4500) {
+        ensure!(kv.get("k").await? == "v", "call {calls} failed");
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = fixed_kv.get("k").await;
+    ensure!(
+        matches!(refused, Err(Error::Unauthenticated { .. })),
+        "a token past its exp was still taken: {refused:?}"
+    );
+    let asked = asked.load(Ordering::SeqCst);
+    ensure!(
+        (3..=8).contains(&asked) && asked < calls / 3,
+        "the provider was asked {asked} times for {calls} calls over 4.5 s of 2 s tokens"
+    );
+    t.stop().await
+}

@@ -14,6 +14,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
 use crate::error::{Error, Result};
+use crate::token::Tokens;
 
 /// The request metadata that names the namespace (absent means `default`).
 pub const NAMESPACE_METADATA: &str = "x-prism-namespace";
@@ -31,6 +32,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub(crate) struct Settings {
     /// `Bearer <token>`, marked sensitive so HTTP/2 never indexes it.
     pub(crate) authorization: Option<MetadataValue<Ascii>>,
+    /// A provider of the token, asked again as it nears its expiry (set
+    /// instead of `authorization`).
+    pub(crate) tokens: Option<Arc<Tokens>>,
     /// Bounds each unary call, retries included; opening a stream too (not
     /// the stream's life).
     pub(crate) request_timeout: Option<Duration>,
@@ -45,6 +49,7 @@ impl fmt::Debug for Settings {
                 "authorization",
                 &self.authorization.as_ref().map(|_| "<redacted>"),
             )
+            .field("tokens", &self.tokens)
             .field("request_timeout", &self.request_timeout)
             .field("max_attempts", &self.max_attempts)
             .finish()
@@ -101,7 +106,11 @@ impl Calls {
 
     /// `message` as a request carrying the namespace and token, and the
     /// `grpc-timeout` of `timeout` (so the server stops working on it too).
-    pub(crate) fn request<M>(&self, message: M, timeout: Option<Duration>) -> Result<Request<M>> {
+    pub(crate) async fn request<M>(
+        &self,
+        message: M,
+        timeout: Option<Duration>,
+    ) -> Result<Request<M>> {
         let namespace = match &self.namespace {
             NamespaceHeader::Valid(value) => value.clone(),
             NamespaceHeader::Invalid(name) => {
@@ -114,7 +123,12 @@ impl Calls {
         let mut request = Request::new(message);
         let metadata = request.metadata_mut();
         metadata.insert(NAMESPACE_METADATA, namespace);
-        if let Some(authorization) = &self.settings.authorization {
+        if let Some(tokens) = &self.settings.tokens {
+            let authorization = tokens.authorization().await?;
+            request
+                .metadata_mut()
+                .insert(AUTHORIZATION_METADATA, authorization);
+        } else if let Some(authorization) = &self.settings.authorization {
             metadata.insert(AUTHORIZATION_METADATA, authorization.clone());
         }
         if let Some(timeout) = timeout {
@@ -136,7 +150,7 @@ impl Calls {
         C: Clone,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        let request = self.request(message, self.settings.request_timeout)?;
+        let request = self.request(message, self.settings.request_timeout).await?;
         match call(client.clone(), request).await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(Error::from(status)),
@@ -165,7 +179,7 @@ impl Calls {
                 None => None,
                 Some(deadline) => Some(remaining(deadline)?),
             };
-            let request = self.request(message(), timeout)?;
+            let request = self.request(message(), timeout).await?;
             let status = match call(client.clone(), request).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => status,
@@ -239,6 +253,7 @@ mod tests {
     fn settings() -> Arc<Settings> {
         Arc::new(Settings {
             authorization: None,
+            tokens: None,
             request_timeout: None,
             max_attempts: 4,
         })
@@ -255,10 +270,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn requests_carry_the_namespace() {
+    #[tokio::test]
+    async fn requests_carry_the_namespace() {
         let calls = Calls::new("orders", settings());
-        let request = calls.request((), Some(Duration::from_secs(1)));
+        let request = calls.request((), Some(Duration::from_secs(1))).await;
         assert!(request.is_ok());
         if let Ok(request) = request {
             assert_eq!(
@@ -273,12 +288,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_namespace_that_is_no_metadata_fails_its_calls() {
+    #[tokio::test]
+    async fn a_namespace_that_is_no_metadata_fails_its_calls() {
         for name in ["", "new\nline", "naïve"] {
             let calls = Calls::new(name, settings());
             assert!(matches!(
-                calls.request((), None),
+                calls.request((), None).await,
                 Err(Error::InvalidArgument { .. })
             ));
         }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::keyvalue::KeyValue;
 use crate::pubsub::PubSub;
 use crate::registry::Registry;
+use crate::token::{DEFAULT_REFRESH_MARGIN, TokenProvider, Tokens};
 
 /// Large values (MiBs) must fit; the server enforces its own limits.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -174,6 +175,7 @@ impl Client {
     pub fn with_token(&self, token: &str) -> Result<Client> {
         let settings = Settings {
             authorization: Some(bearer(token)?),
+            tokens: None,
             request_timeout: self.settings.request_timeout,
             max_attempts: self.settings.max_attempts,
         };
@@ -194,6 +196,8 @@ impl Client {
 pub struct Builder {
     endpoints: Vec<String>,
     token: Option<String>,
+    provider: Option<Arc<dyn TokenProvider>>,
+    refresh_margin: Duration,
     connect_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
     keep_alive: Option<Duration>,
@@ -206,6 +210,11 @@ impl fmt::Debug for Builder {
         f.debug_struct("Builder")
             .field("endpoints", &self.endpoints)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "token_provider",
+                &self.provider.as_ref().map(|_| "<provider>"),
+            )
+            .field("token_refresh_margin", &self.refresh_margin)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("keep_alive", &self.keep_alive)
@@ -220,6 +229,8 @@ impl Default for Builder {
         Builder {
             endpoints: Vec::new(),
             token: None,
+            provider: None,
+            refresh_margin: DEFAULT_REFRESH_MARGIN,
             connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             keep_alive: None,
@@ -250,8 +261,26 @@ impl Builder {
         self
     }
 
+    /// Asks `provider` for the token each call sends, again whenever the
+    /// one held is within the refresh margin of its `exp` (capped at half
+    /// its lifetime; a token whose `exp` cannot be read is asked for before
+    /// every call). Replaces [`token`](Builder::token).
+    pub fn token_provider(mut self, provider: impl TokenProvider) -> Builder {
+        self.provider = Some(Arc::new(provider));
+        self.token = None;
+        self
+    }
+
+    /// How long before a provided token's expiry a new one is asked for
+    /// (default [`DEFAULT_REFRESH_MARGIN`]).
+    pub fn token_refresh_margin(mut self, margin: Duration) -> Builder {
+        self.refresh_margin = margin;
+        self
+    }
+
     /// Sends `authorization: Bearer <token>` (a JWT) with every call.
     pub fn token(mut self, token: impl Into<String>) -> Builder {
+        self.provider = None;
         self.token = Some(token.into());
         self
     }
@@ -333,6 +362,10 @@ impl Builder {
         let authorization = self.token.as_deref().map(bearer).transpose()?;
         let settings = Settings {
             authorization,
+            tokens: self
+                .provider
+                .clone()
+                .map(|p| Arc::new(Tokens::new(p, self.refresh_margin))),
             request_timeout: self.request_timeout,
             max_attempts: self.max_attempts,
         };
@@ -374,7 +407,7 @@ fn no_endpoint() -> Error {
 }
 
 /// The `authorization` value for `token`, marked sensitive.
-fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>> {
+pub(crate) fn bearer(token: &str) -> Result<MetadataValue<tonic::metadata::Ascii>> {
     let mut value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
         Error::invalid("the token cannot be sent as metadata (it must be printable ASCII)")
     })?;

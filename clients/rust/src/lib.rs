@@ -75,6 +75,7 @@ mod publisher;
 mod pubsub;
 mod registry;
 mod stream;
+mod token;
 mod value;
 
 /// The generated wire types and raw tonic stubs (client side only) of
@@ -96,6 +97,7 @@ pub use publisher::{PUBLISH_WINDOW, PublishAck, Publisher};
 pub use pubsub::{Acker, PubSub, SlowConsumer, SubscribeOptions, Subscription};
 pub use registry::{EnumeratePage, Identity, Inbox, MulticastResult, Registration, Registry};
 pub use stream::{Message, MessageBatch};
+pub use token::{DEFAULT_REFRESH_MARGIN, TokenProvider};
 
 #[cfg(test)]
 mod tests {

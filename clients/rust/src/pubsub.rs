@@ -238,7 +238,7 @@ impl PubSub {
     pub async fn publisher(&self) -> Result<Publisher> {
         let (requests, outgoing) = futures::channel::mpsc::unbounded();
         // Not bounded by `grpc-timeout`: the stream lives as long as it is used.
-        let request = self.calls.request(outgoing, None)?;
+        let request = self.calls.request(outgoing, None).await?;
         let mut client = self.client.clone();
         let answers = self
             .calls
@@ -296,7 +296,7 @@ impl PubSub {
         let request = options.into_request(topic)?;
         let manual_ack = request.manual_ack;
         // Not bounded by `grpc-timeout`: the stream lives as long as it is read.
-        let request = self.calls.request(request, None)?;
+        let request = self.calls.request(request, None).await?;
         let what = format!("the subscription to '{topic}'");
         let mut client = self.client.clone();
         let (id, stream) = self

@@ -481,7 +481,7 @@ impl Registry {
             buffer,
         };
         // Not bounded by `grpc-timeout`: the stream lives as long as it is read.
-        let request = self.calls.request(request, None)?;
+        let request = self.calls.request(request, None).await?;
         let what = format!("the inbox of '{identity}'");
         let mut client = self.client.clone();
         let (id, stream) = self

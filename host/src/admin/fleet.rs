@@ -94,7 +94,7 @@ pub async fn open(config: &Config) -> Result<Loaded, StateError> {
     let backend = config.backends.get(name).ok_or_else(|| {
         StateError::Store(format!("names backend '{name}', which is not configured"))
     })?;
-    let store = crate::backend::control::open(name, backend).map_err(StateError::Store)?;
+    let store = crate::backend::open_control_store(name, backend).map_err(StateError::Store)?;
     match store.load().await {
         Ok((docs, _)) => {
             let mut state = ControlState::default();

@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use crate::backend::BackendError;
-use crate::config::BackendConfig;
 
 /// One document as the store holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,20 +87,3 @@ pub trait ControlStore: Send + Sync {
 /// How long a replica's report counts: a replica that stopped reporting
 /// (killed, cut off) leaves the fleet's status after this.
 pub const REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The control store on backend `name` (its own connections: Admin
-/// traffic never queues behind data calls). Connects lazily.
-pub fn open(name: &str, config: &BackendConfig) -> Result<Arc<dyn ControlStore>, String> {
-    match config {
-        BackendConfig::Postgres(c) => {
-            Ok(Arc::new(super::postgres::control::PgControl::new(name, c)?))
-        }
-        BackendConfig::Nats(c) if c.jetstream => {
-            Ok(Arc::new(super::nats::control::NatsControl::new(name, c)?))
-        }
-        _ => Err(format!(
-            "backend '{name}' cannot be a control store; it must be {}",
-            crate::config::STORE_TYPES
-        )),
-    }
-}

@@ -225,3 +225,21 @@ fn build_error(name: &str, message: String) -> BackendBuildError {
         message,
     }
 }
+
+/// The control store on backend `name` (its own connections: Admin
+/// traffic never queues behind data calls). Connects lazily.
+pub fn open_control_store(
+    name: &str,
+    config: &BackendConfig,
+) -> Result<Arc<dyn control::ControlStore>, String> {
+    match config {
+        BackendConfig::Postgres(c) => Ok(Arc::new(postgres::control::PgControl::new(name, c)?)),
+        BackendConfig::Nats(c) if c.jetstream => {
+            Ok(Arc::new(nats::control::NatsControl::new(name, c)?))
+        }
+        _ => Err(format!(
+            "backend '{name}' cannot be a control store; it must be {}",
+            crate::config::STORE_TYPES
+        )),
+    }
+}
