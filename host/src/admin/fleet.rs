@@ -78,6 +78,9 @@ pub struct Loaded {
     pub store: Option<Arc<dyn ControlStore>>,
     /// Read from this replica's snapshot: the store did not answer.
     pub stale: bool,
+    /// The store revision the state was read at (None: not from the
+    /// store), where the follower's watch starts without reading it again.
+    pub cursor: Option<u64>,
 }
 
 /// Admin's layer of `config`: the control store's documents, or (the
@@ -89,6 +92,7 @@ pub async fn open(config: &Config) -> Result<Loaded, StateError> {
             state: load_state(config)?,
             store: None,
             stale: false,
+            cursor: None,
         });
     };
     let backend = config.backends.get(name).ok_or_else(|| {
@@ -96,7 +100,7 @@ pub async fn open(config: &Config) -> Result<Loaded, StateError> {
     })?;
     let store = crate::backend::open_control_store(name, backend).map_err(StateError::Store)?;
     match store.load().await {
-        Ok((docs, _)) => {
+        Ok((docs, cursor)) => {
             let mut state = ControlState::default();
             for doc in docs {
                 if let Err(e) = state.set_document(&doc.key, doc.value.as_deref()) {
@@ -108,6 +112,7 @@ pub async fn open(config: &Config) -> Result<Loaded, StateError> {
                 state,
                 store: Some(store),
                 stale: false,
+                cursor: Some(cursor),
             })
         }
         Err(e) => {
@@ -119,6 +124,7 @@ pub async fn open(config: &Config) -> Result<Loaded, StateError> {
                         state: ControlState::load_file(&path)?,
                         store: Some(store),
                         stale: true,
+                        cursor: None,
                     })
                 }
                 _ => Err(StateError::Store(format!(
@@ -491,7 +497,14 @@ async fn follow(control: Weak<Control>, store: Arc<dyn ControlStore>) {
         let Some(me) = control.upgrade() else {
             return;
         };
-        let watched = match me.resync(&*store).await {
+        // The first time, from where start-up read the store (nothing to
+        // read again); after a lost watch, everything newer is read first.
+        let start = me.start_cursor.lock().take();
+        let cursor = match start {
+            Some(cursor) => Ok(cursor),
+            None => me.resync(&*store).await,
+        };
+        let watched = match cursor {
             Ok(cursor) => store.watch(cursor).await,
             Err(e) => Err(e),
         };

@@ -147,6 +147,8 @@ pub struct Control {
     diverged: AtomicBool,
     /// Counts the store's changes applied here (a losing writer waits on it).
     applied: tokio::sync::watch::Sender<u64>,
+    /// Where the follower's first watch starts (the revision start-up read).
+    start_cursor: parking_lot::Mutex<Option<u64>>,
     /// This replica's name and address in the fleet's status.
     replica: String,
     address: parking_lot::Mutex<String>,
@@ -163,6 +165,7 @@ impl Control {
             state,
             store,
             stale,
+            cursor,
         } = loaded;
         let config = &platform.config;
         let state_dir = config.state_dir();
@@ -199,6 +202,7 @@ impl Control {
             stale: AtomicBool::new(stale),
             diverged: AtomicBool::new(false),
             applied,
+            start_cursor: parking_lot::Mutex::new(cursor),
             replica: fleet::replica_id(),
             address: parking_lot::Mutex::new(String::new()),
         };

@@ -27,6 +27,11 @@ const POLL: Duration = Duration::from_secs(5);
 const PAGE: i64 = 500;
 
 pub struct PgControl {
+    tables: Arc<Tables>,
+}
+
+/// The database and the control tables' names (shared with the watch's task).
+struct Tables {
     db: Arc<Postgres>,
     table: String,
     blobs: String,
@@ -42,7 +47,7 @@ impl PgControl {
     pub fn new(name: &str, config: &PostgresConfig) -> Result<PgControl, String> {
         let db = Postgres::connector(name, config).map_err(|e| e.0)?;
         let prefix = config.table_prefix(name);
-        Ok(PgControl {
+        let tables = Tables {
             db,
             table: format!("\"{prefix}_control\""),
             blobs: format!("\"{prefix}_control_blobs\""),
@@ -51,9 +56,14 @@ impl PgControl {
             channel: format!("{prefix}_control"),
             ready: AtomicBool::new(false),
             creating: tokio::sync::Mutex::new(()),
+        };
+        Ok(PgControl {
+            tables: Arc::new(tables),
         })
     }
+}
 
+impl Tables {
     /// A pooled connection with the control tables in place.
     async fn conn(&self) -> Result<deadpool_postgres::Object, BackendError> {
         let mut conn = self.db.connection().await?;
@@ -183,14 +193,14 @@ impl PgControl {
 #[async_trait]
 impl ControlStore for PgControl {
     fn summary(&self) -> String {
-        self.db.summary.clone()
+        self.tables.db.summary.clone()
     }
 
     async fn load(&self) -> Result<(Vec<Document>, u64), BackendError> {
         let mut all = Vec::new();
         let mut after = 0;
         loop {
-            let page = self.rows_after(after, 10_000).await?;
+            let page = self.tables.rows_after(after, 10_000).await?;
             let done = page.len() < 10_000;
             after = page.last().map_or(after, |d| d.revision);
             all.extend(page);
@@ -206,8 +216,8 @@ impl ControlStore for PgControl {
         value: Option<Vec<u8>>,
         expected: u64,
     ) -> Result<u64, ControlError> {
-        let mut conn = self.conn().await?;
-        let (t, s) = (&self.table, &self.sequence);
+        let mut conn = self.tables.conn().await?;
+        let (t, s) = (&self.tables.table, &self.tables.sequence);
         let write = if expected == 0 {
             format!(
                 "INSERT INTO {t} (key, revision, value) VALUES ($1, nextval('{s}'), $2)
@@ -221,7 +231,7 @@ impl ControlStore for PgControl {
         };
         let current = format!("SELECT revision FROM {t} WHERE key = $1");
         let expected_sql = i64::try_from(expected).unwrap_or(i64::MAX);
-        let channel = self.channel.clone();
+        let channel = self.tables.channel.clone();
         let work = async {
             let tx = conn.transaction().await?;
             tx.execute(
@@ -249,7 +259,7 @@ impl ControlStore for PgControl {
             tx.commit().await?;
             Ok(Ok(u64::try_from(revision).unwrap_or(0)))
         };
-        match self.db.bounded(work).await? {
+        match self.tables.db.bounded(work).await? {
             Ok(revision) => Ok(revision),
             Err(current) => Err(ControlError::Conflict {
                 key: key.to_string(),
@@ -263,20 +273,10 @@ impl ControlStore for PgControl {
         &self,
         after: u64,
     ) -> Result<BoxStream<'static, Result<Document, BackendError>>, BackendError> {
-        // A first contact, so an unreachable store is reported here (and
-        // the tables exist for the follower, which is built ready).
-        drop(self.conn().await?);
+        // A first contact, so an unreachable store is reported here.
+        drop(self.tables.conn().await?);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let me = Arc::new(PgControl {
-            db: self.db.clone(),
-            table: self.table.clone(),
-            blobs: self.blobs.clone(),
-            replicas: self.replicas.clone(),
-            sequence: self.sequence.clone(),
-            channel: self.channel.clone(),
-            ready: AtomicBool::new(true),
-            creating: tokio::sync::Mutex::new(()),
-        });
+        let me = self.tables.clone();
         tokio::spawn(async move {
             let why = me.follow(after, tx.clone()).await;
             let _ = tx.send(Err(why)).await;
@@ -285,55 +285,60 @@ impl ControlStore for PgControl {
     }
 
     async fn put_blob(&self, digest: &str, bytes: Arc<[u8]>) -> Result<(), BackendError> {
-        let conn = self.conn().await?;
+        let conn = self.tables.conn().await?;
         let sql = format!(
             "INSERT INTO {} (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
-            self.blobs
+            self.tables.blobs
         );
         let bytes: &[u8] = &bytes;
-        self.db
+        self.tables
+            .db
             .bounded(conn.execute(&sql, &[&digest, &bytes]))
             .await?;
         Ok(())
     }
 
     async fn get_blob(&self, digest: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        let conn = self.conn().await?;
-        let sql = format!("SELECT bytes FROM {} WHERE digest = $1", self.blobs);
-        let rows = self.db.bounded(conn.query(&sql, &[&digest])).await?;
+        let conn = self.tables.conn().await?;
+        let sql = format!("SELECT bytes FROM {} WHERE digest = $1", self.tables.blobs);
+        let rows = self.tables.db.bounded(conn.query(&sql, &[&digest])).await?;
         Ok(rows.first().map(|r| r.get(0)))
     }
 
     async fn delete_blob(&self, digest: &str) -> Result<(), BackendError> {
-        let conn = self.conn().await?;
-        let sql = format!("DELETE FROM {} WHERE digest = $1", self.blobs);
-        self.db.bounded(conn.execute(&sql, &[&digest])).await?;
+        let conn = self.tables.conn().await?;
+        let sql = format!("DELETE FROM {} WHERE digest = $1", self.tables.blobs);
+        self.tables
+            .db
+            .bounded(conn.execute(&sql, &[&digest]))
+            .await?;
         Ok(())
     }
 
     async fn report(&self, replica: &str, report: Vec<u8>) -> Result<(), BackendError> {
-        let conn = self.conn().await?;
-        let r = &self.replicas;
+        let conn = self.tables.conn().await?;
+        let r = &self.tables.replicas;
         // Reports of replicas long gone are dropped as they are written.
         let sql = format!(
             "WITH gone AS (DELETE FROM {r} WHERE at < now() - interval '1 hour')
              INSERT INTO {r} (replica, report, at) VALUES ($1, $2, now())
              ON CONFLICT (replica) DO UPDATE SET report = EXCLUDED.report, at = EXCLUDED.at"
         );
-        self.db
+        self.tables
+            .db
             .bounded(conn.execute(&sql, &[&replica, &report]))
             .await?;
         Ok(())
     }
 
     async fn reports(&self) -> Result<Vec<Vec<u8>>, BackendError> {
-        let conn = self.conn().await?;
+        let conn = self.tables.conn().await?;
         let sql = format!(
             "SELECT report FROM {} WHERE at > now() - make_interval(secs => $1) ORDER BY replica",
-            self.replicas
+            self.tables.replicas
         );
         let ttl = REPORT_TTL.as_secs_f64();
-        let rows = self.db.bounded(conn.query(&sql, &[&ttl])).await?;
+        let rows = self.tables.db.bounded(conn.query(&sql, &[&ttl])).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
