@@ -2,9 +2,10 @@
 //! Admin changes made through any replica are served by every replica
 //! (checked by data calls on each, not by status alone), racing
 //! read-modify-writes lose nothing, a replica killed mid-deploy and a store
-//! killed under load are recovered from, and a replica joining late serves
-//! everything before it answers. Once on a real PostgreSQL, once on a real
-//! nats-server with JetStream.
+//! killed under load are recovered from, a replica joining late serves
+//! everything before it answers, and removals' tombstones are forgotten
+//! without a replica that stood still meanwhile missing the removals. Once
+//! on a real PostgreSQL, once on a real nats-server with JetStream.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,11 +18,22 @@ use prism_acceptance::pb::admin_client::AdminClient;
 use prism_acceptance::pb::key_value_client::KeyValueClient;
 use prism_acceptance::{KvClient, Namespace, NatsServer, PostgresServer, eventually, scaffold};
 use tokio::sync::OnceCell;
+use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
 const VERSION_KEY: &str = "_pattern/version";
 const CONVERGE: Duration = Duration::from_secs(30);
+/// `[admin] tombstone_ttl_ms` of the fleets here: short, so the store
+/// forgets within the test (and every replica sweeps every 1.5 s).
+const TOMBSTONE_TTL_MS: u64 = 3000;
+
+/// How many tombstones the control store holds now.
+type Tombstones = Box<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<u64>> + Send>>
+        + Send
+        + Sync,
+>;
 
 static V1: OnceCell<PathBuf> = OnceCell::const_new();
 static V2: OnceCell<PathBuf> = OnceCell::const_new();
@@ -87,7 +99,7 @@ impl Fleet {
         std::fs::write(
             &config,
             format!(
-                "[backends.mem]\ntype = \"memstore\"\n\n{}\n[admin]\nallow_unauthenticated = true\nstate_dir = {:?}\nstore = \"control\"\n",
+                "[backends.mem]\ntype = \"memstore\"\n\n{}\n[admin]\nallow_unauthenticated = true\nstate_dir = {:?}\nstore = \"control\"\ntombstone_ttl_ms = {TOMBSTONE_TTL_MS}\n",
                 self.store_toml,
                 state.display().to_string()
             ),
@@ -519,6 +531,12 @@ async fn store_outage(
         refused.code() == Code::Unavailable && refused.message().contains("control store"),
         "create during the outage: {refused:?}"
     );
+    // `namespace get` says the answer is the last state applied.
+    let f: &Fleet = fleet;
+    f.converged("stale = true in namespace get", |i| async move {
+        Ok(f.info(i, "steady").await?.stale)
+    })
+    .await?;
     // A replica restarted while the store is away serves its snapshot.
     fleet.replica(0)?.signal("KILL").await?;
     fleet.replicas[0] = None;
@@ -528,14 +546,14 @@ async fn store_outage(
         "a replica restarted in the outage does not serve its snapshot"
     );
     ensure!(
-        fleet.stale(0).await? == 1.0,
-        "a replica serving its snapshot is not marked stale"
+        fleet.stale(0).await? == 1.0 && fleet.info(0, "steady").await?.stale,
+        "a replica serving its snapshot is not marked stale (metric and namespace get)"
     );
     restart.await?;
     let fleet: &Fleet = fleet;
     fleet
         .converged("prism_control_stale 0 again", |i| async move {
-            Ok(fleet.stale(i).await? == 0.0)
+            Ok(fleet.stale(i).await? == 0.0 && !fleet.info(i, "steady").await?.stale)
         })
         .await?;
     // Changes work again, and every replica catches up without a restart.
@@ -601,8 +619,104 @@ async fn late_joiner(fleet: &mut Fleet, v1_bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removals leave tombstones that the store forgets after
+/// `tombstone_ttl_ms`; a replica that stood still (SIGSTOP) through both
+/// the removals and the forgetting still drops what was removed, and a
+/// forgotten name can be created again.
+async fn forgetting(
+    fleet: &Fleet,
+    v1: &str,
+    v1_bytes: &[u8],
+    tombstones: &Tombstones,
+) -> anyhow::Result<()> {
+    let mut admin = fleet.admin(0)?;
+    let brief = upload_bytes(&mut admin, variant(v1_bytes, 7), "brief")
+        .await?
+        .digest;
+    let brief: &str = &brief;
+    admin.create_namespace(create("brief", v1)).await?;
+    let patterns = |i: usize| async move {
+        let list = fleet
+            .admin(i)?
+            .list_patterns(pb::ListPatternsRequest {})
+            .await?
+            .into_inner();
+        anyhow::Ok(
+            list.patterns
+                .into_iter()
+                .map(|p| p.digest)
+                .collect::<Vec<_>>(),
+        )
+    };
+    fleet
+        .converged("namespace brief and its upload", |i| async move {
+            Ok(fleet.version(i, "brief").await? == "0.1.0"
+                && patterns(i).await?.iter().any(|d| d == brief))
+        })
+        .await?;
+    let before = tombstones().await?;
+    fleet.replica(2)?.signal("STOP").await?;
+    let removed = async {
+        admin
+            .delete_namespace(pb::DeleteNamespaceRequest {
+                name: "brief".into(),
+                purge: false,
+            })
+            .await?;
+        admin
+            .delete_pattern(pb::DeletePatternRequest {
+                digest: brief.to_string(),
+            })
+            .await?;
+        let left = tombstones().await?;
+        ensure!(
+            left >= before + 2,
+            "{left} tombstones after two removals ({before} before)"
+        );
+        let forgotten =
+            eventually(CONVERGE, || async { matches!(tombstones().await, Ok(0)) }).await;
+        ensure!(
+            forgotten,
+            "the store still holds {:?} tombstones {TOMBSTONE_TTL_MS} ms after the removals",
+            tombstones().await
+        );
+        anyhow::Ok(left)
+    }
+    .await;
+    fleet.replica(2)?.signal("CONT").await?;
+    let left = removed?;
+    eprintln!(
+        "forgetting: {left} tombstones after the removals, 0 once {TOMBSTONE_TTL_MS} ms passed"
+    );
+    fleet
+        .converged(
+            "the removals, also on the replica that stood still",
+            |i| async move {
+                let gone = fleet
+                    .info(i, "brief")
+                    .await
+                    .err()
+                    .and_then(|e| e.downcast::<tonic::Status>().ok())
+                    .is_some_and(|s| s.code() == Code::NotFound);
+                Ok(gone && !patterns(i).await?.iter().any(|d| d == brief))
+            },
+        )
+        .await?;
+    // The name is free again: a create expects it absent, as it is.
+    fleet
+        .admin(1)?
+        .create_namespace(create("brief", v1))
+        .await?;
+    fleet
+        .converged("namespace brief created again", |i| async move {
+            Ok(fleet.version(i, "brief").await? == "0.1.0")
+        })
+        .await
+}
+
 async fn fleet_is_one_service(
     store_toml: String,
+    tombstones: Tombstones,
     kill: impl std::future::Future<Output = anyhow::Result<()>>,
     restart: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
@@ -625,7 +739,10 @@ async fn fleet_is_one_service(
         .context("store outage")?;
     late_joiner(&mut fleet, &v1_bytes)
         .await
-        .context("late joiner")
+        .context("late joiner")?;
+    forgetting(&fleet, &v1, &v1_bytes, &tombstones)
+        .await
+        .context("forgetting tombstones")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -634,9 +751,23 @@ async fn a_fleet_on_postgresql_is_one_service() -> anyhow::Result<()> {
     let url = pg.lock().await.url();
     let store =
         format!("[backends.control]\ntype = \"postgres\"\nurl = \"{url}\"\ntimeout_ms = 1000\n");
-    let (a, b) = (pg.clone(), pg.clone());
+    let (a, b, c) = (pg.clone(), pg.clone(), pg.clone());
+    let tombstones: Tombstones = Box::new(move || {
+        let pg = c.clone();
+        Box::pin(async move {
+            let client = pg.lock().await.client().await?;
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM prism_control_control WHERE value IS NULL",
+                    &[],
+                )
+                .await?;
+            Ok(u64::try_from(row.get::<_, i64>(0))?)
+        })
+    });
     fleet_is_one_service(
         store,
+        tombstones,
         async move {
             a.lock().await.kill().await;
             Ok(())
@@ -654,8 +785,25 @@ async fn a_fleet_on_nats_jetstream_is_one_service() -> anyhow::Result<()> {
         "[backends.control]\ntype = \"nats\"\nurl = \"{url}\"\njetstream = true\ntimeout_ms = 1000\n"
     );
     let (a, b) = (nats.clone(), nats.clone());
+    let tombstones: Tombstones = Box::new(move || {
+        let url = url.clone();
+        Box::pin(async move {
+            let js = async_nats::jetstream::new(async_nats::connect(&url).await?);
+            let kv = js.get_key_value("prism_control").await?;
+            let keys: Vec<Result<String, _>> = kv.keys().await?.collect().await;
+            let mut empty = 0;
+            for key in keys {
+                let key = key?;
+                if kv.get(&key).await?.is_some_and(|v| v.is_empty()) {
+                    empty += 1;
+                }
+            }
+            Ok(empty)
+        })
+    });
     fleet_is_one_service(
         store,
+        tombstones,
         async move {
             a.lock().await.kill();
             Ok(())

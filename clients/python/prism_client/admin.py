@@ -80,6 +80,9 @@ class NamespaceInfo:
     # every replica's (a deploy has reached the fleet when they all match).
     revision: int = 0
     replicas: list[ReplicaState] = field(default_factory=list)
+    # The answering replica serves its last applied state unconfirmed (the
+    # control store does not answer); it catches up by itself.
+    stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ def _namespace(m: pb.NamespaceInfo) -> NamespaceInfo:
             )
             for r in m.replicas
         ],
+        stale=m.stale,
     )
 
 

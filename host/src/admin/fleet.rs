@@ -102,11 +102,12 @@ pub async fn open(config: &Config) -> Result<Loaded, StateError> {
     match store.load().await {
         Ok((docs, cursor)) => {
             let mut state = ControlState::default();
-            for doc in docs {
+            // Tombstones say nothing to a state read from scratch.
+            for doc in docs.into_iter().filter(|d| d.value.is_some()) {
                 if let Err(e) = state.set_document(&doc.key, doc.value.as_deref()) {
                     tracing::warn!(key = %doc.key, error = %e, "a control store document this Prism cannot read is skipped");
                 }
-                state.revisions.insert(doc.key, doc.revision);
+                state.record(doc.key, doc.revision, true);
             }
             Ok(Loaded {
                 state,
@@ -120,8 +121,17 @@ pub async fn open(config: &Config) -> Result<Loaded, StateError> {
             match snapshot {
                 Some(path) if path.is_file() => {
                     tracing::warn!(store = %store.summary(), error = %e, snapshot = %path.display(), "the control store does not answer: serving this replica's snapshot of it until it does");
+                    let mut state = ControlState::load_file(&path)?;
+                    // Snapshots written before removals were kept apart
+                    // may hold a removed document's revision.
+                    let held: Vec<String> = state.revisions.keys().cloned().collect();
+                    for key in held {
+                        if state.document(&key).is_none() {
+                            state.revisions.remove(&key);
+                        }
+                    }
                     Ok(Loaded {
-                        state: ControlState::load_file(&path)?,
+                        state,
                         store: Some(store),
                         stale: true,
                         cursor: None,
@@ -156,12 +166,12 @@ impl Control {
         let Some(store) = &self.store else {
             return self.save(next);
         };
+        next.forget_tombstones(self.tombstone_ttl());
         for (key, value) in current.changes(next) {
             let expected = current.revisions.get(&key).copied().unwrap_or(0);
+            let live = value.is_some();
             match store.put(&key, value, expected).await {
-                Ok(revision) => {
-                    next.revisions.insert(key, revision);
-                }
+                Ok(revision) => next.record(key, revision, live),
                 Err(ControlError::Conflict { current: at, .. }) => {
                     return Err(AdminError::Aborted(format!(
                         "{} was changed through another replica at the same moment (the store has revision {at}, this replica had {expected}); nothing was changed: retry",
@@ -186,6 +196,11 @@ impl Control {
         {
             tracing::warn!(error = %e, "cannot keep a snapshot of the control state; a restart while the store is away will not serve it");
         }
+    }
+
+    /// How long removals are remembered (`[admin] tombstone_ttl_ms`).
+    fn tombstone_ttl(&self) -> Duration {
+        Duration::from_millis(self.platform.config.admin.tombstone_ttl_ms)
     }
 
     /// Whether this replica serves a state it could not confirm with the
@@ -281,12 +296,36 @@ impl Control {
         let _ = tokio::time::timeout(limit, applied.wait_for(|n| *n > seen)).await;
     }
 
-    /// Reads every document and applies those newer than this replica's;
-    /// returns the revision to watch from.
+    /// Reads every document and applies those newer than this replica's,
+    /// and removes what it holds that the store no longer has (its
+    /// tombstone was forgotten while this replica was away); returns the
+    /// revision to watch from.
     async fn resync(&self, store: &dyn ControlStore) -> Result<u64, BackendError> {
         let (docs, cursor) = store.load().await?;
+        let present: std::collections::BTreeSet<String> =
+            docs.iter().map(|d| d.key.clone()).collect();
         for doc in docs {
             self.apply(doc).await;
+        }
+        // Held at a revision the read covers, and not in it: removed. (One
+        // written here after the read began is newer than its cursor.)
+        let gone: Vec<String> = {
+            let state = self.state.lock().await;
+            state
+                .revisions
+                .iter()
+                .filter(|(key, revision)| **revision <= cursor && !present.contains(*key))
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        for key in gone {
+            tracing::info!(document = %describe(&key), "the control store no longer has it: removed");
+            self.apply(Document {
+                key,
+                revision: cursor,
+                value: None,
+            })
+            .await;
         }
         Ok(cursor)
     }
@@ -294,16 +333,24 @@ impl Control {
     /// Applies one document, if it is newer than what this replica holds.
     async fn apply(&self, doc: Document) {
         let mut state = self.state.lock().await;
-        if doc.revision <= state.revisions.get(&doc.key).copied().unwrap_or(0) {
+        if doc.revision <= state.seen(&doc.key) {
+            return;
+        }
+        let live = doc.value.is_some();
+        if !live && !state.revisions.contains_key(&doc.key) {
+            // The removal of something this replica does not hold.
+            state.forget_tombstones(self.tombstone_ttl());
+            state.record(doc.key, doc.revision, false);
             return;
         }
         let mut next = state.clone();
+        next.forget_tombstones(self.tombstone_ttl());
         if let Err(e) = next.set_document(&doc.key, doc.value.as_deref()) {
             tracing::warn!(key = %doc.key, error = %e, "a control store document this Prism cannot read is skipped");
-            state.revisions.insert(doc.key, doc.revision);
+            state.record(doc.key, doc.revision, live);
             return;
         }
-        next.revisions.insert(doc.key.clone(), doc.revision);
+        next.record(doc.key.clone(), doc.revision, live);
         let applied = match DocKey::parse(&doc.key) {
             Some(DocKey::Pattern(digest)) => self.take_pattern(digest, &next).await,
             Some(DocKey::Namespace(name)) => self.converge(name, &next).await,
@@ -508,6 +555,12 @@ async fn follow(control: Weak<Control>, store: Arc<dyn ControlStore>) {
             Ok(cursor) => store.watch(cursor).await,
             Err(e) => Err(e),
         };
+        // A follower that stalls (a frozen process, a starved runtime) for
+        // half the time tombstones are kept may have missed removals the
+        // store has forgotten since: it reads the store whole instead.
+        let ttl = me.tombstone_ttl();
+        let (quiet, lag) = (RETRY_QUIET.min(ttl / 4), ttl / 2);
+        let mut lagged = false;
         match watched {
             Ok(mut changes) => {
                 if me.stale.swap(false, Ordering::Relaxed) || reported {
@@ -517,10 +570,18 @@ async fn follow(control: Weak<Control>, store: Arc<dyn ControlStore>) {
                 backoff = Duration::from_millis(100);
                 drop(me);
                 loop {
-                    let next = tokio::time::timeout(RETRY_QUIET, changes.next()).await;
+                    // A wait bounded by `quiet` that took longer than `lag`:
+                    // the process stood still.
+                    let waiting = std::time::Instant::now();
+                    let next = tokio::time::timeout(quiet, changes.next()).await;
                     let Some(me) = control.upgrade() else {
                         return;
                     };
+                    if waiting.elapsed() > lag {
+                        tracing::warn!(store = %store.summary(), stalled_ms = waiting.elapsed().as_millis() as u64, "this replica stood still for longer than half the time removals are kept: reading the control store whole");
+                        lagged = true;
+                        break;
+                    }
                     match next {
                         Ok(Some(Ok(doc))) => me.apply(doc).await,
                         Ok(Some(Err(e))) => {
@@ -543,6 +604,9 @@ async fn follow(control: Weak<Control>, store: Arc<dyn ControlStore>) {
                 }
             }
         }
+        if lagged {
+            continue;
+        }
         if let Some(me) = control.upgrade() {
             me.stale.store(true, Ordering::Relaxed);
         }
@@ -551,8 +615,12 @@ async fn follow(control: Weak<Control>, store: Arc<dyn ControlStore>) {
     }
 }
 
-/// Reports what this replica serves every [`REPORT_EVERY`].
+/// Reports what this replica serves every [`REPORT_EVERY`], and has the
+/// store forget tombstones older than `[admin] tombstone_ttl_ms` every
+/// half of it (five minutes at most; every replica does, which costs the
+/// store one idempotent sweep each).
 async fn report_forever(control: Weak<Control>, store: Arc<dyn ControlStore>) {
+    let mut swept = tokio::time::Instant::now();
     loop {
         let Some(me) = control.upgrade() else {
             return;
@@ -560,7 +628,20 @@ async fn report_forever(control: Weak<Control>, store: Arc<dyn ControlStore>) {
         if let Err(e) = me.report(&*store).await {
             tracing::debug!(store = %store.summary(), error = %e, "cannot report to the control store");
         }
+        let ttl = me.tombstone_ttl();
         drop(me);
-        tokio::time::sleep(REPORT_EVERY).await;
+        if swept.elapsed() >= (ttl / 2).min(Duration::from_secs(300)) {
+            swept = tokio::time::Instant::now();
+            match store.forget_tombstones(ttl).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(store = %store.summary(), forgotten = n, "forgot tombstones older than [admin] tombstone_ttl_ms")
+                }
+                Err(e) => {
+                    tracing::debug!(store = %store.summary(), error = %e, "cannot forget old tombstones")
+                }
+            }
+        }
+        tokio::time::sleep(REPORT_EVERY.min(ttl / 2)).await;
     }
 }

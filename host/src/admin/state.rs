@@ -35,9 +35,15 @@ pub struct ControlState {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub kept_limits: BTreeMap<String, LimitsConfig>,
     /// With a control store: the store's revision of each document this
-    /// state holds (what a write expects to replace).
+    /// state holds (what a write expects to replace); removed ones are not
+    /// here, a write expects them as 0.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revisions: BTreeMap<String, u64>,
+    /// Documents removed lately, with the removal's revision and when it
+    /// was seen: a late delivery of an older write must not revive them.
+    /// Forgotten after `[admin] tombstone_ttl_ms`, as the store forgets them.
+    #[serde(skip)]
+    pub tombstones: BTreeMap<String, (u64, std::time::Instant)>,
 }
 
 /// What one namespace's document in a control store holds: the parts of
@@ -192,6 +198,34 @@ impl ControlState {
             .collect()
     }
 
+    /// Notes the store's revision of document `key`, which now has a
+    /// value (`live`) or was removed.
+    pub fn record(&mut self, key: String, revision: u64, live: bool) {
+        if live {
+            self.tombstones.remove(&key);
+            self.revisions.insert(key, revision);
+        } else {
+            self.revisions.remove(&key);
+            self.tombstones
+                .insert(key, (revision, std::time::Instant::now()));
+        }
+    }
+
+    /// The newest revision of `key` this state has seen (its value's, or
+    /// a recent removal's; 0: none).
+    pub fn seen(&self, key: &str) -> u64 {
+        self.revisions
+            .get(key)
+            .or_else(|| self.tombstones.get(key).map(|(revision, _)| revision))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Forgets the removals seen more than `keep` ago.
+    pub fn forget_tombstones(&mut self, keep: std::time::Duration) {
+        self.tombstones.retain(|_, (_, at)| at.elapsed() < keep);
+    }
+
     /// Takes in a store's document (None: a tombstone).
     pub fn set_document(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
         match DocKey::parse(key) {
@@ -293,6 +327,29 @@ impl ControlState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removals_are_remembered_for_a_while_and_expected_as_absent() {
+        let mut state = ControlState::default();
+        state.record("ns.a".into(), 5, true);
+        assert_eq!(
+            (state.seen("ns.a"), state.revisions.get("ns.a")),
+            (5, Some(&5))
+        );
+        // Removed: a write expects it absent (no revision), but a late
+        // delivery of revision 5 is still older than what was seen.
+        state.record("ns.a".into(), 9, false);
+        assert_eq!((state.seen("ns.a"), state.revisions.get("ns.a")), (9, None));
+        state.forget_tombstones(std::time::Duration::from_secs(60));
+        assert_eq!(state.seen("ns.a"), 9);
+        state.forget_tombstones(std::time::Duration::ZERO);
+        assert_eq!(state.seen("ns.a"), 0);
+        assert!(state.tombstones.is_empty());
+        // Written again: live, nothing of the removal left.
+        state.record("ns.a".into(), 12, false);
+        state.record("ns.a".into(), 14, true);
+        assert_eq!((state.seen("ns.a"), state.tombstones.len()), (14, 0));
+    }
 
     #[test]
     fn state_round_trips_and_refuses_garbage() -> Result<(), Box<dyn std::error::Error>> {

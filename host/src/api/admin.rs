@@ -242,6 +242,7 @@ async fn namespace_info(
         in_flight: ns.admission.load().0,
         revision: control.revision(&ns.name).await,
         replicas: Vec::new(),
+        stale: control.stale(),
     }
 }
 

@@ -9,7 +9,11 @@
 //! write is a compare-and-set on the document's revision, revisions grow
 //! across the whole store (so "every change after N" is one question), and
 //! a removal is a tombstone (a document without a value), so a watcher
-//! that was away learns of deletes too.
+//! following the store learns of deletes too. Tombstones are forgotten
+//! once they are older than `[admin] tombstone_ttl_ms`; a replica that
+//! was away longer reads the store whole, where a document it holds and
+//! the store does not is one removed. For a write, "no document" and "a
+//! tombstone" are the same thing: both are expected as revision 0.
 
 use std::sync::Arc;
 
@@ -52,7 +56,8 @@ pub trait ControlStore: Send + Sync {
     async fn load(&self) -> Result<(Vec<Document>, u64), BackendError>;
 
     /// Writes `value` (None: a tombstone) if the document is still at
-    /// `expected` (0: it was never written). Returns the new revision.
+    /// `expected` (0: it has no value — never written, removed, or
+    /// forgotten). Returns the new revision.
     async fn put(
         &self,
         key: &str,
@@ -75,6 +80,11 @@ pub trait ControlStore: Send + Sync {
 
     /// Forgets a component's bytes; absent is not an error.
     async fn delete_blob(&self, digest: &str) -> Result<(), BackendError>;
+
+    /// Forgets the tombstones written more than `older_than` ago; returns
+    /// how many went.
+    async fn forget_tombstones(&self, older_than: std::time::Duration)
+    -> Result<u64, BackendError>;
 
     /// Records what replica `replica` serves (its report replaces the last
     /// one); a report older than [`REPORT_TTL`] no longer counts.

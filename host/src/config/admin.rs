@@ -21,6 +21,12 @@ pub struct AdminConfig {
     /// namespaces. None: `state_dir` alone (one process).
     #[serde(default)]
     pub store: Option<String>,
+    /// With a store: how long a removed document's tombstone stays in it
+    /// (and in each replica's memory). Replicas following the store see a
+    /// removal within milliseconds; one away for longer reads the store
+    /// whole and takes what the store no longer has as removed.
+    #[serde(default = "default_tombstone_ttl_ms")]
+    pub tombstone_ttl_ms: u64,
     /// Largest pattern an upload may carry.
     #[serde(default = "default_max_pattern_bytes")]
     pub max_pattern_bytes: usize,
@@ -42,6 +48,7 @@ impl Default for AdminConfig {
             allow_unauthenticated: false,
             state_dir: None,
             store: None,
+            tombstone_ttl_ms: default_tombstone_ttl_ms(),
             max_pattern_bytes: default_max_pattern_bytes(),
             max_uploads_per_namespace: default_max_uploads_per_namespace(),
             max_upload_bytes_per_namespace: default_max_upload_bytes_per_namespace(),
@@ -52,6 +59,14 @@ impl Default for AdminConfig {
 
 /// The backend types `[admin] store` may name.
 pub const STORE_TYPES: &str = "a postgres backend, or a nats backend with jetstream = true";
+
+fn default_tombstone_ttl_ms() -> u64 {
+    3_600_000
+}
+
+/// The shortest `tombstone_ttl_ms`: a replica checks that it keeps up at
+/// a quarter of it.
+pub const MIN_TOMBSTONE_TTL_MS: u64 = 1_000;
 
 fn default_max_pattern_bytes() -> usize {
     64 << 20

@@ -302,6 +302,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn tombstones_are_kept_at_least_a_second() {
+        let with = |ttl: u64| {
+            parse(&format!(
+                "[backends.mem]\ntype = \"memstore\"\n[admin]\nstate_dir = \"/tmp/prism\"\ntombstone_ttl_ms = {ttl}\n"
+            ))
+        };
+        let err = with(999).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("admin.tombstone_ttl_ms") && err.contains("at least 1000 ms"),
+            "{err}"
+        );
+        assert_eq!(
+            with(1000).map(|c| c.admin.tombstone_ttl_ms).ok(),
+            Some(1000)
+        );
+        assert_eq!(
+            parse("[backends.mem]\ntype = \"memstore\"\n[admin]\nstate_dir = \"/tmp/prism\"\n")
+                .map(|c| c.admin.tombstone_ttl_ms)
+                .ok(),
+            Some(3_600_000)
+        );
+    }
+
     fn postgres_error(backends: &str) -> String {
         parse(&format!(
             "{backends}\n[namespaces.orders]\npattern = \"keyvalue\"\nslots = {{ kv = \"pg\" }}\n"

@@ -300,6 +300,16 @@ impl Config {
                 ));
             }
         }
+        if a.tombstone_ttl_ms < super::admin::MIN_TOMBSTONE_TTL_MS {
+            return Err(invalid(
+                "admin.tombstone_ttl_ms".into(),
+                format!(
+                    "is {} ms; it must be at least {} ms (replicas must see a removal before it is forgotten)",
+                    a.tombstone_ttl_ms,
+                    super::admin::MIN_TOMBSTONE_TTL_MS
+                ),
+            ));
+        }
         for (field, value) in [
             ("max_pattern_bytes", a.max_pattern_bytes as u64),
             (

@@ -61,7 +61,7 @@ class Rollout(_message.Message):
     def __init__(self, candidate: _Optional[_Union[PatternVersion, _Mapping]] = ..., canary_percent: _Optional[int] = ..., shadow: _Optional[bool] = ..., calls: _Optional[int] = ..., divergences: _Optional[int] = ..., divergence_samples: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NamespaceInfo(_message.Message):
-    __slots__ = ("name", "pattern", "previous", "rollout", "slots", "settings", "limits", "source", "live_instances", "idle_instances", "calls", "traps", "in_flight", "revision", "replicas")
+    __slots__ = ("name", "pattern", "previous", "rollout", "slots", "settings", "limits", "source", "live_instances", "idle_instances", "calls", "traps", "in_flight", "revision", "replicas", "stale")
     class SettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class NamespaceInfo(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     name: str
     pattern: PatternVersion
     previous: PatternVersion
@@ -106,7 +107,8 @@ class NamespaceInfo(_message.Message):
     in_flight: int
     revision: int
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaState]
-    def __init__(self, name: _Optional[str] = ..., pattern: _Optional[_Union[PatternVersion, _Mapping]] = ..., previous: _Optional[_Union[PatternVersion, _Mapping]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., slots: _Optional[_Iterable[_Union[Slot, _Mapping]]] = ..., settings: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Mapping[str, str]] = ..., source: _Optional[str] = ..., live_instances: _Optional[int] = ..., idle_instances: _Optional[int] = ..., calls: _Optional[int] = ..., traps: _Optional[int] = ..., in_flight: _Optional[int] = ..., revision: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaState, _Mapping]]] = ...) -> None: ...
+    stale: bool
+    def __init__(self, name: _Optional[str] = ..., pattern: _Optional[_Union[PatternVersion, _Mapping]] = ..., previous: _Optional[_Union[PatternVersion, _Mapping]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., slots: _Optional[_Iterable[_Union[Slot, _Mapping]]] = ..., settings: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Mapping[str, str]] = ..., source: _Optional[str] = ..., live_instances: _Optional[int] = ..., idle_instances: _Optional[int] = ..., calls: _Optional[int] = ..., traps: _Optional[int] = ..., in_flight: _Optional[int] = ..., revision: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaState, _Mapping]]] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class ReplicaState(_message.Message):
     __slots__ = ("replica", "address", "revision", "stale", "reported_at_ms")

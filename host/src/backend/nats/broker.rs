@@ -223,6 +223,14 @@ impl NatsBroker {
         Ok((context, stream))
     }
 
+    /// Whether the client is connected now (a watch cannot tell a quiet
+    /// bucket from a lost server by itself).
+    pub(crate) fn is_connected(&self) -> bool {
+        self.client
+            .get()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
     /// A JetStream context on the connected client (the control store's way in).
     pub(crate) async fn context(&self) -> Result<jetstream::Context, BackendError> {
         Ok(jetstream::new(self.connected().await?.clone()))

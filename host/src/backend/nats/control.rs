@@ -6,6 +6,7 @@
 //! A tombstone is an empty value (documents are never empty), so removals
 //! are ordinary revisions a watcher sees in order.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,8 +133,9 @@ impl NatsControl {
             .await
     }
 
-    /// The bucket's last revision, asked of the server (not a cached info).
-    async fn last_revision(&self) -> Result<u64, BackendError> {
+    /// The bucket's last revision and how many messages it holds, asked
+    /// of the server (not a cached info).
+    async fn last_revision(&self) -> Result<(u64, u64), BackendError> {
         let context = self.nats.context().await?;
         let mut stream = self
             .nats
@@ -146,15 +148,56 @@ impl NatsControl {
             .nats
             .bounded("reading the control bucket", stream.info())
             .await?;
-        Ok(info.state.last_sequence)
+        Ok((info.state.last_sequence, info.state.messages))
+    }
+    /// Every entry of the bucket (one per key, tombstones too) and the
+    /// revision that is current as of.
+    async fn entries(&self) -> Result<(Vec<kv::Entry>, u64), BackendError> {
+        let kv = self.kv().await?;
+        let (last, messages) = self.last_revision().await?;
+        if messages == 0 {
+            return Ok((Vec::new(), last));
+        }
+        // The bucket keeps one message per key: reading it from the start
+        // until nothing is pending is every document. (Not "up to the
+        // last revision": that may be a tombstone forgotten since.)
+        let mut watch = self
+            .nats
+            .bounded("reading the control bucket", kv.watch_all_from_revision(1))
+            .await?;
+        let mut entries = Vec::new();
+        let mut cursor = last;
+        loop {
+            let next = self
+                .nats
+                .bounded("reading the control bucket", async {
+                    Ok::<_, String>(watch.next().await)
+                })
+                .await?;
+            let entry = match next {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => return Err(self.unavailable("reading the control bucket", e)),
+                None => break,
+            };
+            cursor = cursor.max(entry.revision);
+            let pending = entry.delta;
+            entries.push(entry);
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok((entries, cursor))
     }
 }
 
+/// Whether an entry is a tombstone (an empty value; a KV delete or purge
+/// marker, which Prism does not write, counts as one too).
+fn is_tombstone(entry: &kv::Entry) -> bool {
+    entry.operation != kv::Operation::Put || entry.value.is_empty()
+}
+
 fn document(entry: kv::Entry) -> Document {
-    let value = match entry.operation {
-        kv::Operation::Put if !entry.value.is_empty() => Some(entry.value.to_vec()),
-        _ => None,
-    };
+    let value = (!is_tombstone(&entry)).then(|| entry.value.to_vec());
     Document {
         key: entry.key,
         revision: entry.revision,
@@ -169,35 +212,8 @@ impl ControlStore for NatsControl {
     }
 
     async fn load(&self) -> Result<(Vec<Document>, u64), BackendError> {
-        let kv = self.kv().await?;
-        let last = self.last_revision().await?;
-        if last == 0 {
-            return Ok((Vec::new(), 0));
-        }
-        // The bucket keeps one message per key: reading it from the start
-        // up to its last revision is every document.
-        let mut watch = self
-            .nats
-            .bounded("reading the control bucket", kv.watch_all_from_revision(1))
-            .await?;
-        let mut docs = Vec::new();
-        let mut cursor = 0;
-        while cursor < last {
-            let next = self
-                .nats
-                .bounded("reading the control bucket", async {
-                    Ok::<_, String>(watch.next().await)
-                })
-                .await?;
-            let entry = match next {
-                Some(Ok(entry)) => entry,
-                Some(Err(e)) => return Err(self.unavailable("reading the control bucket", e)),
-                None => break,
-            };
-            cursor = entry.revision;
-            docs.push(document(entry));
-        }
-        Ok((docs, cursor))
+        let (entries, cursor) = self.entries().await?;
+        Ok((entries.into_iter().map(document).collect(), cursor))
     }
 
     async fn put(
@@ -208,28 +224,46 @@ impl ControlStore for NatsControl {
     ) -> Result<u64, ControlError> {
         let kv = self.kv().await?;
         let bytes = bytes::Bytes::from(value.unwrap_or_default());
-        let written = self
-            .nats
-            .bounded("writing the control bucket", async {
-                Ok::<_, String>(kv.update(key, bytes, expected).await)
-            })
-            .await?;
-        match written {
-            Ok(revision) => Ok(revision),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                let current = self
-                    .nats
-                    .bounded("reading the control bucket", kv.entry(key))
-                    .await?
-                    .map_or(0, |e| e.revision);
-                Err(ControlError::Conflict {
-                    key: key.to_string(),
-                    expected,
-                    current,
+        let mut last = expected;
+        // Expecting no document and finding a tombstone: the write expects
+        // the tombstone's revision instead (still a compare-and-set, so a
+        // writer that revives the key first wins). Twice at most: a
+        // tombstone again after that means others keep racing on the key.
+        for _ in 0..3 {
+            let written = self
+                .nats
+                .bounded("writing the control bucket", async {
+                    Ok::<_, String>(kv.update(key, bytes.clone(), last).await)
                 })
+                .await?;
+            match written {
+                Ok(revision) => return Ok(revision),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    let entry = self
+                        .nats
+                        .bounded("reading the control bucket", kv.entry(key))
+                        .await?;
+                    match entry {
+                        Some(entry) if expected == 0 && is_tombstone(&entry) => {
+                            last = entry.revision;
+                        }
+                        entry => {
+                            return Err(ControlError::Conflict {
+                                key: key.to_string(),
+                                expected,
+                                current: entry.map_or(0, |e| e.revision),
+                            });
+                        }
+                    }
+                }
+                Err(e) => return Err(self.unavailable("writing the control bucket", e).into()),
             }
-            Err(e) => Err(self.unavailable("writing the control bucket", e).into()),
         }
+        Err(ControlError::Conflict {
+            key: key.to_string(),
+            expected,
+            current: last,
+        })
     }
 
     async fn watch(
@@ -245,14 +279,32 @@ impl ControlStore for NatsControl {
             )
             .await?;
         let summary = self.summary();
-        Ok(watch
-            .map(move |entry| {
-                entry.map(document).map_err(|e| BackendError::Unavailable {
-                    backend: summary.clone(),
-                    reason: format!("watching the control bucket: {e}"),
-                })
+        let entries = watch.map(move |entry| {
+            entry.map(document).map_err(|e| BackendError::Unavailable {
+                backend: summary.clone(),
+                reason: format!("watching the control bucket: {e}"),
             })
-            .boxed())
+        });
+        // The KV watch waits through a lost connection (and resumes after
+        // it); the follower must know it is cut off meanwhile, so the
+        // stream ends with an error once the client is not connected.
+        let (nats, summary) = (self.nats.clone(), self.summary());
+        let lost = futures::stream::unfold((), move |()| {
+            let (nats, summary) = (nats.clone(), summary.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    if !nats.is_connected() {
+                        let lost = Err(BackendError::Unavailable {
+                            backend: summary,
+                            reason: "the connection to NATS is lost".into(),
+                        });
+                        return Some((lost, ()));
+                    }
+                }
+            }
+        });
+        Ok(futures::stream::select(entries, lost).boxed())
     }
 
     async fn put_blob(&self, digest: &str, bytes: Arc<[u8]>) -> Result<(), BackendError> {
@@ -279,6 +331,39 @@ impl ControlStore for NatsControl {
             .bounded("reading the component", object.read_to_end(&mut bytes))
             .await?;
         Ok(Some(bytes))
+    }
+
+    async fn forget_tombstones(&self, older_than: Duration) -> Result<u64, BackendError> {
+        let (entries, _) = self.entries().await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let cutoff = i64::try_from(now.saturating_sub(older_than.as_secs())).unwrap_or(i64::MAX);
+        let context = self.nats.context().await?;
+        let stream = self
+            .nats
+            .bounded(
+                "reading the control bucket",
+                context.get_stream(format!("KV_{BUCKET}")),
+            )
+            .await?;
+        let mut forgotten = 0;
+        for entry in entries
+            .iter()
+            .filter(|e| is_tombstone(e) && e.created.unix_timestamp() < cutoff)
+        {
+            // Only messages before the one after the tombstone: a key
+            // written again meanwhile keeps its new value.
+            let purge = stream
+                .purge()
+                .filter(format!("$KV.{BUCKET}.{}", entry.key))
+                .sequence(entry.revision + 1);
+            self.nats
+                .bounded("forgetting tombstones", purge.into_future())
+                .await?;
+            forgotten += 1;
+        }
+        Ok(forgotten)
     }
 
     async fn report(&self, replica: &str, report: Vec<u8>) -> Result<(), BackendError> {

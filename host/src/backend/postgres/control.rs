@@ -78,8 +78,11 @@ impl Tables {
                 CREATE TABLE IF NOT EXISTS {t} (
                     key text COLLATE \"C\" PRIMARY KEY,
                     revision bigint NOT NULL,
-                    value bytea
+                    value bytea,
+                    written_at timestamptz NOT NULL DEFAULT now()
                 );
+                -- Tables made before tombstones were forgotten.
+                ALTER TABLE {t} ADD COLUMN IF NOT EXISTS written_at timestamptz NOT NULL DEFAULT now();
                 CREATE INDEX IF NOT EXISTS \"{}_revision\" ON {t} (revision);
                 CREATE TABLE IF NOT EXISTS {b} (
                     digest text PRIMARY KEY,
@@ -197,6 +200,26 @@ impl ControlStore for PgControl {
     }
 
     async fn load(&self) -> Result<(Vec<Document>, u64), BackendError> {
+        // Every revision drawn so far has committed once the writers' lock
+        // is ours: the cursor covers them all, a forgotten tombstone's too
+        // (the last row's revision alone would not).
+        let drawn = {
+            let mut conn = self.tables.conn().await?;
+            let (s, channel) = (&self.tables.sequence, self.tables.channel.clone());
+            let sql = format!("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {s}");
+            let work = async {
+                let tx = conn.transaction().await?;
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    &[&channel],
+                )
+                .await?;
+                let drawn: i64 = tx.query_one(&sql, &[]).await?.get(0);
+                tx.commit().await?;
+                Ok(drawn)
+            };
+            u64::try_from(self.tables.db.bounded(work).await?).unwrap_or(0)
+        };
         let mut all = Vec::new();
         let mut after = 0;
         loop {
@@ -205,7 +228,7 @@ impl ControlStore for PgControl {
             after = page.last().map_or(after, |d| d.revision);
             all.extend(page);
             if done {
-                return Ok((all, after));
+                return Ok((all, after.max(drawn)));
             }
         }
     }
@@ -220,16 +243,20 @@ impl ControlStore for PgControl {
         let (t, s) = (&self.tables.table, &self.tables.sequence);
         let write = if expected == 0 {
             format!(
+                // A tombstone counts as no document.
                 "INSERT INTO {t} (key, revision, value) VALUES ($1, nextval('{s}'), $2)
-                 ON CONFLICT (key) DO NOTHING RETURNING revision"
+                 ON CONFLICT (key) DO UPDATE
+                    SET value = EXCLUDED.value, revision = EXCLUDED.revision, written_at = now()
+                    WHERE {t}.value IS NULL
+                 RETURNING revision"
             )
         } else {
             format!(
-                "UPDATE {t} SET value = $2, revision = nextval('{s}')
-                 WHERE key = $1 AND revision = $3 RETURNING revision"
+                "UPDATE {t} SET value = $2, revision = nextval('{s}'), written_at = now()
+                 WHERE key = $1 AND revision = $3 AND value IS NOT NULL RETURNING revision"
             )
         };
-        let current = format!("SELECT revision FROM {t} WHERE key = $1");
+        let current = format!("SELECT revision FROM {t} WHERE key = $1 AND value IS NOT NULL");
         let expected_sql = i64::try_from(expected).unwrap_or(i64::MAX);
         let channel = self.tables.channel.clone();
         let work = async {
@@ -313,6 +340,16 @@ impl ControlStore for PgControl {
             .bounded(conn.execute(&sql, &[&digest]))
             .await?;
         Ok(())
+    }
+
+    async fn forget_tombstones(&self, older_than: Duration) -> Result<u64, BackendError> {
+        let conn = self.tables.conn().await?;
+        let sql = format!(
+            "DELETE FROM {} WHERE value IS NULL AND written_at < now() - make_interval(secs => $1)",
+            self.tables.table
+        );
+        let age = older_than.as_secs_f64();
+        self.tables.db.bounded(conn.execute(&sql, &[&age])).await
     }
 
     async fn report(&self, replica: &str, report: Vec<u8>) -> Result<(), BackendError> {

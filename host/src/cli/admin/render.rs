@@ -61,6 +61,7 @@ pub(super) fn namespace_json(n: &pb::NamespaceInfo) -> Value {
         "traps": n.traps,
         "in_flight": n.in_flight,
         "revision": n.revision,
+        "stale": n.stale,
         "replicas": n.replicas.iter().map(|r| json!({
             "replica": r.replica, "address": r.address, "revision": r.revision,
             "stale": r.stale, "reported_at_ms": r.reported_at_ms,
@@ -149,7 +150,7 @@ pub(super) fn show_namespace(n: &pb::NamespaceInfo, json_out: bool) -> anyhow::R
         "instances  {} live ({} idle); calls {}; traps {}; in flight {}",
         n.live_instances, n.idle_instances, n.calls, n.traps, n.in_flight
     );
-    if n.revision > 0 || !n.replicas.is_empty() {
+    if n.revision > 0 || !n.replicas.is_empty() || n.stale {
         let newest = n
             .replicas
             .iter()
@@ -157,7 +158,12 @@ pub(super) fn show_namespace(n: &pb::NamespaceInfo, json_out: bool) -> anyhow::R
             .max()
             .unwrap_or(0)
             .max(n.revision);
-        println!("revision   {} (this replica)", n.revision);
+        let stale = if n.stale {
+            "  STALE: the control store does not confirm it; serving the last state applied"
+        } else {
+            ""
+        };
+        println!("revision   {} (this replica){stale}", n.revision);
         for r in &n.replicas {
             let place = if r.address.is_empty() {
                 String::new()
