@@ -457,7 +457,14 @@ async fn a_hot_swap_under_load_fails_no_request() -> anyhow::Result<()> {
             (seen, problems)
         }));
     }
-    // Swap back and forth while the clients run.
+    // Swap back and forth while the clients run; every version that served
+    // is watched, to see that the old ones are dropped once drained.
+    let serving = || -> anyhow::Result<std::sync::Weak<prism::namespace::Version>> {
+        Ok(Arc::downgrade(
+            &server.namespaces().get("live")?.deployment().primary,
+        ))
+    };
+    let mut versions = vec![serving()?];
     let mut swaps = 0;
     for round in 0..6 {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -465,6 +472,7 @@ async fn a_hot_swap_under_load_fails_no_request() -> anyhow::Result<()> {
         admin
             .deploy_pattern(deploy("live", digest, 0, false))
             .await?;
+        versions.push(serving()?);
         swaps += 1;
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -490,7 +498,19 @@ async fn a_hot_swap_under_load_fails_no_request() -> anyhow::Result<()> {
         seen.len() == 2,
         "both versions should have answered across the swaps: {seen:?}"
     );
-    // Old versions drained and were dropped: only the current one holds instances.
+    // Old versions drained and were dropped (nothing holds them, so their
+    // instances are gone): only the current one lives.
+    let current = versions.pop().context("no version served")?;
+    versions.retain(|v| !v.ptr_eq(&current));
+    let dropped = eventually(Duration::from_secs(10), || async {
+        versions.iter().all(|v| v.upgrade().is_none())
+    })
+    .await;
+    ensure!(
+        dropped && current.upgrade().is_some(),
+        "{} of {swaps} replaced versions are still alive after draining",
+        versions.iter().filter(|v| v.upgrade().is_some()).count()
+    );
     let info = admin
         .get_namespace(pb::GetNamespaceRequest {
             name: "live".into(),

@@ -216,10 +216,27 @@ impl Accounting {
     }
 
     /// Delivered without an OK (the broker took it, the answer was lost).
-    fn delivered_unacknowledged(&self) -> usize {
+    fn delivered_unacknowledged(&self) -> Vec<u64> {
         let acked: std::collections::HashSet<u64> = self.acknowledged.iter().copied().collect();
-        let unique: std::collections::HashSet<u64> = self.delivered.iter().copied().collect();
-        unique.iter().filter(|s| !acked.contains(s)).count()
+        let unique: std::collections::BTreeSet<u64> = self.delivered.iter().copied().collect();
+        unique.into_iter().filter(|s| !acked.contains(s)).collect()
+    }
+
+    /// Delivered sequence numbers whose first delivery came after a
+    /// higher one's (one publisher, each publish awaited: order holds).
+    fn out_of_order(&self) -> Vec<u64> {
+        let mut seen = std::collections::HashSet::new();
+        let mut highest = 0;
+        let mut late = Vec::new();
+        for &s in &self.delivered {
+            if seen.insert(s) {
+                if s < highest {
+                    late.push(s);
+                }
+                highest = highest.max(s);
+            }
+        }
+        late
     }
 }
 
@@ -295,12 +312,17 @@ async fn through_restart(broker: Broker) -> anyhow::Result<Accounting> {
     };
     let reader = tokio::spawn(async move {
         let mut delivered = Vec::new();
-        // Reads until nothing new arrives for 5 s after the publisher stopped.
-        while let Ok(Some(m)) = sub.next(Duration::from_secs(5)).await {
-            let seq: [u8; 8] = m.payload.as_ref().try_into().unwrap_or_default();
+        // Reads until nothing new arrives for 5 s after the publisher
+        // stopped; a stream that ends, or a payload that is not one of
+        // ours, fails the test.
+        while let Some(m) = sub.next(Duration::from_secs(5)).await? {
+            let seq: [u8; 8] =
+                m.payload.as_ref().try_into().map_err(|_| {
+                    anyhow::anyhow!("a delivery that no publish sent: {:?}", m.payload)
+                })?;
             delivered.push(u64::from_be_bytes(seq));
         }
-        delivered
+        anyhow::Ok(delivered)
     });
 
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -323,7 +345,7 @@ async fn through_restart(broker: Broker) -> anyhow::Result<Accounting> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     let mut acc = publisher.await?;
-    acc.delivered = reader.await?;
+    acc.delivered = reader.await??;
     server.stop().await?;
     Ok(acc)
 }
@@ -341,13 +363,14 @@ async fn every_message_is_accounted_for_through_a_broker_restart() -> anyhow::Re
         // Reported in the test output whatever the outcome.
         println!(
             "{broker:?}: {} acknowledged, {} failed ({unavailable} UNAVAILABLE), {} OK while down, \
-             {} delivered ({} duplicates, {} without an OK), {} acknowledged but lost{}",
+             {} delivered ({} duplicates, {} without an OK, {} out of order), {} acknowledged but lost{}",
             acc.acknowledged.len(),
             acc.failed.len(),
             acc.ok_during_outage.len(),
             acc.delivered.len(),
             acc.duplicates(),
-            acc.delivered_unacknowledged(),
+            acc.delivered_unacknowledged().len(),
+            acc.out_of_order().len(),
             lost.len(),
             if lost.is_empty() {
                 String::new()
@@ -365,12 +388,45 @@ async fn every_message_is_accounted_for_through_a_broker_restart() -> anyhow::Re
             "{broker:?}: a publish failed with something other than UNAVAILABLE: {:?}",
             acc.failed
         );
+        // Delivered without an OK: only publishes that failed (the broker
+        // took the message, the answer was lost), never an invented one.
+        let failed: std::collections::HashSet<u64> = acc.failed.iter().map(|(s, _)| *s).collect();
+        let unexplained: Vec<u64> = acc
+            .delivered_unacknowledged()
+            .into_iter()
+            .filter(|s| !failed.contains(s))
+            .collect();
+        anyhow::ensure!(
+            unexplained.is_empty(),
+            "{broker:?}: delivered but never published: {unexplained:?}"
+        );
+        anyhow::ensure!(
+            acc.out_of_order().is_empty(),
+            "{broker:?}: first deliveries out of publish order: {:?}",
+            acc.out_of_order()
+        );
         let first_failure = acc.failed.first().map_or(u64::MAX, |(s, _)| *s);
         let last_failure = acc.failed.last().map_or(0, |(s, _)| *s);
         match broker {
             // At-least-once: nothing acknowledged is ever lost, and the
             // durable group resumes on its own after the restart.
-            Broker::JetStream => anyhow::ensure!(lost.is_empty(), "JetStream lost {lost:?}"),
+            // Redelivered: only what was unacknowledged when the broker
+            // went (around the outage), never the stream from the start.
+            Broker::JetStream => {
+                anyhow::ensure!(lost.is_empty(), "JetStream lost {lost:?}");
+                let mut seen = std::collections::HashSet::new();
+                let far: Vec<u64> = acc
+                    .delivered
+                    .iter()
+                    .copied()
+                    .filter(|s| !seen.insert(*s))
+                    .filter(|s| *s + 500 < first_failure || *s > last_failure + 500)
+                    .collect();
+                anyhow::ensure!(
+                    far.is_empty(),
+                    "JetStream redelivered messages far from the outage: {far:?}"
+                );
+            }
             // At-most-once: losses are confined to the outage (published
             // while the broker was going down, or before the subscription
             // was re-made); everything well before and after arrives.

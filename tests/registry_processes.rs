@@ -114,16 +114,35 @@ async fn two_processes_form_one_registry_and_survive_a_redis_restart() -> anyhow
         "process one does not see sensor-2"
     );
 
-    // Redis dies while process two multicasts in a loop.
+    // The listener's inbox is read throughout, so that what it received
+    // can be matched, one for one, with the multicasts that answered OK.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            match inbox.next(Duration::from_millis(500)).await? {
+                Some(m) => got.push(String::from_utf8_lossy(&m.payload).into_owned()),
+                None if *stopped.borrow() => return anyhow::Ok(got),
+                None => {}
+            }
+        }
+    });
+
+    // Redis dies while process two multicasts in a loop (each payload
+    // numbered, so a delivery names the call it came from).
     let outcomes = tokio::spawn({
         let b = b.clone();
         async move {
             let mut seen = Vec::new();
             let until = Instant::now() + Duration::from_secs(4);
+            let mut n = 0;
             while Instant::now() < until {
                 let started = Instant::now();
-                let r = multicast(&b, json!({"type": "sensor"}), b"loop").await;
+                let payload = format!("loop-{n}");
+                n += 1;
+                let r = multicast(&b, json!({"type": "sensor"}), payload.as_bytes()).await;
                 seen.push((
+                    payload,
                     started.elapsed(),
                     r.map_err(|s| (s.code(), s.message().to_string())),
                 ));
@@ -139,9 +158,14 @@ async fn two_processes_form_one_registry_and_survive_a_redis_restart() -> anyhow
     let outcomes = outcomes.await?;
     let port = redis.port();
     let mut unavailable = 0;
-    for (took, outcome) in &outcomes {
+    // Delivered to the listener: every OK multicast (it targeted both).
+    let mut expected: Vec<String> = Vec::new();
+    for (payload, took, outcome) in &outcomes {
         match outcome {
-            Ok(r) => anyhow::ensure!(r.target_count == 2 && r.delivered_count == 2, "{r:?}"),
+            Ok(r) => {
+                anyhow::ensure!(r.target_count == 2 && r.delivered_count == 2, "{r:?}");
+                expected.push(payload.clone());
+            }
             Err((code, message)) => {
                 anyhow::ensure!(*code == Code::Unavailable, "{code:?}: {message}");
                 anyhow::ensure!(
@@ -162,25 +186,56 @@ async fn two_processes_form_one_registry_and_survive_a_redis_restart() -> anyhow
         outcomes.len()
     );
     // Both processes recover with no restart (the identities were persisted).
+    // A recovery attempt that answered OK with fewer targets may or may not
+    // have reached the listener; one that reached both must have.
+    let mut maybe: Vec<String> = Vec::new();
+    let mut attempt = 0;
     for c in [&a, &b] {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            match multicast(c, json!({"type": "sensor"}), b"after").await {
-                Ok(r) if r.target_count == 2 && r.delivered_count == 2 => break,
-                _ if Instant::now() < deadline => {
+            let payload = format!("after-{attempt}");
+            attempt += 1;
+            match multicast(c, json!({"type": "sensor"}), payload.as_bytes()).await {
+                Ok(r) if r.target_count == 2 && r.delivered_count == 2 => {
+                    expected.push(payload);
+                    break;
+                }
+                Ok(_) if Instant::now() < deadline => {
+                    maybe.push(payload);
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 other => anyhow::bail!("no recovery after the restart: {other:?}"),
             }
         }
     }
-    let mut after = 0;
-    while let Some(m) = inbox.next(Duration::from_secs(2)).await? {
-        if m.payload[..] == *b"after" {
-            after += 1;
-        }
+    let _ = stop.send(true);
+    let got = reader.await??;
+    let mut counted: HashMap<&str, usize> = HashMap::new();
+    for payload in &got {
+        *counted.entry(payload.as_str()).or_default() += 1;
     }
-    anyhow::ensure!(after >= 1, "the listener got nothing after the recovery");
+    let twice: Vec<_> = counted.iter().filter(|(_, n)| **n > 1).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|p| !counted.contains_key(p.as_str()))
+        .collect();
+    let unasked: Vec<_> = counted
+        .keys()
+        .filter(|p| !expected.iter().any(|e| e == *p) && !maybe.iter().any(|m| m == *p))
+        .collect();
+    println!(
+        "listener: {} OK multicasts to match, {} received ({} more attempts may have reached it)",
+        expected.len(),
+        got.len(),
+        maybe.len()
+    );
+    anyhow::ensure!(
+        twice.is_empty() && missing.is_empty() && unasked.is_empty(),
+        "the listener's deliveries do not match the OK multicasts: duplicated {twice:?}, missing {missing:?}, never answered OK {unasked:?}"
+    );
     for p in [one, two] {
         let status = p.terminate(Duration::from_secs(30)).await?;
         anyhow::ensure!(status.success(), "prism exited with {status}");
