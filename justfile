@@ -20,6 +20,8 @@ build: setup-rust
 test: setup-rust setup-python setup-services setup-node
     # One feature set for binary and tests (building -p prism alone would compile twice).
     cargo build --release --workspace --all-targets
+    # `just dev` (`cargo run -p prism`) after this builds nothing: the same feature set.
+    @if cargo build --release -p prism 2>&1 | grep -q Compiling; then echo "cargo build -p prism (what just dev runs) recompiled after the workspace build: a feature only tests or bench enable; enable it in the workspace dependency" >&2; exit 1; fi
     cargo test --release --workspace
     # The guest patterns' own unit tests, natively (their wasm build is in build.rs).
     cd guest-patterns && cargo test --workspace --target-dir ../target/guest-native

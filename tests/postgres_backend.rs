@@ -393,7 +393,13 @@ async fn storage_quota_is_exact_on_postgres() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_filters_are_pushed_down_and_the_pattern_still_decides() -> anyhow::Result<()> {
-    let pg = PostgresServer::start().await?;
+    // pg_stat_statements counts the rows each statement returned: what
+    // left the database, so what was filtered there.
+    let pg = PostgresServer::start_with(&["shared_preload_libraries=pg_stat_statements"]).await?;
+    let client = pg.client().await?;
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await?;
     let t = start(&format!(
         "[backends.pg]\ntype = \"postgres\"\nurl = \"{}\"\n[backends.bus]\ntype = \"memstore\"\n[namespaces.devices]\npattern = \"multicast-registry\"\nslots = {{ registry = \"pg\", messaging = \"bus\" }}\n",
         pg.url()
@@ -437,6 +443,9 @@ async fn registry_filters_are_pushed_down_and_the_pattern_still_decides() -> any
         }
     };
     // Pushed down: type = sensor (a string) and building = HQ (nested).
+    client
+        .batch_execute("SELECT pg_stat_statements_reset()")
+        .await?;
     let sensors =
         enumerate(serde_json::json!({"type": "sensor", "location.building": "HQ"})).await?;
     let want: Vec<String> = (0..600)
@@ -444,6 +453,21 @@ async fn registry_filters_are_pushed_down_and_the_pattern_still_decides() -> any
         .map(|i| format!("dev-{i:04}"))
         .collect();
     assert_eq!(sensors, want);
+    // One containment query, and only the 6 matches left the database (the
+    // pattern filtering 600 rows itself would have read them all).
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint, coalesce(sum(rows), 0)::bigint
+             FROM pg_stat_statements WHERE query LIKE '%doc @>%' AND query LIKE '%prism_pg_registry%'",
+            &[],
+        )
+        .await?;
+    let (calls, rows): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(
+        (calls, rows),
+        (1, 6),
+        "containment statements and rows returned"
+    );
     // A number is not pushed down; the pattern compares 2 == 2.0 itself.
     let floor = enumerate(serde_json::json!({"type": "sensor", "floor": 0.0})).await?;
     assert_eq!(floor, want);
@@ -455,8 +479,24 @@ async fn registry_filters_are_pushed_down_and_the_pattern_still_decides() -> any
     );
     let either = enumerate(serde_json::json!({"$or": [{"type": "sensor"}, {"floor": 4}]})).await?;
     assert_eq!(either.len(), 6 + 120);
-    // The rows are there as jsonb, and the index answers the containment.
-    let client = pg.client().await?;
+    // The rows are there as jsonb, and an index answers the containment
+    // (sequential scans off: the planner may prefer one on 600 rows).
+    let plan = client
+        .simple_query(
+            "SET enable_seqscan = off; EXPLAIN SELECT identity FROM prism_pg_registry WHERE doc @> '{\"type\": \"sensor\"}'",
+        )
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        plan.contains("Index Scan"),
+        "no index answers doc @>:\n{plan}"
+    );
     let n: i64 = client
         .query_one(
             "SELECT count(*) FROM prism_pg_registry WHERE doc @> '{\"type\": \"sensor\"}'",

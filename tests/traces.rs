@@ -26,7 +26,6 @@ use prism_acceptance::binary::{PrismProcess, run};
 use prism_acceptance::pb::key_value_client::KeyValueClient;
 use prism_acceptance::pb::pub_sub_client::PubSubClient;
 use prism_acceptance::pubsub::{Sub, subscribe_request};
-use prism_acceptance::servers::free_port;
 use prism_acceptance::{Namespace, pb};
 use tonic::transport::Channel;
 
@@ -157,9 +156,15 @@ fn child<'a>(
 /// `prism dev` exporting to a fresh receiver, and a channel to it.
 async fn dev_traced() -> anyhow::Result<(Receiver, PrismProcess, Channel)> {
     let (receiver, endpoint) = receiver().await?;
-    let listen = format!("127.0.0.1:{}", free_port()?);
-    let prism =
-        PrismProcess::start(&["dev", "--listen", &listen, "--otlp-endpoint", &endpoint]).await?;
+    // Port 0: the process says where it listens.
+    let prism = PrismProcess::start(&[
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--otlp-endpoint",
+        &endpoint,
+    ])
+    .await?;
     let channel = Channel::from_shared(format!("http://{}", prism.addr))?
         .connect()
         .await?;
@@ -313,7 +318,7 @@ async fn the_ratio_samples_new_traces_and_a_callers_decision_is_kept() -> anyhow
         format!(
             r#"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 
 [telemetry]
 otlp_endpoint = "{endpoint}"
@@ -326,8 +331,7 @@ type = "memstore"
 [namespaces.default]
 pattern = "keyvalue"
 slots = {{ kv = "mem" }}
-"#,
-            port = free_port()?
+"#
         ),
     )?;
     let config = config.to_string_lossy().into_owned();
@@ -407,7 +411,7 @@ async fn an_unauthenticated_caller_cannot_force_a_trace() -> anyhow::Result<()> 
         format!(
             r#"
 [server]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 
 [auth]
 mode = "jwt"
@@ -426,7 +430,6 @@ type = "memstore"
 pattern = "keyvalue"
 slots = {{ kv = "mem" }}
 "#,
-            port = free_port()?,
             issuer = issuer.url
         ),
     )?;

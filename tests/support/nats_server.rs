@@ -27,14 +27,27 @@ impl NatsServer {
 
     pub async fn start_with(args: &[&str]) -> anyhow::Result<NatsServer> {
         let mut server = NatsServer {
-            port: free_port()?,
-            monitor: free_port()?,
+            port: 0,
+            monitor: 0,
             dir: tempfile::tempdir()?,
             extra: args.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
-        server.launch().await?;
-        Ok(server)
+        // The ports are free when asked; another process may take one
+        // before the server binds it (it then exits at start): new ports.
+        let mut last_err = None;
+        for _ in 0..5 {
+            server.port = free_port()?;
+            server.monitor = free_port()?;
+            match server.launch().await {
+                Ok(()) => return Ok(server),
+                Err(e) => {
+                    server.kill();
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("nats-server did not start")))
     }
 
     pub fn port(&self) -> u16 {

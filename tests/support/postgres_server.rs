@@ -54,7 +54,13 @@ impl From<anyhow::Error> for StartError {
 impl PostgresServer {
     /// A fresh cluster with database `prism`, accepting connections.
     pub async fn start() -> anyhow::Result<PostgresServer> {
-        PostgresServer::start_with_tls(None).await
+        PostgresServer::start_with_tls(None, &[]).await
+    }
+
+    /// A fresh cluster started with these `-c name=value` settings (e.g.
+    /// `shared_preload_libraries=pg_stat_statements`).
+    pub async fn start_with(settings: &[&str]) -> anyhow::Result<PostgresServer> {
+        PostgresServer::start_with_tls(None, settings).await
     }
 
     /// A cluster with `ssl = on`, presenting this certificate (PEM chain +
@@ -66,10 +72,13 @@ impl PostgresServer {
         key: &Path,
         client_ca: &Path,
     ) -> anyhow::Result<PostgresServer> {
-        PostgresServer::start_with_tls(Some([cert, key, client_ca])).await
+        PostgresServer::start_with_tls(Some([cert, key, client_ca]), &[]).await
     }
 
-    async fn start_with_tls(tls: Option<[&Path; 3]>) -> anyhow::Result<PostgresServer> {
+    async fn start_with_tls(
+        tls: Option<[&Path; 3]>,
+        settings: &[&str],
+    ) -> anyhow::Result<PostgresServer> {
         let bin = postgres_bin_dir()?;
         let run_as = postgres_run_as()?;
         let dir = tempfile::tempdir()?;
@@ -88,7 +97,7 @@ impl PostgresServer {
             dir,
             bin,
             run_as,
-            settings: Vec::new(),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         server.initdb().await?;
