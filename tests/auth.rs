@@ -46,6 +46,10 @@ slots = {{ kv = "mem" }}
 [namespaces.events]
 pattern = "pubsub"
 slots = {{ pubsub = "mem" }}
+
+[namespaces.devices]
+pattern = "multicast-registry"
+slots = {{ registry = "mem", messaging = "mem" }}
 "#,
         issuer.url
     )
@@ -98,6 +102,11 @@ async fn get(t: &TestServer, ns: &str, token: Option<&str>, key: &str) -> Result
 }
 
 /// A token signed with `key` (PEM), header alg/kid as given, these claims.
+/// At most 200 characters of `message`, for printing.
+fn first_chars(message: &str) -> String {
+    message.chars().take(200).collect()
+}
+
 fn mint(
     key: &IssuerKey,
     alg: Algorithm,
@@ -343,6 +352,54 @@ async fn attacks_on_the_token_are_unauthenticated() -> anyhow::Result<()> {
         Some(stranger.token("prism-test-all", "urn:prism").await?),
         "not trusted",
     ));
+    // No kid in the header: Prism does not try every key.
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = None;
+    cases.push((
+        "no kid".into(),
+        Some(jsonwebtoken::encode(
+            &header,
+            &claims(&issuer, &["*"]),
+            &EncodingKey::from_rsa_pem(rs.private_pem.as_bytes())?,
+        )?),
+        "names no signing key (kid)",
+    ));
+    for claim in ["iss", "aud"] {
+        let mut c = claims(&issuer, &["*"]);
+        if let Some(map) = c.as_object_mut() {
+            map.remove(claim);
+        }
+        cases.push((
+            format!("missing {claim}"),
+            Some(mint(&rs, Algorithm::RS256, &rs.kid, &c)?),
+            if claim == "iss" {
+                "has no iss claim"
+            } else {
+                "has no aud claim"
+            },
+        ));
+    }
+    // ES256 by its header, signed with the EC key, but naming the RSA
+    // key's kid: the algorithm does not fit the key it names.
+    let es = issuer.key("ES256")?;
+    cases.push((
+        "algorithm that does not fit the named key".into(),
+        Some(mint(
+            &es,
+            Algorithm::ES256,
+            &rs.kid,
+            &claims(&issuer, &["*"]),
+        )?),
+        "does not fit its signing key",
+    ));
+    // Expired beyond the 5 s leeway.
+    let mut c = claims(&issuer, &["*"]);
+    c["exp"] = json!(now() - 30);
+    cases.push((
+        "expired past the leeway".into(),
+        Some(mint(&rs, Algorithm::RS256, &rs.kid, &c)?),
+        "expired",
+    ));
     for (case, token, reason) in &cases {
         expect(
             set(&t, "orders", token.as_deref(), &format!("attack-{case}")).await,
@@ -361,8 +418,37 @@ async fn attacks_on_the_token_are_unauthenticated() -> anyhow::Result<()> {
             "{case} wrote"
         );
     }
+    // A 1 MB token never reaches the verifier (HTTP/2 refuses header
+    // lists over 16 KiB): refused, nothing written, the server unharmed.
+    let huge = format!("{}.{}.x", "a".repeat(512 << 10), "b".repeat(512 << 10));
+    let refused = set(&t, "orders", Some(&huge), "attack-huge").await;
+    let refused = refused
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a 1 MB token was accepted"))?;
+    println!(
+        "1 MB token: {:?} {}",
+        refused.code(),
+        first_chars(refused.message())
+    );
+    assert!(
+        refused.message().len() < 1024,
+        "the refusal echoes the token ({} bytes)",
+        refused.message().len()
+    );
+    assert_eq!(
+        get(&t, "orders", Some(&valid), "attack-huge")
+            .await
+            .err()
+            .map(|s| s.code()),
+        Some(Code::NotFound),
+        "the 1 MB token wrote"
+    );
+    // Expired inside the leeway: still accepted.
+    let mut c = claims(&issuer, &["orders"]);
+    c["exp"] = json!(now() - 2);
+    let lenient = mint(&rs, Algorithm::RS256, &rs.kid, &c)?;
+    set(&t, "orders", Some(&lenient), "within-leeway").await?;
     // ES256 with the issuer's EC key is accepted.
-    let es = issuer.key("ES256")?;
     let es_token = mint(
         &es,
         Algorithm::ES256,
@@ -1323,5 +1409,106 @@ async fn grants_name_whole_namespaces_and_only_a_bearer_token_counts() -> anyhow
         );
     }
     set(&t, "orders", Some(&valid), "bearer").await?;
+    t.stop().await
+}
+
+/// A `:read` grant on a registry may look (Get, Enumerate) but not change
+/// it: Register, Heartbeat, Unregister and Multicast are PERMISSION_DENIED
+/// and leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_writes_need_more_than_a_read_grant() -> anyhow::Result<()> {
+    use prism::pb::registry_client::RegistryClient;
+    let issuer = Issuer::start(None).await?;
+    let t = start(&config(&issuer)).await?;
+    let rs = issuer.key("RS256")?;
+    let token = |grants: &[&str]| mint(&rs, Algorithm::RS256, &rs.kid, &claims(&issuer, grants));
+    let (reader, writer) = (token(&["devices:read"])?, token(&["devices"])?);
+    let mut reg = RegistryClient::new(t.channel());
+    let register = |identity: &str| pb::RegisterRequest {
+        identity: identity.into(),
+        metadata: None,
+        ttl_ms: None,
+        replace: true,
+    };
+    reg.register(request(register("kept"), "devices", Some(&writer)))
+        .await?;
+    let refusals: Vec<(&str, Result<(), Status>)> = vec![
+        (
+            "register",
+            reg.register(request(register("intruder"), "devices", Some(&reader)))
+                .await
+                .map(drop),
+        ),
+        (
+            "heartbeat",
+            reg.heartbeat(request(
+                pb::HeartbeatRequest {
+                    identity: "kept".into(),
+                },
+                "devices",
+                Some(&reader),
+            ))
+            .await
+            .map(drop),
+        ),
+        (
+            "unregister",
+            reg.unregister(request(
+                pb::UnregisterRequest {
+                    identity: "kept".into(),
+                },
+                "devices",
+                Some(&reader),
+            ))
+            .await
+            .map(drop),
+        ),
+        (
+            "multicast",
+            reg.multicast(request(
+                pb::MulticastRequest {
+                    filter: Default::default(),
+                    payload: b"x".to_vec(),
+                    metadata: Default::default(),
+                },
+                "devices",
+                Some(&reader),
+            ))
+            .await
+            .map(drop),
+        ),
+    ];
+    for (case, outcome) in refusals {
+        expect(
+            outcome,
+            Code::PermissionDenied,
+            "may not write namespace 'devices'",
+            &reader,
+            case,
+        );
+    }
+    // Reads work with the read grant, and show nothing changed.
+    let listed = reg
+        .enumerate(request(
+            pb::EnumerateRequest {
+                filter: Default::default(),
+                cursor: String::new(),
+                limit: 0,
+            },
+            "devices",
+            Some(&reader),
+        ))
+        .await?
+        .into_inner();
+    let names: Vec<String> = listed.identities.into_iter().map(|i| i.identity).collect();
+    assert_eq!(names, vec!["kept".to_string()]);
+    reg.get(request(
+        pb::GetIdentityRequest {
+            identity: "kept".into(),
+        },
+        "devices",
+        Some(&reader),
+    ))
+    .await?;
     t.stop().await
 }
