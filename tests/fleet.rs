@@ -5,7 +5,8 @@
 //! killed under load are recovered from, a replica joining late serves
 //! everything before it answers, and removals' tombstones are forgotten
 //! without a replica that stood still meanwhile missing the removals. Once
-//! on a real PostgreSQL, once on a real nats-server with JetStream.
+//! on a real PostgreSQL, once on a real nats-server with JetStream. And a
+//! single Prism's state file moves into an empty store.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -811,4 +812,88 @@ async fn a_fleet_on_nats_jetstream_is_one_service() -> anyhow::Result<()> {
         async move { b.lock().await.restart().await },
     )
     .await
+}
+
+/// A Prism that ran alone (Admin's changes in `state_dir/state.json`),
+/// restarted with `[admin] store` naming an empty store: the store takes
+/// its namespaces and uploads, so it — and a replica that never ran alone
+/// — serve them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_prisms_admin_state_moves_into_an_empty_store() -> anyhow::Result<()> {
+    let pg = PostgresServer::start().await?;
+    let v2_bytes = scaffold_kv(&V2, "0.2.0").await?;
+    let dir = tempfile::tempdir()?;
+    let config = |name: &str, store: bool| -> anyhow::Result<String> {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[backends.mem]\ntype = \"memstore\"\n\n[backends.control]\ntype = \"postgres\"\nurl = \"{}\"\ntimeout_ms = 1000\n\n[admin]\nallow_unauthenticated = true\nstate_dir = {:?}\n{}",
+                pg.url(),
+                dir.path().join(name).display().to_string(),
+                if store { "store = \"control\"\n" } else { "" }
+            ),
+        )?;
+        Ok(path.display().to_string())
+    };
+    let serve = |config: String| async move {
+        PrismProcess::start(&["serve", "--config", &config, "--listen", "127.0.0.1:0"]).await
+    };
+    let channel = |p: &PrismProcess| -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(format!("http://{}", p.addr))?.connect_lazy())
+    };
+    let version = |channel: Channel| async move {
+        let value = KeyValueClient::with_interceptor(channel, Namespace::new("moved"))
+            .get(pb::GetRequest {
+                key: VERSION_KEY.into(),
+            })
+            .await?
+            .into_inner()
+            .value;
+        anyhow::Ok(String::from_utf8(value)?)
+    };
+
+    let alone = serve(config("alone", false)?).await?;
+    let mut admin = AdminClient::new(channel(&alone)?);
+    let digest = upload_bytes(&mut admin, v2_bytes, "v2").await?.digest;
+    admin.create_namespace(create("moved", &digest)).await?;
+    ensure!(version(channel(&alone)?).await? == "0.2.0");
+    let status = alone.terminate(Duration::from_secs(30)).await?;
+    ensure!(status.success(), "the lone prism exited with {status}");
+
+    // The same Prism (same state_dir) now with the store, then a replica
+    // with an empty state_dir of its own: both serve the namespace on the
+    // uploaded component, which the second can only have from the store.
+    let first = serve(config("alone", true)?).await?;
+    let second = serve(config("joiner", true)?).await?;
+    for (which, p) in [("the imported replica", &first), ("a new replica", &second)] {
+        ensure!(
+            version(channel(p)?).await? == "0.2.0",
+            "{which} does not serve the imported namespace"
+        );
+        let info = AdminClient::new(channel(p)?)
+            .get_namespace(pb::GetNamespaceRequest {
+                name: "moved".into(),
+            })
+            .await?
+            .into_inner();
+        ensure!(
+            info.pattern.map(|v| v.digest) == Some(digest.clone()) && info.revision > 0,
+            "{which}: the namespace is not the store's"
+        );
+    }
+    let rows: i64 = pg
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM prism_control_control WHERE value IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        rows == 2,
+        "{rows} documents in the store (a namespace and an upload)"
+    );
+    Ok(())
 }

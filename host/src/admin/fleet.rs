@@ -99,7 +99,17 @@ pub async fn open(config: &Config) -> Result<Loaded, StateError> {
         StateError::Store(format!("names backend '{name}', which is not configured"))
     })?;
     let store = crate::backend::open_control_store(name, backend).map_err(StateError::Store)?;
-    match store.load().await {
+    let loaded = match store.load().await {
+        Ok((docs, _)) if docs.is_empty() => match import_state_file(config, &*store).await? {
+            0 => store.load().await,
+            n => {
+                tracing::info!(store = %store.summary(), documents = n, "the control store was empty: Admin's namespaces and uploads from this Prism's state file were written into it");
+                store.load().await
+            }
+        },
+        loaded => loaded,
+    };
+    match loaded {
         Ok((docs, cursor)) => {
             let mut state = ControlState::default();
             // Tombstones say nothing to a state read from scratch.
@@ -143,6 +153,54 @@ pub async fn open(config: &Config) -> Result<Loaded, StateError> {
             }
         }
     }
+}
+
+/// A store with no documents at all, and a state file this Prism wrote
+/// when it ran without one: Admin's namespaces and uploads move into the
+/// store (components first, so no document names bytes the store lacks;
+/// each document as a create, so replicas importing at once add nothing
+/// twice) — moving a single Prism to a fleet keeps what Admin made.
+/// Returns how many documents it wrote; the file is left as it was.
+async fn import_state_file(config: &Config, store: &dyn ControlStore) -> Result<usize, StateError> {
+    let Some(dir) = config.state_dir() else {
+        return Ok(0);
+    };
+    let path = dir.join(super::state::STATE_FILE);
+    if !path.is_file() {
+        return Ok(0);
+    }
+    let state = ControlState::load_file(&path)?;
+    let unavailable = |e: String| StateError::Store(format!("importing {}: {e}", path.display()));
+    for digest in state.patterns.keys() {
+        let file = dir.join("patterns").join(format!("{digest}.wasm"));
+        let bytes = std::fs::read(&file).map_err(|source| StateError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        if digest_of(&bytes) != *digest {
+            return Err(StateError::Corrupt {
+                path: file,
+                reason: format!("its bytes do not have digest {digest}"),
+            });
+        }
+        store
+            .put_blob(digest, Arc::from(bytes))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+    }
+    let mut written = 0;
+    for key in state.keys() {
+        let Some(value) = state.document(&key) else {
+            continue;
+        };
+        match store.put(&key, Some(value), 0).await {
+            Ok(_) => written += 1,
+            // Another replica imported it first.
+            Err(ControlError::Conflict { .. }) => {}
+            Err(ControlError::Store(e)) => return Err(unavailable(e.to_string())),
+        }
+    }
+    Ok(written)
 }
 
 /// A document's subject, for people.
