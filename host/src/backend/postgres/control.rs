@@ -193,6 +193,20 @@ impl Tables {
     }
 }
 
+/// Takes the writers' lock for the rest of transaction `tx`: writers draw
+/// and commit revisions under it, one at a time, in order.
+async fn lock_writers(
+    tx: &deadpool_postgres::Transaction<'_>,
+    channel: &str,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        &[&channel],
+    )
+    .await
+    .map(drop)
+}
+
 #[async_trait]
 impl ControlStore for PgControl {
     fn summary(&self) -> String {
@@ -209,11 +223,7 @@ impl ControlStore for PgControl {
             let sql = format!("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {s}");
             let work = async {
                 let tx = conn.transaction().await?;
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                    &[&channel],
-                )
-                .await?;
+                lock_writers(&tx, &channel).await?;
                 let drawn: i64 = tx.query_one(&sql, &[]).await?.get(0);
                 tx.commit().await?;
                 Ok(drawn)
@@ -261,11 +271,7 @@ impl ControlStore for PgControl {
         let channel = self.tables.channel.clone();
         let work = async {
             let tx = conn.transaction().await?;
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                &[&channel],
-            )
-            .await?;
+            lock_writers(&tx, &channel).await?;
             let rows = if expected == 0 {
                 tx.query(&write, &[&key, &value]).await?
             } else {
