@@ -26,7 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -63,27 +63,43 @@ def _redis_command(port: int, *args: str) -> bytes:
         return conn.recv(1024)
 
 
+def _started(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str) -> bool:
+    """Waits until `ready()` answers while `proc` runs: True once it does
+    (and `proc` is still the one running), False if `proc` exited first (a
+    port clash: the caller tries another port); fails after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if ready() and proc.poll() is None:
+                return True
+        except (OSError, RuntimeError):
+            pass
+        if proc.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"{what} not answering after 10 s")
+        time.sleep(0.02)
+
+
 class RedisServer:
     def __init__(self, tmp: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; `just test` installs it")
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if _redis_command(self.port, "PING").startswith(b"+PONG"):
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
+        # The port is free when asked; another process may bind it first
+        # (the server then exits at start): another port, up to 5 times.
+        for _ in range(5):
+            self.port = _free_port()
+            self.proc = subprocess.Popen(
+                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if _started(self.proc, lambda: _redis_command(self.port, "PING").startswith(b"+PONG"), f"redis-server on port {self.port}"):
+                return
+        pytest.fail("redis-server did not start (5 ports tried)")
 
     def flush(self) -> None:
         _redis_command(self.port, "FLUSHALL")
@@ -352,23 +368,23 @@ class NatsServer:
         binary = shutil.which("nats-server") or ("/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None)
         if binary is None:
             pytest.fail("nats-server is not installed; `just test` installs it")
-        self.port = _free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(tmp)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
+        # As for Redis: a port taken before the server binds it, another port.
+        for _ in range(5):
+            self.port = _free_port()
+            self.url = f"nats://127.0.0.1:{self.port}"
+            self.proc = subprocess.Popen(
+                [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(tmp)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+            def ready() -> bool:
                 self._request("$JS.API.INFO", b"")
+                return True
+
+            if _started(self.proc, ready, f"nats-server on port {self.port}"):
                 return
-            except (OSError, RuntimeError):
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"nats-server did not start on port {self.port}")
-            time.sleep(0.05)
+        pytest.fail("nats-server did not start (5 ports tried)")
 
     def _request(self, subject: str, payload: bytes) -> dict[str, object]:
         """One NATS request over a raw socket (the client has no NATS dependency)."""
